@@ -1,0 +1,170 @@
+#!/usr/bin/env python3
+"""Flow-control benchmark: how close freshen gets to the vendor's real capacity,
+and how few calls it wastes, in the scenarios of issue 3.
+
+For each scenario it starts `freshen sandbox` in its own process, creates a fresh
+SQLite database of 2,000 records, runs `freshen run` against it, and reads the
+sandbox's counters. It prints one table row per scenario:
+
+  wall/ideal   wall time of `freshen run` over records / vendor capacity (+ outage)
+  rejected     calls the vendor refused (429, 503, 500) as a share of all calls
+  in outage    calls that reached the vendor during its outage window
+  failed       records that ended failed
+
+Usage: python3 bench/flow.py [--bin target/release/freshen] [--records 2000] [--only NAME]
+Build first: cargo build --release
+"""
+
+import argparse
+import json
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# name, sandbox flags, config (rate, max_concurrency), ideal seconds for 2,000 records
+SCENARIOS = [
+    ("limit 200/s, config 200/s", ["--rate", "200", "--burst", "20"], (200, 32), 10.0),
+    ("limit 200/s, config 200/s, headers", ["--rate", "200", "--burst", "20", "--ratelimit-headers"], (200, 32), 10.0),
+    ("limit 200/s, config 1000/s x64", ["--rate", "200", "--burst", "20"], (1000, 64), 10.0),
+    ("limit 200/s, config 1000/s x64, headers", ["--rate", "200", "--burst", "20", "--ratelimit-headers"], (1000, 64), 10.0),
+    ("8 in flight, 503 beyond, config x64", ["--max-concurrency", "8"], (1000, 64), 12.5),
+    ("limit 200/s, 5 s outage from 3 s", ["--rate", "200", "--burst", "20", "--outage-start", "3s", "--outage", "5s"], (200, 32), 15.0),
+    ("limit 200/s, 5 s outage from 3 s, headers",
+     ["--rate", "200", "--burst", "20", "--outage-start", "3s", "--outage", "5s", "--ratelimit-headers"], (200, 32), 15.0),
+]
+
+CONFIG = """
+[database]
+url = "sqlite://{db}"
+
+[source]
+table = "people"
+key = "id"
+refreshed_at = "refreshed_at"
+
+[api]
+base_url = "http://127.0.0.1:{port}"
+path = "/v1/people/{{id}}"
+timeout = "10s"
+
+[api.response]
+"/title" = "title"
+"/company" = "company"
+"/score" = "score"
+
+[limits]
+rate = {rate}
+max_concurrency = {conc}
+
+[retry]
+max_attempts = 5
+base_delay = "500ms"
+max_delay = "60s"
+max_outage = "5m"
+
+[credits]
+allowance = 100000000
+"""
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def seed(path, records):
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE people (id INTEGER PRIMARY KEY, name TEXT NOT NULL, title TEXT, "
+               "company TEXT, score INTEGER, refreshed_at TEXT)")
+    db.executemany("INSERT INTO people (id, name) VALUES (?, ?)", ((i, f"Person {i}") for i in range(1, records + 1)))
+    db.commit()
+    db.close()
+
+
+def wait_for(port, timeout=10):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"the sandbox did not start on port {port}")
+
+
+def run(binary, name, sandbox_flags, rate, conc, ideal, records, latency):
+    with tempfile.TemporaryDirectory() as tmp:
+        db = os.path.join(tmp, "bench.db")
+        seed(db, records)
+        port = free_port()
+        config = os.path.join(tmp, "config.toml")
+        with open(config, "w") as f:
+            f.write(CONFIG.format(db=db, port=port, rate=rate, conc=conc))
+        sandbox = subprocess.Popen(
+            [binary, "sandbox", "--listen", f"127.0.0.1:{port}", "--latency", latency] + sandbox_flags,
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        try:
+            wait_for(port)
+            summary = os.path.join(tmp, "summary.json")
+            start = time.monotonic()
+            out = subprocess.run([binary, "run", "--config", config, "--summary-json", summary, "--log", "warn"],
+                                 capture_output=True, text=True)
+            wall = time.monotonic() - start
+            if out.returncode != 0:
+                print(out.stdout, out.stderr, file=sys.stderr)
+                raise SystemExit(f"{name}: freshen exited {out.returncode}")
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_sandbox/stats") as r:
+                stats = json.load(r)
+            with open(summary) as f:
+                result = json.load(f)
+        finally:
+            sandbox.terminate()
+            sandbox.wait()
+    rejected = stats["throttled"] + stats["unavailable"] + stats["errors"]
+    return {
+        "scenario": name,
+        "wall_s": round(wall, 2),
+        "ideal_s": ideal * records / 2000,
+        "wall_over_ideal": round(wall / (ideal * records / 2000), 3),
+        "calls": stats["requests"],
+        "rejected_share": round(rejected / max(stats["requests"], 1), 4),
+        "calls_in_outage": stats["during_outage"],
+        "failed": result["records"]["failed"],
+    }
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bin", default=os.path.join(ROOT, "target", "release", "freshen"))
+    p.add_argument("--records", type=int, default=2000)
+    p.add_argument("--latency", default="50ms")
+    p.add_argument("--only", help="run the scenarios whose name contains this text")
+    p.add_argument("--json", help="also write the rows as JSON to this file")
+    args = p.parse_args()
+    if not os.path.exists(args.bin):
+        raise SystemExit(f"{args.bin} not found: run `cargo build --release` first, or pass --bin")
+
+    rows = []
+    print(f"{'scenario':44} {'wall/ideal':>10} {'rejected':>9} {'calls':>6} {'in outage':>9} {'failed':>6}")
+    for name, flags, (rate, conc), ideal in SCENARIOS:
+        if args.only and args.only not in name:
+            continue
+        row = run(args.bin, name, flags, rate, conc, ideal, args.records, args.latency)
+        rows.append(row)
+        print(f"{name:44} {row['wall_over_ideal']:>10.3f} {row['rejected_share']:>8.1%} {row['calls']:>6} "
+              f"{row['calls_in_outage']:>9} {row['failed']:>6}", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,284 @@
+//! The vendor: how a record becomes a request, and what an answer means.
+//!
+//! [`Vendor::call`] makes one call and classifies the answer into a [`CallError`]
+//! or the record's new values. That classification is the center of the engine:
+//! throttled answers pause the whole job and are not attempts, transient ones are
+//! retried with backoff, permanent ones fail the record, and running out of
+//! credits stops the run with the rest left pending.
+
+mod headers;
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use reqwest::{Client, Response, StatusCode};
+
+use crate::config::{Config, PathPart, StatusPattern};
+use crate::record::{ColumnKind, Value};
+use crate::store::Item;
+
+pub use headers::{QuotaHint, quota_hint, retry_after};
+
+/// Why a call did not produce the record's new values.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CallError {
+    /// The vendor asks the client to slow down (429, or 503 with Retry-After):
+    /// the whole job pauses, and the call is not counted as an attempt.
+    #[error("throttled")]
+    Throttled { retry_after: Option<Duration> },
+    /// Worth another attempt later: 5xx, 408, timeouts, connection failures.
+    /// `overload` when it says the vendor has less capacity than the calls sent
+    /// (503, 502, 504, 408, timeouts, refused or reset connections), as opposed to
+    /// a plain server error (500).
+    #[error("{reason}")]
+    Transient { reason: String, overload: bool },
+    /// Will not get better by retrying: 4xx, an answer that does not map.
+    #[error("{0}")]
+    Permanent(String),
+    /// The vendor says the account has no credits left (402).
+    #[error("out of credits")]
+    OutOfCredits,
+}
+
+/// One call's result: the status (if an answer arrived) decides billing; the
+/// vendor's quota headers and the latency feed the pacer.
+#[derive(Debug)]
+pub struct Call {
+    pub status: Option<u16>,
+    pub result: Result<Vec<Value>, CallError>,
+    pub hint: Option<QuotaHint>,
+}
+
+/// How a `{column}` placeholder of `api.path` is filled.
+#[derive(Debug, Clone)]
+enum Segment {
+    Literal(String),
+    Key,
+    Param(usize),
+}
+
+pub struct Vendor {
+    client: Client,
+    method: reqwest::Method,
+    base_url: String,
+    segments: Vec<Segment>,
+    pointers: Vec<String>,
+    kinds: Vec<ColumnKind>,
+    max_body: usize,
+    timeout: Duration,
+    billed: Vec<StatusPattern>,
+}
+
+impl Vendor {
+    /// `kinds`: the mapped columns' kinds, in `api.response` order (from the store).
+    pub fn new(config: &Config, kinds: &[ColumnKind]) -> Result<Vendor> {
+        let api = &config.api;
+        let client = Client::builder()
+            .timeout(api.timeout)
+            .connect_timeout(api.connect_timeout)
+            .pool_max_idle_per_host(config.limits.max_concurrency.get() as usize)
+            .default_headers(api.headers.clone())
+            .user_agent(concat!("freshen/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("building the HTTP client")?;
+        let mut params = 0;
+        let segments = api
+            .path
+            .parts
+            .iter()
+            .map(|part| match part {
+                PathPart::Literal(s) => Segment::Literal(s.clone()),
+                PathPart::Column(c) if *c == config.source.key => Segment::Key,
+                PathPart::Column(_) => {
+                    params += 1;
+                    Segment::Param(params - 1)
+                }
+            })
+            .collect();
+        Ok(Vendor {
+            client,
+            method: api.method.clone(),
+            base_url: api.base_url.clone(),
+            segments,
+            pointers: api.response.iter().map(|m| m.pointer.clone()).collect(),
+            kinds: kinds.to_vec(),
+            max_body: api.max_body_bytes,
+            timeout: api.timeout,
+            billed: config.credits.billed_statuses.clone(),
+        })
+    }
+
+    /// The URL for an item: the path template with its placeholders percent-encoded.
+    pub fn url(&self, item: &Item) -> String {
+        let mut url = self.base_url.clone();
+        for segment in &self.segments {
+            match segment {
+                Segment::Literal(s) => url.push_str(s),
+                Segment::Key => push_encoded(&mut url, &item.key),
+                Segment::Param(i) => {
+                    push_encoded(&mut url, item.params.get(*i).map_or("", String::as_str))
+                }
+            }
+        }
+        url
+    }
+
+    /// Whether the vendor bills an answer with this status.
+    pub fn is_billed(&self, status: Option<u16>) -> bool {
+        status.is_some_and(|s| self.billed.iter().any(|p| p.matches(s)))
+    }
+
+    /// One call for one item, classified.
+    pub async fn call(&self, item: &Item) -> Call {
+        let response = match self
+            .client
+            .request(self.method.clone(), self.url(item))
+            .send()
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                return Call {
+                    status: None,
+                    result: Err(self.transport_error(&e)),
+                    hint: None,
+                };
+            }
+        };
+        let status = response.status();
+        let hint = quota_hint(response.headers());
+        let result = self.classify(status, response).await;
+        Call {
+            status: Some(status.as_u16()),
+            result,
+            hint,
+        }
+    }
+
+    async fn classify(
+        &self,
+        status: StatusCode,
+        response: Response,
+    ) -> Result<Vec<Value>, CallError> {
+        let hint = retry_after(response.headers());
+        match status.as_u16() {
+            200..=299 => {
+                let body = self.read_body(response).await?;
+                self.map(&body)
+            }
+            429 => Err(CallError::Throttled { retry_after: hint }),
+            503 if hint.is_some() => Err(CallError::Throttled { retry_after: hint }),
+            402 => Err(CallError::OutOfCredits),
+            500 => Err(CallError::Transient {
+                reason: status_text(status),
+                overload: false,
+            }),
+            408 | 501..=599 => Err(CallError::Transient {
+                reason: status_text(status),
+                overload: true,
+            }),
+            _ => Err(CallError::Permanent(status_text(status))),
+        }
+    }
+
+    /// Reads the body up to `api.max_body_bytes` (after decompression, so a gzip
+    /// bomb is cut off too).
+    async fn read_body(&self, mut response: Response) -> Result<Vec<u8>, CallError> {
+        let too_big = || {
+            CallError::Permanent(format!(
+                "answer larger than api.max_body_bytes ({} bytes)",
+                self.max_body
+            ))
+        };
+        if response
+            .content_length()
+            .is_some_and(|n| n > self.max_body as u64)
+        {
+            return Err(too_big());
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| self.transport_error(&e))?
+        {
+            if body.len() + chunk.len() > self.max_body {
+                return Err(too_big());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+
+    /// Maps a 2xx body to the mapped columns' values, or says why it cannot.
+    fn map(&self, body: &[u8]) -> Result<Vec<Value>, CallError> {
+        let json: serde_json::Value = serde_json::from_slice(body)
+            .map_err(|e| CallError::Permanent(format!("answer is not JSON: {e}")))?;
+        self.pointers
+            .iter()
+            .zip(&self.kinds)
+            .map(|(pointer, kind)| {
+                let found = json
+                    .pointer(pointer)
+                    .ok_or_else(|| CallError::Permanent(format!("answer has no {pointer}")))?;
+                Value::from_json(found, *kind)
+                    .map_err(|why| CallError::Permanent(format!("{pointer}: {why}")))
+            })
+            .collect()
+    }
+
+    fn transport_error(&self, e: &reqwest::Error) -> CallError {
+        let what = if e.is_timeout() {
+            format!(
+                "no answer within api.timeout ({})",
+                humantime::format_duration(self.timeout)
+            )
+        } else if e.is_connect() {
+            "connection failed".to_owned()
+        } else if e.is_body() || e.is_decode() {
+            "answer cut off".to_owned()
+        } else {
+            "request failed".to_owned()
+        };
+        // The innermost cause says what the network did; the URL is left out on purpose.
+        let cause = std::iter::successors(std::error::Error::source(e), |s| s.source()).last();
+        let reason = match cause {
+            Some(c) => format!("{what}: {c}"),
+            None => what,
+        };
+        CallError::Transient {
+            reason,
+            overload: true,
+        }
+    }
+}
+
+fn status_text(status: StatusCode) -> String {
+    match status.canonical_reason() {
+        Some(reason) => format!("{} {reason}", status.as_u16()),
+        None => status.as_u16().to_string(),
+    }
+}
+
+/// Appends `s` percent-encoded as one path segment.
+fn push_encoded(url: &mut String, s: &str) {
+    url.extend(
+        url::form_urlencoded::byte_serialize(s.as_bytes())
+            .map(|part| if part == "+" { "%20" } else { part }),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_encoded_as_path_segments() {
+        let mut s = String::new();
+        push_encoded(&mut s, "a b/c?d");
+        assert_eq!(s, "a%20b%2Fc%3Fd");
+        let mut s = String::new();
+        push_encoded(&mut s, "12345");
+        assert_eq!(s, "12345");
+    }
+}

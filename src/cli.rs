@@ -1,0 +1,105 @@
+//! The command line: clap derive only. The doc comments here are the `--help` text.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::sandbox::SandboxOptions;
+use crate::selection::{IdSpec, StaleBefore};
+
+/// Refresh database records against a rate-limited, credit-metered API:
+/// as fast as the vendor allows, never past the credit budget, resumable after any crash.
+#[derive(Debug, Parser)]
+#[command(name = "freshen", version, about)]
+pub struct Cli {
+    /// The configuration file
+    #[arg(
+        long,
+        short,
+        global = true,
+        default_value = "config.toml",
+        env = "FRESHEN_CONFIG"
+    )]
+    pub config: PathBuf,
+
+    /// Overrides `database.url` from the configuration file
+    #[arg(
+        long,
+        global = true,
+        env = "FRESHEN_DATABASE_URL",
+        hide_env_values = true
+    )]
+    pub database_url: Option<String>,
+
+    /// Log filter (tracing's EnvFilter syntax), e.g. `debug` or `freshen=trace`
+    #[arg(long, global = true, env = "FRESHEN_LOG", default_value = "info")]
+    pub log: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Plan a run (or resume the unfinished one with the same selection) and execute it
+    Run(RunArgs),
+    /// The current or last run and this period's credits, read from the database
+    Status(StatusArgs),
+    /// Serve a simulated vendor API on loopback
+    Sandbox(SandboxOptions),
+    /// The whole job on the embedded default: sample SQLite database, in-process sandbox, `run`
+    Demo(DemoArgs),
+}
+
+/// Which records a run covers. Without any flag: every record of `source.table`
+/// that passes `source.filter`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct SelectionArgs {
+    /// Keys to refresh: `7`, `abc`, or an inclusive integer range `100..200`; repeatable
+    #[arg(long = "ids", value_name = "KEYS", value_parser = IdSpec::parse)]
+    pub ids: Vec<IdSpec>,
+
+    /// Only records never refreshed or refreshed before this date (`2026-10-01`) or time (RFC 3339)
+    #[arg(long, value_name = "DATE", value_parser = StaleBefore::parse)]
+    pub stale_before: Option<StaleBefore>,
+
+    /// At most this many records, stalest first
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub selection: SelectionArgs,
+
+    /// Start a new run even if an unfinished run with the same selection exists
+    #[arg(long)]
+    pub new: bool,
+
+    /// Write the final summary as JSON to this file
+    #[arg(long, value_name = "PATH")]
+    pub summary_json: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct StatusArgs {
+    /// Print the status as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct DemoArgs {
+    /// Start a fresh run over the sample records even if the last demo run is complete
+    #[arg(long)]
+    pub new: bool,
+
+    /// How many sample records to create when the demo database does not exist yet
+    #[arg(long, default_value_t = 3000)]
+    pub records: u64,
+
+    /// Write the final summary as JSON to this file
+    #[arg(long, value_name = "PATH")]
+    pub summary_json: Option<PathBuf>,
+}

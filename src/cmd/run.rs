@@ -1,0 +1,181 @@
+//! `freshen run`: plan a run (or resume the unfinished one with the same
+//! selection), work it, and report.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Result;
+use tokio_util::sync::CancellationToken;
+
+use crate::Exit;
+use crate::api::Vendor;
+use crate::cli::RunArgs;
+use crate::config::Config;
+use crate::credits::{Budget, period_of};
+use crate::engine::{self, Job, Stop, Tally};
+use crate::pacer::Pacer;
+use crate::progress::{Calls, CreditsSummary, Display, Failure, Summary};
+use crate::selection::Selection;
+use crate::store::{RunRow, Store};
+
+pub async fn run(
+    config: Config,
+    args: RunArgs,
+    shutdown: CancellationToken,
+    display: &Display,
+) -> Result<Exit> {
+    let started = Instant::now();
+    let config = Arc::new(config);
+    let store = Arc::new(Store::connect(&config).await?);
+    let selection = Selection {
+        ids: args.selection.ids,
+        stale_before: args.selection.stale_before,
+        limit: args.selection.limit,
+        filter: config.source.filter.clone(),
+    };
+
+    let run = match store.latest_run_with(&selection).await? {
+        Some(run) if !args.new && run.status == "complete" => {
+            println!(
+                "run {} with this selection is complete ({} records, finished {}); pass --new to start another",
+                run.id,
+                run.total,
+                run.finished_at.as_deref().unwrap_or("-")
+            );
+            return Ok(Exit::Complete);
+        }
+        Some(run) if !args.new => {
+            let pending = store.item_counts(run.id).await?.pending;
+            tracing::info!(
+                "resuming run {}: {pending} of {} records pending",
+                run.id,
+                run.total
+            );
+            run
+        }
+        previous => {
+            if let Some(old) = previous.filter(|r| r.status != "complete") {
+                store.set_status(old.id, "superseded", true).await?;
+                tracing::info!(
+                    "run {} left unfinished: superseded by a new run (--new)",
+                    old.id
+                );
+            }
+            let run = store.plan(&selection).await?;
+            tracing::info!(
+                "planned run {}: {} records, stalest first",
+                run.id,
+                run.total
+            );
+            run
+        }
+    };
+
+    let period = period_of(jiff::Timestamp::now());
+    let credits = &config.credits;
+    let spent = store.period(&period, credits.allowance).await?.spent;
+    let budget = Budget::new(
+        credits.allowance as i64,
+        credits.reserve as i64,
+        spent,
+        credits.cost as i64,
+    );
+
+    let before = store.item_counts(run.id).await?;
+    store.set_status(run.id, "running", false).await?;
+    let tally = Arc::new(Tally::default());
+    let pacer = Arc::new(Pacer::new(&config.limits, &config.retry));
+    let watching = CancellationToken::new();
+    display.watch(
+        run.id,
+        before.total as u64,
+        (before.done + before.failed) as u64,
+        tally.clone(),
+        pacer.clone(),
+        watching.clone(),
+    );
+
+    let job = Job {
+        vendor: Vendor::new(&config, store.mapped_kinds())?,
+        pacer,
+        config: config.clone(),
+        store: store.clone(),
+        tally: tally.clone(),
+        budget,
+        run: run.id,
+        period: period.clone(),
+    };
+    let outcome = engine::execute(job, &shutdown).await;
+    watching.cancel();
+    let stop = match outcome {
+        Ok(stop) => stop,
+        Err(e) => {
+            let _ = store.set_status(run.id, "error", false).await;
+            return Err(e);
+        }
+    };
+
+    let records = store.item_counts(run.id).await?;
+    let (status, exit) = match stop {
+        Stop::Drained if records.pending == 0 => ("complete", Exit::Complete),
+        // Items added back while draining (cannot happen in one process, but the
+        // database is the truth): the next run resumes them.
+        Stop::Drained => ("stopped", Exit::Complete),
+        Stop::Interrupted => ("interrupted", Exit::Interrupted),
+        Stop::Budget => ("budget", Exit::Budget),
+        Stop::OutOfCredits => ("out_of_credits", Exit::Budget),
+        Stop::Outage => ("outage", Exit::Outage),
+    };
+    store
+        .set_status(run.id, status, status == "complete")
+        .await?;
+    let row = store.run(run.id).await?.expect("the run exists");
+    let period_row = store.period(&period, credits.allowance).await?;
+    let resolved = Tally::get(&tally.done) + Tally::get(&tally.failed);
+    let wall_s = started.elapsed().as_secs_f64();
+    let summary = Summary {
+        run: run.id,
+        status: status.to_owned(),
+        records,
+        calls: Calls {
+            total: row.calls.total(),
+            by_outcome: row.calls,
+        },
+        credits: CreditsSummary {
+            period,
+            spent: row.credits_spent,
+            remaining: period_row.allowance - period_row.spent,
+        },
+        wall_s,
+        rate: resolved as f64 / wall_s.max(1e-3),
+        failures: failures(&store, &row).await?,
+    };
+    summary.print();
+    if let Some(path) = &args.summary_json {
+        summary.write_json(path)?;
+    }
+    match stop {
+        Stop::Budget => println!(
+            "stopped at the credit budget: the period's allowance less credits.reserve is spent; the rest stays pending"
+        ),
+        Stop::OutOfCredits => {
+            println!("stopped: the vendor reports no credits left (402); the rest stays pending")
+        }
+        Stop::Interrupted => println!("interrupted: `freshen run` with the same selection resumes"),
+        Stop::Outage => println!(
+            "stopped: the vendor has been down longer than retry.max_outage; `freshen run` with the same selection resumes"
+        ),
+        Stop::Drained => {}
+    }
+    store.close().await;
+    Ok(exit)
+}
+
+async fn failures(store: &Store, run: &RunRow) -> Result<Vec<Failure>> {
+    Ok(store
+        .failures(run.id, 5)
+        .await?
+        .into_iter()
+        .map(|(key, reason)| Failure { key, reason })
+        .collect())
+}

@@ -1,0 +1,109 @@
+//! `freshen status`: the current or last run and this period's credits, read
+//! from the database only, so it is right while another process runs.
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::Exit;
+use crate::config::Config;
+use crate::credits::period_of;
+use crate::store::{CallCounts, ItemCounts, Store};
+
+#[derive(Debug, Serialize)]
+struct Status {
+    run: Option<RunStatus>,
+    credits: PeriodStatus,
+}
+
+#[derive(Debug, Serialize)]
+struct RunStatus {
+    id: i64,
+    status: String,
+    selection: serde_json::Value,
+    records: ItemCounts,
+    calls: CallCounts,
+    created_at: String,
+    updated_at: String,
+    finished_at: Option<String>,
+    failures: Vec<(String, String)>,
+}
+
+#[derive(Debug, Serialize)]
+struct PeriodStatus {
+    period: String,
+    allowance: i64,
+    reserve: u64,
+    spent: i64,
+    remaining: i64,
+}
+
+pub async fn status(config: Config, json: bool) -> Result<Exit> {
+    let store = Store::connect(&config).await?;
+    let run = match store.latest_run().await? {
+        Some(run) => Some(RunStatus {
+            records: store.item_counts(run.id).await?,
+            failures: store.failures(run.id, 10).await?,
+            selection: serde_json::from_str(&run.selection).unwrap_or_default(),
+            id: run.id,
+            status: run.status,
+            calls: run.calls,
+            created_at: run.created_at,
+            updated_at: run.updated_at,
+            finished_at: run.finished_at,
+        }),
+        None => None,
+    };
+    let period = store
+        .period(&period_of(jiff::Timestamp::now()), config.credits.allowance)
+        .await?;
+    let status = Status {
+        run,
+        credits: PeriodStatus {
+            remaining: period.allowance - period.spent,
+            period: period.period,
+            allowance: period.allowance,
+            reserve: config.credits.reserve,
+            spent: period.spent,
+        },
+    };
+    store.close().await;
+
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(Exit::Complete);
+    }
+    match &status.run {
+        None => println!("no run yet for table `{}`", config.source.table),
+        Some(r) => {
+            let (n, c) = (&r.records, &r.calls);
+            println!("run {} {} (selection {})", r.id, r.status, r.selection);
+            println!(
+                "  records  {} total, {} done, {} failed, {} pending",
+                n.total, n.done, n.failed, n.pending
+            );
+            println!(
+                "  calls    {} total: {} ok, {} throttled, {} transient, {} permanent",
+                c.total(),
+                c.ok,
+                c.throttled,
+                c.transient,
+                c.permanent
+            );
+            println!(
+                "  times    created {}, updated {}, finished {}",
+                r.created_at,
+                r.updated_at,
+                r.finished_at.as_deref().unwrap_or("-")
+            );
+            for (key, reason) in &r.failures {
+                println!("  failed   {key}: {reason}");
+            }
+        }
+    }
+    let p = &status.credits;
+    println!(
+        "credits {}: {} spent of {} (reserve {}), {} remaining",
+        p.period, p.spent, p.allowance, p.reserve, p.remaining
+    );
+    Ok(Exit::Complete)
+}

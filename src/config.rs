@@ -1,0 +1,674 @@
+//! The configuration: `config.toml` as written (`FileConfig`, serde, unknown keys
+//! rejected) turned once, at start, into `Config`: typed, validated, with `${VAR}`
+//! references resolved and command-line overrides applied. Nothing downstream parses
+//! a string from the file again.
+//!
+//! Every error names the file and the key, and says how to fix it; they are all
+//! `UsageError`s, so the binary exits with code 2.
+
+use std::collections::BTreeMap;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Result;
+use reqwest::Method;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use serde::Deserialize;
+use url::Url;
+
+use crate::error::{Secret, usage};
+use crate::store::Ident;
+
+// ---- the file, as written -------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    database: FileDatabase,
+    source: FileSource,
+    api: FileApi,
+    limits: FileLimits,
+    #[serde(default)]
+    retry: FileRetry,
+    #[serde(default)]
+    checkpoint: FileCheckpoint,
+    credits: FileCredits,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileDatabase {
+    url: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSource {
+    table: String,
+    key: String,
+    refreshed_at: String,
+    filter: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileApi {
+    base_url: String,
+    #[serde(default = "default_method")]
+    method: String,
+    path: String,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    #[serde(default = "default_timeout")]
+    timeout: String,
+    #[serde(default = "default_connect_timeout")]
+    connect_timeout: String,
+    #[serde(default = "default_max_body_bytes")]
+    max_body_bytes: u64,
+    response: BTreeMap<String, String>,
+}
+
+fn default_method() -> String {
+    "GET".into()
+}
+fn default_timeout() -> String {
+    "10s".into()
+}
+fn default_connect_timeout() -> String {
+    "5s".into()
+}
+fn default_max_body_bytes() -> u64 {
+    1 << 20
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLimits {
+    rate: u32,
+    burst: Option<u32>,
+    max_concurrency: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileRetry {
+    max_attempts: u32,
+    base_delay: String,
+    max_delay: String,
+    max_outage: String,
+}
+
+impl Default for FileRetry {
+    fn default() -> Self {
+        FileRetry {
+            max_attempts: 5,
+            base_delay: "500ms".into(),
+            max_delay: "60s".into(),
+            max_outage: "30m".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileCheckpoint {
+    batch_size: usize,
+    interval: String,
+}
+
+impl Default for FileCheckpoint {
+    fn default() -> Self {
+        FileCheckpoint {
+            batch_size: 200,
+            interval: "250ms".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileCredits {
+    allowance: u64,
+    #[serde(default = "default_period")]
+    period: String,
+    #[serde(default)]
+    reserve: u64,
+    #[serde(default = "default_cost")]
+    cost: u64,
+    #[serde(default = "default_billed")]
+    billed_statuses: Vec<String>,
+    remaining_header: Option<String>,
+}
+
+fn default_period() -> String {
+    "month".into()
+}
+fn default_cost() -> u64 {
+    1
+}
+fn default_billed() -> Vec<String> {
+    vec!["2xx".into(), "404".into()]
+}
+
+// ---- the configuration, as used ---------------------------------------------------
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from, for messages.
+    pub path: PathBuf,
+    pub database_url: Secret,
+    pub source: Source,
+    pub api: Api,
+    pub limits: Limits,
+    pub retry: Retry,
+    pub checkpoint: Checkpoint,
+    pub credits: Credits,
+}
+
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub table: Ident,
+    pub key: Ident,
+    pub refreshed_at: Ident,
+    /// The operator's own SQL condition: trusted, like the rest of the file.
+    pub filter: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Api {
+    /// The base URL, without a trailing slash.
+    pub base_url: String,
+    pub method: Method,
+    pub path: PathTemplate,
+    /// Header values from `${VAR}` are marked sensitive, so reqwest never prints them.
+    pub headers: HeaderMap,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub max_body_bytes: usize,
+    /// JSON pointer in the answer -> column of `source.table`, in file order.
+    pub response: Vec<Mapping>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Mapping {
+    pub pointer: String,
+    pub column: Ident,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub rate: NonZeroU32,
+    pub burst: NonZeroU32,
+    pub max_concurrency: NonZeroU32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Retry {
+    pub max_attempts: NonZeroU32,
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+    pub max_outage: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    pub batch_size: NonZeroUsize,
+    pub interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Credits {
+    pub allowance: u64,
+    pub reserve: u64,
+    pub cost: u64,
+    pub billed_statuses: Vec<StatusPattern>,
+    pub remaining_header: Option<HeaderName>,
+}
+
+/// `billed_statuses` entries: an exact status (`404`) or a class (`2xx`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusPattern {
+    Exact(u16),
+    Class(u16),
+}
+
+impl StatusPattern {
+    pub fn matches(self, status: u16) -> bool {
+        match self {
+            StatusPattern::Exact(s) => s == status,
+            StatusPattern::Class(c) => status / 100 == c,
+        }
+    }
+}
+
+/// `api.path`: literal text with `{column}` placeholders filled from the record,
+/// percent-encoded as path segments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathTemplate {
+    pub parts: Vec<PathPart>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathPart {
+    Literal(String),
+    Column(Ident),
+}
+
+impl PathTemplate {
+    fn parse(key: &str, s: &str) -> Result<PathTemplate> {
+        let mut parts = Vec::new();
+        let mut rest = s;
+        while let Some(open) = rest.find('{') {
+            if open > 0 {
+                parts.push(PathPart::Literal(rest[..open].to_owned()));
+            }
+            let close = rest[open..].find('}').ok_or_else(|| {
+                usage(format!(
+                    "`{key}` = \"{s}\" has a `{{` without a closing `}}`"
+                ))
+            })? + open;
+            let name = &rest[open + 1..close];
+            parts.push(PathPart::Column(Ident::new(name).map_err(|e| {
+                usage(format!("`{key}` placeholder `{{{name}}}`: {e}"))
+            })?));
+            rest = &rest[close + 1..];
+        }
+        if rest.contains('}') {
+            return Err(usage(format!(
+                "`{key}` = \"{s}\" has a `}}` without an opening `{{`"
+            )));
+        }
+        if !rest.is_empty() {
+            parts.push(PathPart::Literal(rest.to_owned()));
+        }
+        Ok(PathTemplate { parts })
+    }
+
+    /// The columns the template reads, in order of first use.
+    pub fn columns(&self) -> impl Iterator<Item = &Ident> {
+        self.parts.iter().filter_map(|p| match p {
+            PathPart::Column(c) => Some(c),
+            PathPart::Literal(_) => None,
+        })
+    }
+}
+
+impl Config {
+    /// Reads and validates the file; `database_url` overrides `database.url`
+    /// (the `--database-url` flag or `FRESHEN_DATABASE_URL`).
+    pub fn load(path: &Path, database_url: Option<&str>) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            usage(format!(
+                "cannot read the configuration file {}: {e}; pass another with --config",
+                path.display()
+            ))
+        })?;
+        Config::parse(path, &text, database_url, &|name| std::env::var(name).ok())
+    }
+
+    /// Parses `text` as the file at `path`; `env` resolves `${VAR}` (a parameter so
+    /// tests need not touch the process environment).
+    pub fn parse(
+        path: &Path,
+        text: &str,
+        database_url: Option<&str>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config> {
+        let file = path.display();
+        let raw: FileConfig = toml::from_str(text)
+            .map_err(|e| usage(format!("{file}: {}", e.to_string().trim_end())))?;
+        let key_err = |key: &str, msg: String| usage(format!("{file}: `{key}` {msg}"));
+
+        let database_url = match database_url {
+            Some(url) => Secret::new(url.to_owned()),
+            None => Secret::new(
+                expand(&raw.database.url, env)
+                    .map_err(|m| key_err("database.url", m))?
+                    .0,
+            ),
+        };
+        let scheme = database_url.expose().split(':').next().unwrap_or_default();
+        if !matches!(scheme, "sqlite" | "postgres" | "postgresql") {
+            return Err(key_err(
+                "database.url",
+                "must start with `sqlite:` or `postgres://` (the scheme names the database engine)"
+                    .into(),
+            ));
+        }
+
+        let ident = |key: &str, v: &str| Ident::new(v).map_err(|m| key_err(key, m));
+        let source = Source {
+            table: ident("source.table", &raw.source.table)?,
+            key: ident("source.key", &raw.source.key)?,
+            refreshed_at: ident("source.refreshed_at", &raw.source.refreshed_at)?,
+            filter: raw.source.filter.filter(|f| !f.trim().is_empty()),
+        };
+
+        let base = Url::parse(&raw.api.base_url).map_err(|e| {
+            key_err(
+                "api.base_url",
+                format!("= \"{}\" is not a URL: {e}", raw.api.base_url),
+            )
+        })?;
+        if !matches!(base.scheme(), "http" | "https") {
+            return Err(key_err(
+                "api.base_url",
+                "must be an http:// or https:// URL".into(),
+            ));
+        }
+        let method = match raw.api.method.to_ascii_uppercase().as_str() {
+            "GET" => Method::GET,
+            "POST" => Method::POST,
+            other => {
+                return Err(key_err(
+                    "api.method",
+                    format!("= \"{other}\" is not supported; use \"GET\" or \"POST\""),
+                ));
+            }
+        };
+        if !raw.api.path.starts_with('/') {
+            return Err(key_err(
+                "api.path",
+                "must start with `/`, e.g. \"/v1/people/{id}\"".into(),
+            ));
+        }
+        let path_template = PathTemplate::parse("api.path", &raw.api.path)?;
+
+        let mut headers = HeaderMap::new();
+        for (name, value) in &raw.api.headers {
+            let key = format!("api.headers.{name}");
+            let header = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| key_err(&key, "is not a valid HTTP header name".into()))?;
+            let (value, secret) = expand(value, env).map_err(|m| key_err(&key, m))?;
+            let mut value = HeaderValue::from_str(&value).map_err(|_| {
+                key_err(
+                    &key,
+                    "holds characters not allowed in an HTTP header".into(),
+                )
+            })?;
+            value.set_sensitive(secret);
+            headers.insert(header, value);
+        }
+
+        if raw.api.response.is_empty() {
+            return Err(key_err(
+                "api.response",
+                "maps no field; add `\"/field\" = \"column\"` lines".into(),
+            ));
+        }
+        let mut response = Vec::with_capacity(raw.api.response.len());
+        for (pointer, column) in &raw.api.response {
+            let key = format!("api.response.\"{pointer}\"");
+            if !(pointer.is_empty() || pointer.starts_with('/')) {
+                return Err(key_err(
+                    &key,
+                    "is not a JSON pointer: it must start with `/`, e.g. \"/title\"".into(),
+                ));
+            }
+            let column = ident(&key, column)?;
+            if column == source.key || column == source.refreshed_at {
+                return Err(key_err(
+                    &key,
+                    format!("maps to `{column}`, which freshen itself manages"),
+                ));
+            }
+            response.push(Mapping {
+                pointer: pointer.clone(),
+                column,
+            });
+        }
+
+        let nonzero = |key: &str, v: u32| {
+            NonZeroU32::new(v).ok_or_else(|| key_err(key, "must be at least 1".into()))
+        };
+        let rate = nonzero("limits.rate", raw.limits.rate)?;
+        let limits = Limits {
+            rate,
+            // A small burst: enough to absorb scheduling jitter, too small to flood.
+            burst: match raw.limits.burst {
+                Some(b) => nonzero("limits.burst", b)?,
+                None => NonZeroU32::new((rate.get() / 20).max(1)).expect("max(1) is non-zero"),
+            },
+            max_concurrency: nonzero("limits.max_concurrency", raw.limits.max_concurrency)?,
+        };
+
+        let duration = |key: &str, v: &str| parse_duration(v).map_err(|m| key_err(key, m));
+        let retry = Retry {
+            max_attempts: nonzero("retry.max_attempts", raw.retry.max_attempts)?,
+            base_delay: duration("retry.base_delay", &raw.retry.base_delay)?,
+            max_delay: duration("retry.max_delay", &raw.retry.max_delay)?,
+            max_outage: duration("retry.max_outage", &raw.retry.max_outage)?,
+        };
+        if retry.base_delay > retry.max_delay {
+            return Err(key_err(
+                "retry.base_delay",
+                "is longer than `retry.max_delay`".into(),
+            ));
+        }
+
+        let checkpoint = Checkpoint {
+            batch_size: NonZeroUsize::new(raw.checkpoint.batch_size)
+                .ok_or_else(|| key_err("checkpoint.batch_size", "must be at least 1".into()))?,
+            interval: duration("checkpoint.interval", &raw.checkpoint.interval)?,
+        };
+
+        if raw.credits.period != "month" {
+            return Err(key_err(
+                "credits.period",
+                format!(
+                    "= \"{}\" is not supported; use \"month\"",
+                    raw.credits.period
+                ),
+            ));
+        }
+        if raw.credits.reserve > raw.credits.allowance {
+            return Err(key_err(
+                "credits.reserve",
+                "is larger than `credits.allowance`".into(),
+            ));
+        }
+        let billed_statuses = raw
+            .credits
+            .billed_statuses
+            .iter()
+            .map(|s| parse_status_pattern(s).map_err(|m| key_err("credits.billed_statuses", m)))
+            .collect::<Result<_>>()?;
+        let remaining_header = raw
+            .credits
+            .remaining_header
+            .map(|h| {
+                HeaderName::from_bytes(h.as_bytes()).map_err(|_| {
+                    key_err(
+                        "credits.remaining_header",
+                        "is not a valid HTTP header name".into(),
+                    )
+                })
+            })
+            .transpose()?;
+
+        Ok(Config {
+            path: path.to_owned(),
+            database_url,
+            source,
+            api: Api {
+                base_url: base.as_str().trim_end_matches('/').to_owned(),
+                method,
+                path: path_template,
+                headers,
+                timeout: duration("api.timeout", &raw.api.timeout)?,
+                connect_timeout: duration("api.connect_timeout", &raw.api.connect_timeout)?,
+                max_body_bytes: usize::try_from(raw.api.max_body_bytes)
+                    .map_err(|_| key_err("api.max_body_bytes", "is too large".into()))?,
+                response,
+            },
+            limits,
+            retry,
+            checkpoint,
+            credits: Credits {
+                allowance: raw.credits.allowance,
+                reserve: raw.credits.reserve,
+                cost: raw.credits.cost,
+                billed_statuses,
+                remaining_header,
+            },
+        })
+    }
+
+    /// The database URL with any password hidden, for messages.
+    pub fn database_display(&self) -> String {
+        match Url::parse(self.database_url.expose()) {
+            Ok(mut url) if url.password().is_some() => {
+                let _ = url.set_password(Some("(redacted)"));
+                url.to_string()
+            }
+            _ if self.database_url.expose().starts_with("sqlite:") => {
+                self.database_url.expose().to_owned()
+            }
+            _ => "(database url)".into(),
+        }
+    }
+}
+
+/// Resolves `${VAR}` references. Returns the text and whether it holds a secret
+/// (any value that came from the environment is treated as one).
+fn expand(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<(String, bool), String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    let mut secret = false;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let end = rest[start..]
+            .find('}')
+            .ok_or_else(|| "has a `${` without a closing `}`".to_string())?
+            + start;
+        let name = &rest[start + 2..end];
+        let value = env(name).ok_or_else(|| {
+            format!("uses ${{{name}}}, which is not set in the environment; export {name} or remove the reference")
+        })?;
+        out.push_str(&value);
+        secret = true;
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    Ok((out, secret))
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| {
+        format!("= \"{s}\" is not a duration ({e}); write e.g. \"500ms\", \"10s\" or \"30m\"")
+    })
+}
+
+fn parse_status_pattern(s: &str) -> Result<StatusPattern, String> {
+    let bad = || format!("entry \"{s}\" is not a status; write e.g. \"404\" or \"2xx\"");
+    if let Some(class) = s.strip_suffix("xx") {
+        let c: u16 = class.parse().map_err(|_| bad())?;
+        return if (1..=5).contains(&c) {
+            Ok(StatusPattern::Class(c))
+        } else {
+            Err(bad())
+        };
+    }
+    let code: u16 = s.parse().map_err(|_| bad())?;
+    if (100..=599).contains(&code) {
+        Ok(StatusPattern::Exact(code))
+    } else {
+        Err(bad())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHIPPED: &str = include_str!("../config.toml");
+
+    fn parse_with(text: &str, env: &[(&str, &str)]) -> Result<Config> {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::parse(Path::new("test.toml"), text, None, &move |name| {
+            env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        })
+    }
+
+    fn err(text: &str) -> String {
+        format!("{:#}", parse_with(text, &[]).unwrap_err())
+    }
+
+    #[test]
+    fn shipped_config_is_valid() {
+        let c = parse_with(SHIPPED, &[]).unwrap();
+        assert_eq!(c.source.table.as_str(), "people");
+        assert_eq!(c.api.response.len(), 3);
+        assert!(c.limits.burst.get() <= c.limits.rate.get());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let text = SHIPPED.replace("[limits]", "[limits]\nrat = 5");
+        let e = err(&text);
+        assert!(e.contains("test.toml") && e.contains("`rat`"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            ("timeout = \"10s\"", "timeout = \"ten\"", "api.timeout"),
+            (
+                "base_url = \"http://127.0.0.1:8077\"",
+                "base_url = \"not a url\"",
+                "api.base_url",
+            ),
+            (
+                "table = \"people\"",
+                "table = \"people; drop\"",
+                "source.table",
+            ),
+            ("max_attempts = 5", "max_attempts = 0", "retry.max_attempts"),
+        ];
+        for (from, to, key) in cases {
+            assert!(SHIPPED.contains(from), "{from}");
+            let e = err(&SHIPPED.replace(from, to));
+            assert!(e.contains(key), "{key}: {e}");
+        }
+    }
+
+    #[test]
+    fn env_references_resolve_and_stay_secret() {
+        let text = SHIPPED.replace(
+            "[api.response]",
+            "headers = { Authorization = \"Bearer ${TOKEN}\" }\n\n[api.response]",
+        );
+        let c = parse_with(&text, &[("TOKEN", "s3cr3t")]).unwrap();
+        let value = &c.api.headers["authorization"];
+        assert_eq!(value.to_str().unwrap(), "Bearer s3cr3t");
+        assert!(value.is_sensitive());
+        assert!(!format!("{c:?}").contains("s3cr3t"));
+
+        let e = format!("{:#}", parse_with(&text, &[]).unwrap_err());
+        assert!(
+            e.contains("api.headers.Authorization") && e.contains("${TOKEN}"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn path_template_parses_placeholders() {
+        let t = PathTemplate::parse("api.path", "/v1/{kind}/x/{id}").unwrap();
+        let cols: Vec<&str> = t.columns().map(Ident::as_str).collect();
+        assert_eq!(cols, ["kind", "id"]);
+        assert!(PathTemplate::parse("api.path", "/v1/{id").is_err());
+        assert!(PathTemplate::parse("api.path", "/v1/{a b}").is_err());
+    }
+
+    #[test]
+    fn status_patterns() {
+        assert!(parse_status_pattern("2xx").unwrap().matches(204));
+        assert!(!parse_status_pattern("404").unwrap().matches(400));
+        assert!(parse_status_pattern("9xx").is_err());
+        assert!(parse_status_pattern("abc").is_err());
+    }
+}

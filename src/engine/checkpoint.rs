@@ -1,0 +1,134 @@
+//! The checkpoint writer: the only task that writes results. Workers hand results
+//! to an [`Outbox`] of exactly `checkpoint.batch_size` slots; the writer takes
+//! everything in it when it is full or every `checkpoint.interval`, and writes it
+//! in one transaction (see `Store::checkpoint`), then frees the slots.
+//!
+//! A worker keeps its concurrency permit until its result is in the outbox, so at
+//! any moment a result is either in flight (at most `max_concurrency`), in the
+//! outbox (at most `batch_size`), or written: a crash repeats at most
+//! `max_concurrency + batch_size` calls.
+
+use std::sync::{Arc, Mutex};
+
+use anyhow::Result;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use super::Tally;
+use crate::config::Checkpoint;
+use crate::store::{CallCounts, Finished, Store};
+
+pub(super) struct Outbox {
+    results: Mutex<Vec<Finished>>,
+    free: Semaphore,
+    full: Notify,
+    batch_size: usize,
+    /// Cancelled if the writer fails: nobody would take results any more.
+    broken: CancellationToken,
+}
+
+impl Outbox {
+    pub fn new(batch_size: usize) -> Outbox {
+        Outbox {
+            results: Mutex::new(Vec::with_capacity(batch_size)),
+            free: Semaphore::new(batch_size),
+            full: Notify::new(),
+            batch_size,
+            broken: CancellationToken::new(),
+        }
+    }
+
+    /// Waits for a free slot and puts the result in it. Returns false if the writer
+    /// has failed (the result is dropped: its item stays pending).
+    pub async fn put(&self, finished: Finished) -> bool {
+        let slot = tokio::select! {
+            _ = self.broken.cancelled() => return false,
+            slot = self.free.acquire() => slot.expect("never closed"),
+        };
+        slot.forget();
+        let held = {
+            let mut results = self.results.lock().expect("outbox lock");
+            results.push(finished);
+            results.len()
+        };
+        if held >= self.batch_size {
+            self.full.notify_one();
+        }
+        true
+    }
+
+    fn take(&self) -> Vec<Finished> {
+        std::mem::take(&mut *self.results.lock().expect("outbox lock"))
+    }
+}
+
+/// The writer's task: what it writes, where, and the tokens it obeys.
+pub(super) struct Writer {
+    pub store: Arc<Store>,
+    pub run: i64,
+    pub period: String,
+    pub outbox: Arc<Outbox>,
+    pub settings: Checkpoint,
+    pub tally: Arc<Tally>,
+    /// Cancelled by the writer on a database error: the run stops.
+    pub stop: CancellationToken,
+    /// Cancelled by the engine once every worker has finished.
+    pub done: CancellationToken,
+}
+
+impl Writer {
+    /// Writes batches until `done`, then writes what is left and returns.
+    pub async fn write(self) -> Result<()> {
+        let Writer {
+            store,
+            run,
+            period,
+            outbox,
+            settings,
+            tally,
+            stop,
+            done,
+        } = self;
+        let mut written = CallCounts::default();
+        let mut tick = tokio::time::interval(settings.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let last = tokio::select! {
+                _ = outbox.full.notified() => false,
+                _ = tick.tick() => false,
+                _ = done.cancelled() => true,
+            };
+            let batch = outbox.take();
+            let now = counts(&tally);
+            let delta = CallCounts {
+                ok: now.ok - written.ok,
+                throttled: now.throttled - written.throttled,
+                transient: now.transient - written.transient,
+                permanent: now.permanent - written.permanent,
+            };
+            if !batch.is_empty() || delta != CallCounts::default() {
+                if let Err(e) = store.checkpoint(run, &period, &batch, delta).await {
+                    // Nothing of this batch was written; its items stay pending.
+                    outbox.broken.cancel();
+                    stop.cancel();
+                    return Err(e);
+                }
+                written = now;
+                outbox.free.add_permits(batch.len());
+            }
+            if last {
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn counts(tally: &Tally) -> CallCounts {
+    let n = |c| Tally::get(c) as i64;
+    CallCounts {
+        ok: n(&tally.ok),
+        throttled: n(&tally.throttled),
+        transient: n(&tally.transient),
+        permanent: n(&tally.permanent),
+    }
+}

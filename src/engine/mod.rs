@@ -1,0 +1,313 @@
+//! The loop: take pending items from the run's queue in the database, call the
+//! vendor for each under the pacer, and hand results to the checkpoint writer.
+//!
+//! ```text
+//! dispatcher ──▶ workers (≤ slots) ──▶ checkpoint writer (one, batched transactions)
+//!                   │  ▲
+//!      pacer: permit + pause + rate token
+//! ```
+//!
+//! Stopping (signal, budget, out of credits) cancels one token: the dispatcher stops
+//! taking items, workers waiting for a permit or a backoff give theirs back untouched
+//! (still pending), calls in flight finish and are checkpointed, the writer flushes
+//! last. Whatever happens, an item is either written whole or left pending, and
+//! at most `max_concurrency + checkpoint.batch_size` answers are held unwritten.
+
+mod checkpoint;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::Result;
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::{CallError, Vendor};
+use crate::config::Config;
+use crate::credits::Budget;
+use crate::pacer::{Backoff, Outage, Pacer, Signal};
+use crate::store::{Finished, Item, Resolution, Store};
+
+/// Why the loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// No pending item is left.
+    Drained,
+    /// SIGINT or SIGTERM.
+    Interrupted,
+    /// The next call could take the period past `allowance - reserve`.
+    Budget,
+    /// The vendor answered 402.
+    OutOfCredits,
+    /// The vendor was down longer than `retry.max_outage`.
+    Outage,
+}
+
+/// Live counters of this process's work, read by the progress display.
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub ok: AtomicU64,
+    pub throttled: AtomicU64,
+    pub transient: AtomicU64,
+    pub permanent: AtomicU64,
+    /// Items resolved (done or failed) by this process.
+    pub done: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+impl Tally {
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Items read from the queue per query.
+const FETCH: i64 = 512;
+
+struct Shared {
+    vendor: Vendor,
+    pacer: Arc<Pacer>,
+    budget: Budget,
+    tally: Arc<Tally>,
+    stop: CancellationToken,
+    reason: Mutex<Option<Stop>>,
+    outbox: Arc<checkpoint::Outbox>,
+    max_attempts: u32,
+    retry: crate::config::Retry,
+}
+
+impl Shared {
+    async fn halt(&self, why: Stop) {
+        self.reason.lock().await.get_or_insert(why);
+        self.stop.cancel();
+    }
+}
+
+/// What `execute` needs from its caller.
+pub struct Job {
+    pub config: Arc<Config>,
+    pub store: Arc<Store>,
+    pub vendor: Vendor,
+    pub pacer: Arc<Pacer>,
+    pub tally: Arc<Tally>,
+    pub budget: Budget,
+    pub run: i64,
+    pub period: String,
+}
+
+/// Works the run's pending items until none is left or something stops it.
+pub async fn execute(job: Job, shutdown: &CancellationToken) -> Result<Stop> {
+    let Job {
+        config,
+        store,
+        vendor,
+        pacer,
+        tally,
+        budget,
+        run,
+        period,
+    } = job;
+    let stop = shutdown.child_token();
+    let outbox = Arc::new(checkpoint::Outbox::new(config.checkpoint.batch_size.get()));
+    let workers_done = CancellationToken::new();
+    let writer = tokio::spawn(
+        checkpoint::Writer {
+            store: store.clone(),
+            run,
+            period,
+            outbox: outbox.clone(),
+            settings: config.checkpoint.clone(),
+            tally: tally.clone(),
+            stop: stop.clone(),
+            done: workers_done.clone(),
+        }
+        .write(),
+    );
+
+    let shared = Arc::new(Shared {
+        vendor,
+        pacer,
+        budget,
+        tally,
+        stop: stop.clone(),
+        reason: Mutex::new(None),
+        outbox,
+        max_attempts: config.retry.max_attempts.get(),
+        retry: config.retry.clone(),
+    });
+
+    // Workers in existence at once: those calling plus those waiting out a backoff
+    // (which hold no concurrency permit). Bounded, so memory does not grow with the run.
+    let slots = Arc::new(Semaphore::new(
+        config.limits.max_concurrency.get() as usize * 4,
+    ));
+    let tracker = TaskTracker::new();
+    let dispatched = dispatch(&store, run, &shared, &slots, &tracker).await;
+    tracker.close();
+    tracker.wait().await;
+
+    let reason = *shared.reason.lock().await;
+    workers_done.cancel(); // the writer writes what is left and ends
+    let written = writer.await.expect("the checkpoint writer does not panic");
+    dispatched?;
+    written?;
+
+    Ok(match reason {
+        _ if shutdown.is_cancelled() => Stop::Interrupted,
+        Some(why) => why,
+        None => Stop::Drained,
+    })
+}
+
+async fn dispatch(
+    store: &Store,
+    run: i64,
+    shared: &Arc<Shared>,
+    slots: &Arc<Semaphore>,
+    tracker: &TaskTracker,
+) -> Result<()> {
+    let mut after = 0;
+    loop {
+        let items = tokio::select! {
+            biased;
+            _ = shared.stop.cancelled() => return Ok(()),
+            items = store.pending_after(run, after, FETCH) => items?,
+        };
+        let Some(last) = items.last() else {
+            return Ok(());
+        };
+        after = last.seq;
+        for item in items {
+            let slot = tokio::select! {
+                biased;
+                _ = shared.stop.cancelled() => return Ok(()),
+                slot = slots.clone().acquire_owned() => slot.expect("never closed"),
+            };
+            tracker.spawn(work(shared.clone(), item, slot));
+        }
+    }
+}
+
+/// One item, from its first call to its result: throttled answers pause everyone and
+/// try again without counting an attempt; transient failures wait out a jittered
+/// backoff without holding a concurrency permit, and within the retry budget;
+/// failures while the breaker is open are not attempts; a stop leaves the item pending.
+async fn work(shared: Arc<Shared>, mut item: Item, _slot: OwnedSemaphorePermit) {
+    let tally = &shared.tally;
+    let pacer = &shared.pacer;
+    let mut backoff: Option<Backoff> = None;
+    let mut charged = 0;
+    loop {
+        let ticket = tokio::select! {
+            biased;
+            _ = shared.stop.cancelled() => return,
+            ticket = pacer.acquire() => ticket,
+        };
+        let mut ticket = match ticket {
+            Ok(ticket) => ticket,
+            Err(Outage) => {
+                shared.halt(Stop::Outage).await;
+                return;
+            }
+        };
+        if shared.stop.is_cancelled() {
+            return;
+        }
+        if !shared.budget.try_reserve() {
+            shared.halt(Stop::Budget).await;
+            return;
+        }
+        pacer.sending(&mut ticket);
+        let started = tokio::time::Instant::now();
+        let call = shared.vendor.call(&item).await;
+        if shared.vendor.is_billed(call.status) {
+            charged += shared.budget.cost();
+        } else {
+            shared.budget.release();
+        }
+        let (signal, retry_after) = match &call.result {
+            Ok(_) => (Signal::Success(started.elapsed()), None),
+            Err(CallError::Throttled { retry_after }) => (Signal::Throttled, *retry_after),
+            Err(CallError::Transient { overload: true, .. }) => (Signal::Overloaded, None),
+            Err(CallError::Transient {
+                overload: false, ..
+            }) => (Signal::Failed, None),
+            Err(CallError::Permanent(_) | CallError::OutOfCredits) => (Signal::Answered, None),
+        };
+        let outage = pacer.observe(&mut ticket, item.seq, signal, retry_after, call.hint);
+
+        let resolution = match call.result {
+            Ok(values) => {
+                Tally::bump(&tally.ok);
+                item.attempts += 1;
+                Resolution::Done(values)
+            }
+            Err(CallError::Throttled { .. }) => {
+                Tally::bump(&tally.throttled);
+                continue;
+            }
+            Err(CallError::Transient { reason, .. }) => {
+                Tally::bump(&tally.transient);
+                if outage {
+                    // The breaker holds every worker until the vendor answers again;
+                    // this call was part of the outage, not a try of the record.
+                    continue;
+                }
+                item.attempts += 1;
+                if item.attempts >= shared.max_attempts {
+                    Resolution::Failed(format!("{reason} (after {} attempts)", item.attempts))
+                } else {
+                    let backoff = backoff.get_or_insert_with(|| Backoff::new(&shared.retry));
+                    // Wait out the backoff, and longer while retries are over their share.
+                    loop {
+                        let wait = backoff.next_delay();
+                        tracing::debug!(key = %item.key, attempt = item.attempts, ?wait, %reason, "retrying later");
+                        tokio::select! {
+                            biased;
+                            _ = shared.stop.cancelled() => return,
+                            _ = tokio::time::sleep(wait) => {}
+                        }
+                        if pacer.try_retry() {
+                            break;
+                        }
+                    }
+                    continue;
+                }
+            }
+            Err(CallError::Permanent(reason)) => {
+                Tally::bump(&tally.permanent);
+                item.attempts += 1;
+                Resolution::Failed(reason)
+            }
+            Err(CallError::OutOfCredits) => {
+                tracing::warn!(key = %item.key, "the vendor answered 402: out of credits; stopping");
+                shared.halt(Stop::OutOfCredits).await;
+                return;
+            }
+        };
+        match &resolution {
+            Resolution::Done(_) => Tally::bump(&tally.done),
+            Resolution::Failed(reason) => {
+                Tally::bump(&tally.failed);
+                tracing::debug!(key = %item.key, %reason, "record failed");
+            }
+        }
+        let finished = Finished {
+            seq: item.seq,
+            key: item.key,
+            attempts: item.attempts,
+            resolution,
+            charged,
+        };
+        // The ticket (and its concurrency permit) is held until the result is in the
+        // outbox: see the bound in `checkpoint`. If the writer failed, its error ends
+        // the run and the item stays pending.
+        shared.outbox.put(finished).await;
+        drop(ticket);
+        return;
+    }
+}

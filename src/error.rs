@@ -1,0 +1,48 @@
+//! The errors that decide an exit code. Everything else travels as `anyhow::Error`
+//! with context naming the file, key or record involved.
+
+use std::fmt;
+
+/// A problem the operator fixes by changing the configuration or the command line:
+/// exit code 2. The message names the key or flag and says how to fix it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Shorthand for a `UsageError` inside an `anyhow::Result`.
+pub fn usage(msg: impl Into<String>) -> anyhow::Error {
+    UsageError(msg.into()).into()
+}
+
+/// True when the error, or anything in its chain, is a `UsageError`.
+pub fn is_usage(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| e.is::<UsageError>())
+}
+
+/// A value that must never be printed: API tokens, database passwords.
+/// `Debug` and `Display` show `(redacted)` (as xh does), so it cannot leak through
+/// a log line, an error or a summary by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Secret {
+        Secret(value)
+    }
+    /// The value itself, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("(redacted)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("(redacted)")
+    }
+}

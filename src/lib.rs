@@ -1,0 +1,98 @@
+//! freshen refreshes database records against a rate-limited, credit-metered
+//! third-party API: as fast as the vendor allows and no faster, never past the
+//! credit budget, and resumable after a crash at any moment.
+//!
+//! # Layout
+//!
+//! Data flows one way: `cmd` → `engine` → (`store`, `api`, `pacer`, `credits`).
+//!
+//! - [`cli`]: the command line (clap derive; its doc comments are `--help`).
+//! - [`config`]: `config.toml` read once into a typed, validated [`config::Config`].
+//! - [`selection`]: `--ids`, `--stale-before`, `--limit` and their canonical form.
+//! - [`cmd`]: one thin file per subcommand.
+//! - [`engine`]: the dispatcher, the workers and the checkpoint writer.
+//! - [`pacer`]: *when* a call may go: concurrency permits, the token bucket, the
+//!   shared pause, the backoff schedule.
+//! - [`api`]: *what an answer means*: requests from records, answers classified.
+//! - [`store`]: *how it is kept*: every SQL statement, SQLite and PostgreSQL alike.
+//! - [`record`]: column kinds and the typed values written into them.
+//! - [`credits`]: periods and the reservation count.
+//! - [`progress`]: the bar, the periodic log line, the summary.
+//! - [`sandbox`]: the simulated vendor of the demo, the tests and the benchmarks.
+//! - [`error`]: the errors that decide an exit code, and the `Secret` type.
+
+pub mod api;
+pub mod cli;
+pub mod cmd;
+pub mod config;
+pub mod credits;
+pub mod engine;
+pub mod error;
+pub mod pacer;
+pub mod progress;
+pub mod record;
+pub mod sandbox;
+pub mod selection;
+pub mod store;
+
+use anyhow::Result;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{Cli, Command};
+use crate::config::Config;
+use crate::progress::Display;
+
+/// How a command ended, as the process's exit code. Documented in the README;
+/// scripts and crontabs depend on these numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Done: every selected record is refreshed or failed permanently.
+    Complete = 0,
+    /// An error freshen could not work around (database unreachable, say).
+    Error = 1,
+    /// A configuration or usage error; the message names the key or flag.
+    Usage = 2,
+    /// Stopped at the credit budget, or the vendor reported no credits left.
+    Budget = 3,
+    /// The vendor was down longer than `retry.max_outage`; checkpointed.
+    Outage = 4,
+    /// Interrupted by SIGINT or SIGTERM after checkpointing.
+    Interrupted = 130,
+}
+
+impl Exit {
+    pub fn code(self) -> i32 {
+        self as i32
+    }
+}
+
+/// Runs one command. `shutdown` is cancelled on the first SIGINT/SIGTERM (tests
+/// cancel it themselves): work in flight drains and is checkpointed. Can be called
+/// more than once in a process.
+pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<Exit> {
+    let display = Display::new();
+    init_logging(&cli.log, &display);
+    let config = || Config::load(&cli.config, cli.database_url.as_deref());
+    match cli.command {
+        Command::Run(args) => cmd::run::run(config()?, args, shutdown, &display).await,
+        Command::Status(args) => cmd::status::status(config()?, args.json).await,
+        Command::Demo(args) => cmd::demo::demo(config()?, args, shutdown, &display).await,
+        Command::Sandbox(opts) => {
+            sandbox::serve(opts, shutdown.cancelled_owned()).await?;
+            Ok(Exit::Complete)
+        }
+    }
+}
+
+/// Logs go to stderr, through the progress bars; the first call in a process wins.
+fn init_logging(filter: &str, display: &Display) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(display.log_writer())
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .try_init();
+}

@@ -1,0 +1,427 @@
+//! The control laws: how the concurrency limit and the rate follow the vendor.
+//!
+//! A state machine fed with what each call saw and the time it saw it; it returns
+//! the limit and rate to apply. It never sleeps and never reads a clock, so its
+//! tests are exact.
+//!
+//! - **Start gently** (TCP slow start): a quarter of the configured rate and at
+//!   most 4 calls in flight, both doubling every round trip of clean answers until
+//!   the first sign of trouble or the configured ceiling.
+//! - **Concurrency** (AIMD with a latency gradient, after Netflix's
+//!   concurrency-limits and Vector's adaptive request concurrency): +1 per round trip
+//!   of successes; ×0.9 when the smoothed latency rises past twice the floor (the
+//!   vendor is queueing); on a capacity error (503, timeout, connection refused),
+//!   one step back, then hold there for a while that doubles each time the same
+//!   cap is hit again, so a hard cap is probed rarely instead of every few round
+//!   trips.
+//! - **Rate** (after the AWS SDKs' adaptive mode): on a throttle, down to 80% of the
+//!   rate actually sent over the last second; then back up by 5% steps, slower near
+//!   the rate where it was throttled. The vendor's own quota, when its headers state
+//!   one, sets the rate outright.
+//!
+//! Each kind of decrease happens at most once per round trip: a burst of rejections
+//! caused by one overshoot is one signal.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// What a call's answer tells the controller.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Signal {
+    /// A clean answer and how long it took.
+    Success(Duration),
+    /// 429, or 503 with Retry-After.
+    Throttled,
+    /// 503 without Retry-After, a timeout, a refused or reset connection: the
+    /// vendor has less capacity than the calls in flight.
+    Overloaded,
+    /// A server error (500): the vendor is failing, but not for lack of capacity.
+    Failed,
+    /// A definite answer that is not a success (404, 402): the vendor is up;
+    /// nothing about capacity.
+    Answered,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Setting {
+    pub concurrency: usize,
+    pub rate: f64,
+}
+
+pub struct Control {
+    max_concurrency: f64,
+    ceiling: f64,
+    /// The lowest rate the controller will set: a trickle, never a stop.
+    floor: f64,
+    concurrency: f64,
+    rate: f64,
+    slow_start: bool,
+    /// The smoothed round trip and the lowest one seen recently.
+    srtt: Option<Duration>,
+    min_rtt: Option<Duration>,
+    min_rtt_at: Option<Instant>,
+    /// Successes since the concurrency last grew.
+    grown_after: f64,
+    /// Where concurrency last hit a capacity error, how long to hold below it,
+    /// and until when.
+    cap: Option<f64>,
+    hold: Duration,
+    hold_until: Option<Instant>,
+    last_concurrency_cut: Option<Instant>,
+    /// The rate at the last throttle, and when the rate last changed.
+    throttled_at_rate: Option<f64>,
+    last_rate_cut: Option<Instant>,
+    last_rate_step: Option<Instant>,
+    /// Calls started over the last second, for the rate actually sent.
+    sent: VecDeque<Instant>,
+    /// Calls sent and not yet answered.
+    in_flight: usize,
+    /// A rate the vendor stated; the controller does not probe above it.
+    stated: Option<f64>,
+}
+
+/// How long to hold below a capacity error the first time it is hit.
+const FIRST_HOLD: Duration = Duration::from_secs(1);
+const MAX_HOLD: Duration = Duration::from_secs(30);
+
+impl Control {
+    pub fn new(max_concurrency: usize, ceiling: f64) -> Control {
+        let max = max_concurrency.max(1) as f64;
+        Control {
+            max_concurrency: max,
+            ceiling,
+            floor: (ceiling / 100.0).max(0.1),
+            concurrency: max.min(4.0),
+            rate: (ceiling / 4.0).max(1.0).min(ceiling),
+            slow_start: true,
+            srtt: None,
+            min_rtt: None,
+            min_rtt_at: None,
+            grown_after: 0.0,
+            cap: None,
+            hold: FIRST_HOLD,
+            hold_until: None,
+            last_concurrency_cut: None,
+            throttled_at_rate: None,
+            last_rate_cut: None,
+            last_rate_step: None,
+            sent: VecDeque::new(),
+            in_flight: 0,
+            stated: None,
+        }
+    }
+
+    pub fn setting(&self) -> Setting {
+        Setting {
+            concurrency: self.concurrency.floor().max(1.0) as usize,
+            rate: self.rate,
+        }
+    }
+
+    /// A round trip as the controller measures time: the smoothed latency, at least 10 ms.
+    fn rtt(&self) -> Duration {
+        self.srtt
+            .unwrap_or(Duration::from_millis(100))
+            .max(Duration::from_millis(10))
+    }
+
+    /// Records that a call was sent.
+    pub fn on_send(&mut self, now: Instant) {
+        self.in_flight += 1;
+        self.sent.push_back(now);
+        while self
+            .sent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > Duration::from_secs(1))
+        {
+            self.sent.pop_front();
+        }
+    }
+
+    /// The rate actually sent over the last second (or since the first call).
+    fn sent_rate(&self, now: Instant) -> f64 {
+        let Some(first) = self.sent.front() else {
+            return self.rate;
+        };
+        let span = now.duration_since(*first).as_secs_f64().clamp(0.05, 1.0);
+        self.sent.len() as f64 / span
+    }
+
+    /// Records the answer to a call sent with [`Control::on_send`].
+    pub fn on_signal(&mut self, signal: Signal, now: Instant) -> Setting {
+        let in_flight = self.in_flight;
+        self.in_flight = self.in_flight.saturating_sub(1);
+        match signal {
+            Signal::Success(latency) => self.on_success(latency, now),
+            Signal::Throttled => self.on_throttle(now),
+            Signal::Overloaded => self.on_overload(in_flight, now),
+            Signal::Failed | Signal::Answered => {}
+        }
+        self.setting()
+    }
+
+    /// Back from an outage: half the limit and half the rate, then slow start, so a
+    /// vendor that just recovered is not met with the full load at once.
+    pub fn restart(&mut self) -> Setting {
+        self.concurrency = (self.concurrency / 2.0).max(1.0);
+        self.rate = (self.rate / 2.0).max(self.floor);
+        self.slow_start = true;
+        self.grown_after = 0.0;
+        self.hold_until = None;
+        self.setting()
+    }
+
+    /// The vendor states its rate (RateLimit-Policy): follow it, under the ceiling.
+    pub fn on_stated_rate(&mut self, rate: f64) -> Setting {
+        let rate = rate.clamp(self.floor, self.ceiling);
+        self.stated = Some(rate);
+        self.rate = rate;
+        self.setting()
+    }
+
+    fn on_success(&mut self, latency: Duration, now: Instant) {
+        // Latency: a smoothed value and a floor that is re-learnt every 10 s, so a
+        // vendor that became slower for good is not read as queueing forever.
+        self.srtt = Some(match self.srtt {
+            Some(s) => s.mul_f64(0.9) + latency.mul_f64(0.1),
+            None => latency,
+        });
+        let stale = self
+            .min_rtt_at
+            .is_none_or(|t| now.duration_since(t) > Duration::from_secs(10));
+        if stale || self.min_rtt.is_some_and(|m| latency < m) {
+            self.min_rtt = Some(latency);
+            self.min_rtt_at = Some(now);
+        }
+        let queueing = match (self.srtt, self.min_rtt) {
+            (Some(s), Some(m)) => s > m * 2 + Duration::from_millis(5),
+            _ => false,
+        };
+
+        if queueing {
+            if self.may_cut_concurrency(now) {
+                self.slow_start = false;
+                self.concurrency = (self.concurrency * 0.9).max(1.0);
+                self.last_concurrency_cut = Some(now);
+            }
+        } else if self.hold_until.is_none_or(|t| now >= t) {
+            // Slow start: +1 per success, doubling every round trip. After it: +1 per
+            // round trip's worth of successes.
+            self.grown_after += 1.0;
+            if self.slow_start || self.grown_after >= self.concurrency {
+                self.grown_after = 0.0;
+                self.hold_until = None;
+                self.concurrency = (self.concurrency + 1.0).min(self.max_concurrency);
+            }
+        }
+
+        // Rate: ramp up while answers are clean.
+        let step_due = self
+            .last_rate_step
+            .is_none_or(|t| now.duration_since(t) >= self.rtt());
+        let cut_recently = self
+            .last_rate_cut
+            .is_some_and(|t| now.duration_since(t) < self.rtt() * 4);
+        let top = self.stated.unwrap_or(self.ceiling);
+        if step_due && !cut_recently && self.rate < top {
+            let factor = if self.slow_start {
+                2.0
+            } else if self
+                .throttled_at_rate
+                .is_some_and(|r| self.rate >= r * 0.95)
+            {
+                1.01 // near where the vendor pushed back: creep
+            } else {
+                1.05
+            };
+            self.rate = (self.rate * factor).min(top);
+            self.last_rate_step = Some(now);
+        }
+    }
+
+    fn may_cut_concurrency(&self, now: Instant) -> bool {
+        self.last_concurrency_cut
+            .is_none_or(|t| now.duration_since(t) >= self.rtt())
+    }
+
+    fn on_throttle(&mut self, now: Instant) {
+        self.slow_start = false;
+        if self
+            .last_rate_cut
+            .is_some_and(|t| now.duration_since(t) < self.rtt())
+        {
+            return;
+        }
+        let sent = self.sent_rate(now).min(self.rate);
+        self.throttled_at_rate = Some(sent);
+        self.rate = (sent * 0.8).max(self.floor);
+        self.last_rate_cut = Some(now);
+        if self.may_cut_concurrency(now) {
+            self.concurrency = (self.concurrency * 0.9).max(1.0);
+            self.last_concurrency_cut = Some(now);
+        }
+    }
+
+    /// `in_flight`: the calls out when this one failed, itself included.
+    fn on_overload(&mut self, in_flight: usize, now: Instant) {
+        // The limit may have grown past what was really out (slow start grows on
+        // every success); what was out is what the vendor refused. Errors of a hard
+        // cap come back at once, so they say the cap is one below what was out. This
+        // cut applies on every such error: a rejected call's slot is refilled at
+        // once, and waiting a round trip would let dozens more be rejected. Being
+        // set from what was out, not relative to the limit, repeats do not compound.
+        self.slow_start = false;
+        self.grown_after = 0.0;
+        self.concurrency = self
+            .concurrency
+            .min(in_flight.saturating_sub(1).max(1) as f64);
+        if !self.may_cut_concurrency(now) {
+            return;
+        }
+        // Once per round trip: hitting the same cap again holds longer before the
+        // next probe above it.
+        self.hold = if self.cap.is_some_and(|c| self.concurrency >= c) {
+            (self.hold * 2).min(MAX_HOLD)
+        } else {
+            FIRST_HOLD
+        };
+        self.cap = Some(self.concurrency);
+        self.hold_until = Some(now + self.hold);
+        self.last_concurrency_cut = Some(now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RTT: Duration = Duration::from_millis(50);
+
+    /// Simulates, millisecond by millisecond, a vendor that serves `cap` calls at
+    /// once (each answered after one round trip) and rejects the rest at once, with a
+    /// client that keeps its limit full. Returns (accepted, rejected, final limit).
+    fn against_a_hard_cap(c: &mut Control, cap: usize, millis: u64) -> (u64, u64, usize) {
+        let t0 = Instant::now();
+        let mut serving: Vec<Instant> = Vec::new(); // when each accepted call is answered
+        let mut rejections: Vec<Instant> = Vec::new();
+        let (mut ok, mut rejected) = (0, 0);
+        for ms in 0..millis {
+            let now = t0 + Duration::from_millis(ms);
+            for _ in serving.extract_if(.., |done| *done <= now) {
+                c.on_signal(Signal::Success(RTT), now);
+            }
+            for _ in rejections.extract_if(.., |done| *done <= now) {
+                c.on_signal(Signal::Overloaded, now);
+            }
+            while serving.len() + rejections.len() < c.setting().concurrency {
+                c.on_send(now);
+                if serving.len() < cap {
+                    serving.push(now + RTT);
+                    ok += 1;
+                } else {
+                    rejections.push(now + Duration::from_millis(1));
+                    rejected += 1;
+                }
+            }
+        }
+        (ok, rejected, c.setting().concurrency)
+    }
+
+    #[test]
+    fn slow_start_doubles_each_round_trip_up_to_the_maximum() {
+        let mut c = Control::new(64, 1000.0);
+        assert_eq!(
+            c.setting(),
+            Setting {
+                concurrency: 4,
+                rate: 250.0
+            }
+        );
+        let (_, rejected, end) = against_a_hard_cap(&mut c, 1000, 5 * 50);
+        assert_eq!(rejected, 0);
+        assert_eq!(end, 64, "4 -> 8 -> 16 -> 32 -> 64");
+        assert_eq!(c.setting().rate, 1000.0);
+    }
+
+    #[test]
+    fn a_hard_cap_is_found_and_held_with_few_rejections() {
+        let mut c = Control::new(64, 1000.0);
+        // 12.5 s of round trips against a vendor that takes 8 calls at once.
+        let (ok, rejected, end) = against_a_hard_cap(&mut c, 8, 12_500);
+        assert!((7..=9).contains(&end), "settled at {end}");
+        let share = rejected as f64 / (ok + rejected) as f64;
+        assert!(share < 0.02, "{rejected} rejected of {}", ok + rejected);
+        // Most of the time the limit is the cap: the accepted calls are close to
+        // 8 per round trip.
+        assert!(ok as f64 >= 0.9 * 8.0 * 250.0, "{ok} accepted");
+    }
+
+    #[test]
+    fn a_throttle_cuts_the_rate_to_below_what_was_sent_then_creeps_back() {
+        let mut c = Control::new(16, 1000.0);
+        let t0 = Instant::now();
+        // Leave slow start at the ceiling, sending 1000 calls over a second.
+        for i in 0..1000 {
+            let now = t0 + Duration::from_millis(i);
+            c.on_send(now);
+            c.on_signal(Signal::Success(RTT), now);
+        }
+        let now = t0 + Duration::from_secs(1);
+        let cut = c.on_signal(Signal::Throttled, now).rate;
+        assert!((700.0..=850.0).contains(&cut), "{cut}");
+        // A second rejection of the same overshoot is the same signal.
+        assert_eq!(
+            c.on_signal(Signal::Throttled, now + Duration::from_millis(1))
+                .rate,
+            cut
+        );
+        // Clean answers bring it back up, step by step, never past the ceiling.
+        let mut rate = cut;
+        for i in 1..400 {
+            rate = c.on_signal(Signal::Success(RTT), now + RTT * i).rate;
+        }
+        assert!(rate > cut && rate <= 1000.0, "{rate}");
+    }
+
+    #[test]
+    fn a_stated_rate_is_followed_under_the_ceiling() {
+        let mut c = Control::new(16, 1000.0);
+        assert_eq!(c.on_stated_rate(200.0).rate, 200.0);
+        let t0 = Instant::now();
+        for i in 0..100 {
+            c.on_signal(Signal::Success(RTT), t0 + RTT * i);
+        }
+        assert_eq!(
+            c.setting().rate,
+            200.0,
+            "no probing above what the vendor states"
+        );
+        assert_eq!(c.on_stated_rate(5000.0).rate, 1000.0);
+    }
+
+    #[test]
+    fn rising_latency_shrinks_concurrency() {
+        let mut c = Control::new(64, 1000.0);
+        against_a_hard_cap(&mut c, 1000, 5 * 50);
+        let before = c.setting().concurrency;
+        let t0 = Instant::now() + Duration::from_secs(1);
+        for i in 0..200 {
+            c.on_signal(Signal::Success(RTT * 4), t0 + Duration::from_millis(i * 10));
+        }
+        assert!(
+            c.setting().concurrency < before / 2,
+            "{} from {before}",
+            c.setting().concurrency
+        );
+    }
+
+    #[test]
+    fn other_failures_do_not_move_the_limits() {
+        let mut c = Control::new(64, 1000.0);
+        let before = c.setting();
+        assert_eq!(c.on_signal(Signal::Failed, Instant::now()), before);
+        assert_eq!(c.on_signal(Signal::Answered, Instant::now()), before);
+    }
+}

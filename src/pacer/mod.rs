@@ -1,0 +1,469 @@
+//! When a call may go out, and how fast the job runs: an adaptive concurrency
+//! limit, a token bucket at an adaptive rate under the configured ceiling, one
+//! pause shared by every worker, a circuit breaker, and a retry budget. The pacer
+//! decides *when*; what an answer means is the api's business, and the engine
+//! reports each answer back through [`Pacer::observe`].
+//!
+//! - [`control`]: the control laws (slow start, AIMD with a latency gradient,
+//!   throttle-driven rate), a clock-free state machine.
+//! - [`limit`]: the semaphore whose size can change while permits are out.
+//! - [`breaker`]: all workers stop and one probe goes out while the vendor is down.
+//!
+//! governor is kept behind this interface: its timer does not follow tokio's
+//! paused test clock, so the logic around it is tested on paused time and the
+//! bucket itself through real time in the integration tests.
+
+mod breaker;
+mod control;
+mod limit;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::time::Instant;
+
+use crate::api::QuotaHint;
+use crate::config::{Limits, Retry};
+pub use breaker::Admission;
+use breaker::Breaker;
+pub use control::Signal;
+use control::{Control, Setting};
+use limit::{Limit, Permit};
+
+/// The right to make one call: a concurrency permit, and the probe token when the
+/// breaker is open. Hand it back through [`Pacer::observe`].
+pub struct Ticket {
+    _permit: Permit,
+    probe: bool,
+    sent: Option<Instant>,
+}
+
+/// The vendor has been down longer than `retry.max_outage`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outage;
+
+pub struct Pacer {
+    limit: Limit,
+    gate: Gate,
+    paused_until: Mutex<Option<Instant>>,
+    breaker: Breaker,
+    control: Mutex<Control>,
+    retries: RetryBudget,
+    max_pause: Duration,
+    base_delay: Duration,
+}
+
+/// A live view of the pacer, for the progress display.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Gauges {
+    pub concurrency: usize,
+    pub in_flight: usize,
+    pub rate: f64,
+    pub breaker_open: bool,
+}
+
+impl Pacer {
+    pub fn new(limits: &Limits, retry: &Retry) -> Pacer {
+        let control = Control::new(
+            limits.max_concurrency.get() as usize,
+            f64::from(limits.rate.get()),
+        );
+        let start = control.setting();
+        Pacer {
+            limit: Limit::new(start.concurrency),
+            gate: Gate::new(start.rate, f64::from(limits.rate.get()), limits.burst.get()),
+            paused_until: Mutex::new(None),
+            breaker: Breaker::new(retry.max_outage),
+            control: Mutex::new(control),
+            retries: RetryBudget::default(),
+            max_pause: retry.max_delay,
+            base_delay: retry.base_delay,
+        }
+    }
+
+    /// Waits until a call may go: the breaker admits it, a concurrency permit is
+    /// free, no pause is in force, and the rate allows it. The pause is checked
+    /// again after the rate token, so a throttle that arrives while a worker waits
+    /// for its token still holds it back.
+    pub async fn acquire(&self) -> Result<Ticket, Outage> {
+        let probe = match self.breaker.admit().await {
+            Admission::Call => false,
+            Admission::Probe => true,
+            Admission::GiveUp => return Err(Outage),
+        };
+        let permit = self.limit.acquire().await;
+        self.wait_pause().await;
+        self.gate.ready().await;
+        self.wait_pause().await;
+        Ok(Ticket {
+            _permit: permit,
+            probe,
+            sent: None,
+        })
+    }
+
+    /// Marks the call as sent, now.
+    pub fn sending(&self, ticket: &mut Ticket) {
+        let now = Instant::now();
+        ticket.sent = Some(now);
+        self.control.lock().expect("control lock").on_send(now);
+    }
+
+    /// What the call's answer said; returns whether the breaker is open now, in
+    /// which case a failed call should not count as an attempt (an outage never
+    /// spends the records' attempts).
+    /// `item` identifies the record (its queue position), so the breaker can tell
+    /// an outage from one record that keeps failing.
+    pub fn observe(
+        &self,
+        ticket: &mut Ticket,
+        item: i64,
+        signal: Signal,
+        retry_after: Option<Duration>,
+        hint: Option<QuotaHint>,
+    ) -> bool {
+        let now = Instant::now();
+        let sent = ticket.sent.take().unwrap_or(now);
+        let ok = !matches!(signal, Signal::Overloaded | Signal::Failed);
+        let setting = {
+            let mut control = self.control.lock().expect("control lock");
+            if let Some(rate) = hint.and_then(|h| h.rate()) {
+                control.on_stated_rate(rate);
+            }
+            control.on_signal(signal, now)
+        };
+        self.apply(setting);
+        if matches!(signal, Signal::Success(_)) {
+            self.retries.deposit();
+        }
+        if signal == Signal::Throttled {
+            self.pause(retry_after.unwrap_or(self.base_delay));
+        } else if let Some(QuotaHint {
+            remaining: Some(0),
+            reset: Some(reset),
+            ..
+        }) = hint
+        {
+            // The vendor says the next call would be refused: wait for its reset
+            // instead of spending a rejected call.
+            self.pause(reset);
+        }
+        if ticket.probe {
+            ticket.probe = false;
+            self.breaker.probe_result(ok, sent, now);
+            if ok {
+                // Back from an outage: resume at a cautious pace.
+                let setting = self.control.lock().expect("control lock").restart();
+                self.apply(setting);
+            }
+        } else {
+            self.breaker.record(item, sent, ok, now);
+        }
+        self.breaker.is_open()
+    }
+
+    fn apply(&self, setting: Setting) {
+        self.limit.resize(setting.concurrency);
+        self.gate.set(setting.rate);
+    }
+
+    /// Pauses every worker for `wait` (at most `retry.max_delay`), or extends a
+    /// shorter pause. One throttled answer means the client is throttled, not the call.
+    pub fn pause(&self, wait: Duration) {
+        let until = Instant::now() + wait.min(self.max_pause);
+        let mut paused = self.paused_until.lock().expect("pause lock");
+        if paused.is_none_or(|p| p < until) {
+            *paused = Some(until);
+        }
+    }
+
+    /// Returns once no pause is in force.
+    pub async fn wait_pause(&self) {
+        loop {
+            let until = *self.paused_until.lock().expect("pause lock");
+            match until {
+                Some(t) if t > Instant::now() => tokio::time::sleep_until(t).await,
+                _ => return,
+            }
+        }
+    }
+
+    /// Takes one retry from the budget, or returns false when retries already
+    /// make up their share of calls.
+    pub fn try_retry(&self) -> bool {
+        self.retries.withdraw()
+    }
+
+    pub fn gauges(&self) -> Gauges {
+        Gauges {
+            concurrency: self.limit.size(),
+            in_flight: self.limit.in_flight(),
+            rate: self.gate.rate(),
+            breaker_open: self.breaker.is_open(),
+        }
+    }
+}
+
+/// The token bucket. governor's quota cannot change, so a new rate builds a new
+/// bucket, emptied at birth so that a change never releases a burst: the first
+/// second at any rate sends no more than that rate.
+struct Gate {
+    limiter: RwLock<Arc<DefaultDirectRateLimiter>>,
+    rate_milli: AtomicU64,
+    ceiling: f64,
+    burst_at_ceiling: u32,
+}
+
+impl Gate {
+    fn new(rate: f64, ceiling: f64, burst_at_ceiling: u32) -> Gate {
+        let gate = Gate {
+            limiter: RwLock::new(Arc::new(RateLimiter::direct(Quota::per_second(nonzero(1))))),
+            rate_milli: AtomicU64::new(0),
+            ceiling,
+            burst_at_ceiling,
+        };
+        gate.set(rate);
+        gate
+    }
+
+    fn rate(&self) -> f64 {
+        self.rate_milli.load(Ordering::Acquire) as f64 / 1000.0
+    }
+
+    /// Changes the rate when it moved by more than 1%.
+    fn set(&self, rate: f64) {
+        let current = self.rate();
+        if current > 0.0 && ((rate - current) / current).abs() <= 0.01 {
+            return;
+        }
+        // The burst scales with the rate: a few calls of slack at any speed.
+        let burst = (f64::from(self.burst_at_ceiling) * rate / self.ceiling)
+            .round()
+            .max(1.0) as u32;
+        let period = Duration::from_secs_f64(1.0 / rate.max(0.01));
+        let quota = Quota::with_period(period)
+            .expect("a positive period")
+            .allow_burst(nonzero(burst));
+        let limiter = RateLimiter::direct(quota);
+        let _ = limiter.check_n(nonzero(burst));
+        *self.limiter.write().expect("gate lock") = Arc::new(limiter);
+        self.rate_milli
+            .store((rate * 1000.0) as u64, Ordering::Release);
+    }
+
+    async fn ready(&self) {
+        let limiter = self.limiter.read().expect("gate lock").clone();
+        limiter.until_ready().await;
+    }
+}
+
+fn nonzero(n: u32) -> std::num::NonZeroU32 {
+    std::num::NonZeroU32::new(n.max(1)).expect("max(1) is non-zero")
+}
+
+/// Retries as a share of calls (after Finagle's retry budget): every success
+/// deposits a tenth of a retry, every retry withdraws one, with a small reserve so
+/// that a run that starts badly can still retry a little. Kept in tenths, exactly.
+struct RetryBudget {
+    tenths: Mutex<u32>,
+}
+
+/// Retries allowed per success, in tenths: 1 = one retry per ten successes.
+const RETRY_SHARE_TENTHS: u32 = 1;
+const RETRY_RESERVE: u32 = 20;
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        RetryBudget {
+            tenths: Mutex::new(RETRY_RESERVE * 10),
+        }
+    }
+}
+
+impl RetryBudget {
+    fn deposit(&self) {
+        let mut t = self.tenths.lock().expect("budget lock");
+        *t = (*t + RETRY_SHARE_TENTHS).min(RETRY_RESERVE * 100);
+    }
+
+    fn withdraw(&self) -> bool {
+        let mut t = self.tenths.lock().expect("budget lock");
+        let granted = *t >= 10;
+        if granted {
+            *t -= 10;
+        }
+        granted
+    }
+}
+
+/// The waits between attempts of one record after transient failures: exponential
+/// from `retry.base_delay`, jittered, never above `retry.max_delay` (backon's jitter
+/// may add up to one more delay, so the cap is applied here too).
+pub struct Backoff {
+    delays: backon::ExponentialBackoff,
+    max: Duration,
+}
+
+impl Backoff {
+    pub fn new(retry: &Retry) -> Backoff {
+        let delays = ExponentialBuilder::default()
+            .with_min_delay(retry.base_delay)
+            .with_max_delay(retry.max_delay)
+            .with_jitter()
+            .without_max_times()
+            .build();
+        Backoff {
+            delays,
+            max: retry.max_delay,
+        }
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        self.delays.next().unwrap_or(self.max).min(self.max)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::num::NonZeroU32;
+
+    fn pacer(rate: u32, burst: u32, max: u32) -> Pacer {
+        let nz = |n| NonZeroU32::new(n).unwrap();
+        let limits = Limits {
+            rate: nz(rate),
+            burst: nz(burst),
+            max_concurrency: nz(max),
+        };
+        let retry = Retry {
+            max_attempts: nz(5),
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(10),
+            max_outage: Duration::from_secs(60),
+        };
+        Pacer::new(&limits, &retry)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_holds_every_caller_until_it_ends() {
+        let p = pacer(1000, 1, 4);
+        let start = Instant::now();
+        p.pause(Duration::from_secs(3));
+        p.pause(Duration::from_secs(1)); // a shorter pause does not shorten it
+        p.wait_pause().await;
+        assert_eq!(start.elapsed().as_secs(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_is_capped_by_max_delay() {
+        let p = pacer(1000, 1, 4);
+        let start = Instant::now();
+        p.pause(Duration::from_secs(3600));
+        p.wait_pause().await;
+        assert_eq!(start.elapsed().as_secs(), 10);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_throttle_pauses_everyone_for_the_vendors_time() {
+        let p = pacer(1000, 10, 4);
+        let mut t = p.acquire().await.unwrap();
+        p.sending(&mut t);
+        p.observe(
+            &mut t,
+            1,
+            Signal::Throttled,
+            Some(Duration::from_secs(2)),
+            None,
+        );
+        let start = Instant::now();
+        p.wait_pause().await;
+        assert_eq!(start.elapsed().as_secs(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn remaining_zero_waits_for_the_reset() {
+        let p = pacer(1000, 10, 4);
+        let mut t = p.acquire().await.unwrap();
+        p.sending(&mut t);
+        let hint = QuotaHint {
+            remaining: Some(0),
+            reset: Some(Duration::from_secs(3)),
+            ..QuotaHint::default()
+        };
+        p.observe(
+            &mut t,
+            1,
+            Signal::Success(Duration::from_millis(5)),
+            None,
+            Some(hint),
+        );
+        let start = Instant::now();
+        p.wait_pause().await;
+        assert_eq!(start.elapsed().as_secs(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stated_quota_sets_the_rate() {
+        let p = pacer(1000, 10, 4);
+        let mut t = p.acquire().await.unwrap();
+        p.sending(&mut t);
+        let hint = QuotaHint {
+            limit: Some(200),
+            window: Some(Duration::from_secs(1)),
+            ..QuotaHint::default()
+        };
+        p.observe(
+            &mut t,
+            1,
+            Signal::Success(Duration::from_millis(5)),
+            None,
+            Some(hint),
+        );
+        assert_eq!(p.gauges().rate, 200.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_start_is_gentle() {
+        let p = pacer(400, 20, 64);
+        let g = p.gauges();
+        assert_eq!((g.concurrency, g.rate), (4, 100.0));
+    }
+
+    #[test]
+    fn the_retry_budget_is_a_share_of_successes() {
+        let b = RetryBudget::default();
+        let reserve = (0..100).filter(|_| b.withdraw()).count();
+        assert_eq!(reserve, RETRY_RESERVE as usize);
+        for _ in 0..100 {
+            b.deposit();
+        }
+        assert_eq!((0..100).filter(|_| b.withdraw()).count(), 10);
+    }
+
+    #[test]
+    fn a_new_bucket_starts_empty() {
+        let gate = Gate::new(5.0, 5.0, 5);
+        assert!(
+            gate.limiter.read().unwrap().check().is_err(),
+            "a full bucket would let 5 calls through at once"
+        );
+    }
+
+    #[test]
+    fn backoff_grows_and_stays_capped() {
+        let retry = Retry {
+            max_attempts: NonZeroU32::new(5).unwrap(),
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(1),
+            max_outage: Duration::from_secs(60),
+        };
+        let mut b = Backoff::new(&retry);
+        let delays: Vec<Duration> = (0..10).map(|_| b.next_delay()).collect();
+        assert!(delays[0] >= Duration::from_millis(100));
+        assert!(delays.iter().all(|d| *d <= Duration::from_secs(1)));
+        assert!(delays[9] >= Duration::from_millis(500), "{delays:?}");
+    }
+}

@@ -1,0 +1,753 @@
+//! The simulated vendor: an HTTP API on loopback that answers like a rate-limited,
+//! credit-metered data vendor, faults included. It is the vendor of `freshen demo`,
+//! of the integration tests (which start it in-process on a free port and read its
+//! counters) and of the benchmarks (which run `freshen sandbox` as its own process).
+//!
+//! Every answer is derived from the key alone ([`person`]), so a test can check each
+//! value written without keeping a copy. Faults are what users meet: a token-bucket
+//! rate limit (429 with `Retry-After`), a concurrency cap (503, no headers), latency,
+//! a share of server errors, an outage window, a credit allowance (402), and
+//! scripted answers for single keys.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Flags of `freshen sandbox`; also built directly by the demo and the tests.
+#[derive(clap::Args, Clone, Debug)]
+pub struct SandboxOptions {
+    /// Address to listen on (port 0 picks a free port)
+    #[arg(long, default_value = "127.0.0.1:8077")]
+    pub listen: SocketAddr,
+    /// Calls per second accepted (token bucket); over it the answer is 429 with Retry-After. 0 = unlimited
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Token-bucket size for --rate: calls accepted at once after a quiet spell
+    #[arg(long, default_value_t = 10)]
+    pub burst: u32,
+    /// Change the rate mid-run: AT=RATE, e.g. `5s=50` (repeatable)
+    #[arg(long = "rate-change", value_name = "AT=RATE", value_parser = parse_rate_change)]
+    pub rate_changes: Vec<(Duration, f64)>,
+    /// Calls served at once; beyond it the answer is 503 without Retry-After or rate headers. 0 = unlimited
+    #[arg(long, default_value_t = 0)]
+    pub max_concurrency: u32,
+    /// Latency of every accepted call, e.g. `50ms` (refusals are immediate)
+    #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
+    pub latency: Duration,
+    /// Share of calls (0..1) answered 500, chosen by a seeded generator
+    #[arg(long, default_value_t = 0.0)]
+    pub error_rate: f64,
+    /// Start of an outage, from server start: every call answered 503 during it
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub outage_start: Option<Duration>,
+    /// Length of the outage
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub outage: Duration,
+    /// Credits the account holds; each billed answer (2xx, 404) costs one; when spent: 402. Unset = unlimited
+    #[arg(long)]
+    pub credits: Option<u64>,
+    /// Send rate-limit headers with --rate: `X-RateLimit-Limit/-Remaining/-Reset`,
+    /// `RateLimit: limit=, remaining=, reset=` and `RateLimit-Policy: N;w=1`
+    #[arg(long)]
+    pub ratelimit_headers: bool,
+    /// Scripted answer for one key: KEY=KIND, KIND one of 404, 400, 422, malformed,
+    /// oversized, wrong-type, flaky:N, throttle:N, slow:DURATION (repeatable)
+    #[arg(long = "fault", value_name = "KEY=KIND", value_parser = parse_fault)]
+    pub faults: Vec<(String, Fault)>,
+    /// Seed of the generator behind --error-rate
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+impl Default for SandboxOptions {
+    fn default() -> Self {
+        SandboxOptions {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8077)),
+            rate: 0.0,
+            burst: 10,
+            rate_changes: Vec::new(),
+            max_concurrency: 0,
+            latency: Duration::ZERO,
+            error_rate: 0.0,
+            outage_start: None,
+            outage: Duration::ZERO,
+            credits: None,
+            ratelimit_headers: false,
+            faults: Vec::new(),
+            seed: 1,
+        }
+    }
+}
+
+/// A scripted answer for one key.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Fault {
+    /// That status, with a small JSON error body.
+    Status(u16),
+    /// 200 with an HTML page.
+    Malformed,
+    /// 200 with valid JSON of more than 2 MiB.
+    Oversized,
+    /// 200 with `score` as a string.
+    WrongType,
+    /// The first N calls get 503 (no Retry-After), then normal answers.
+    Flaky(u32),
+    /// The first N calls get 429 with `Retry-After: 1`, then normal answers.
+    Throttle(u32),
+    /// The answer comes this much later, on top of --latency.
+    Slow(Duration),
+}
+
+pub fn parse_fault(s: &str) -> Result<(String, Fault), String> {
+    let kinds =
+        "404, 400, 422, malformed, oversized, wrong-type, flaky:N, throttle:N, slow:DURATION";
+    let (key, kind) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not KEY=KIND (KIND: {kinds})"))?;
+    let count = |n: &str| {
+        n.parse::<u32>()
+            .map_err(|_| format!("`{s}`: `{n}` is not a count"))
+    };
+    let fault = match kind.split_once(':') {
+        None if kind.len() == 3 && kind.parse::<u16>().is_ok_and(|c| (400..600).contains(&c)) => {
+            Fault::Status(kind.parse().expect("checked"))
+        }
+        None if kind == "malformed" => Fault::Malformed,
+        None if kind == "oversized" => Fault::Oversized,
+        None if kind == "wrong-type" => Fault::WrongType,
+        Some(("flaky", n)) => Fault::Flaky(count(n)?),
+        Some(("throttle", n)) => Fault::Throttle(count(n)?),
+        Some(("slow", d)) => Fault::Slow(
+            humantime::parse_duration(d)
+                .map_err(|e| format!("`{s}`: `{d}` is not a duration: {e}"))?,
+        ),
+        _ => return Err(format!("`{s}`: unknown fault `{kind}` (KIND: {kinds})")),
+    };
+    if key.is_empty() {
+        return Err(format!("`{s}`: the key is empty"));
+    }
+    Ok((key.to_owned(), fault))
+}
+
+pub fn parse_rate_change(s: &str) -> Result<(Duration, f64), String> {
+    let (at, rate) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not AT=RATE, e.g. `5s=50`"))?;
+    let at = humantime::parse_duration(at)
+        .map_err(|e| format!("`{s}`: `{at}` is not a duration: {e}"))?;
+    let rate = rate
+        .parse::<f64>()
+        .ok()
+        .filter(|r| *r >= 0.0)
+        .ok_or_else(|| format!("`{s}`: `{rate}` is not a rate"))?;
+    Ok((at, rate))
+}
+
+const TITLES: [&str; 8] = [
+    "Engineer",
+    "Analyst",
+    "Designer",
+    "Manager",
+    "Director",
+    "Consultant",
+    "Researcher",
+    "Architect",
+];
+const COMPANIES: [&str; 8] = [
+    "Acme", "Globex", "Initech", "Umbrella", "Hooli", "Stark", "Wayne", "Tyrell",
+];
+
+/// FNV-1a: a fixed hash, the same in every process (std's hasher is seeded per process).
+fn fnv(key: &str) -> u64 {
+    key.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The vendor's answer for a key: the same JSON for the same key, in any process.
+pub fn person(key: &str) -> serde_json::Value {
+    let h = fnv(key);
+    json!({
+        "id": key,
+        "title": TITLES[(h % 8) as usize],
+        "company": COMPANIES[((h >> 8) % 8) as usize],
+        "score": (h >> 16) % 1000,
+    })
+}
+
+/// Counters since start, served at `GET /_sandbox/stats`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Stats {
+    /// Every call to /v1/people/…
+    pub requests: u64,
+    /// 200 answers with a person.
+    pub ok: u64,
+    /// 429 answers.
+    pub throttled: u64,
+    /// 503 answers (concurrency cap, outage, flaky keys).
+    pub unavailable: u64,
+    /// 500 answers from --error-rate.
+    pub errors: u64,
+    /// Scripted 4xx answers other than 429 and 402.
+    pub client_errors: u64,
+    /// 402 answers.
+    pub payment_required: u64,
+    /// Calls that arrived inside the outage window.
+    pub during_outage: u64,
+    /// The most calls being served at once.
+    pub max_in_flight: u64,
+    /// Calls that arrived in each whole second since start.
+    pub per_second: Vec<u64>,
+    /// 200 answers per key.
+    pub per_key_ok: BTreeMap<String, u64>,
+}
+
+struct Vendor {
+    opts: SandboxOptions,
+    started: Instant,
+    state: Mutex<Counters>,
+    faults: HashMap<String, Fault>,
+}
+
+struct Counters {
+    stats: Stats,
+    in_flight: u64,
+    tokens: f64,
+    refilled: Instant,
+    credits: Option<u64>,
+    /// Calls seen per faulty key, for flaky:N and throttle:N.
+    fault_calls: HashMap<String, u32>,
+    rng: u64,
+}
+
+/// Decrements the in-flight count however the request ends, client disconnects included.
+struct InFlight(Arc<Vendor>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.state.lock().expect("sandbox lock").in_flight -= 1;
+    }
+}
+
+enum Verdict {
+    Refuse(Response),
+    Serve {
+        fault: Option<Fault>,
+        remaining: Option<u64>,
+        quota: Option<(f64, u64)>,
+    },
+}
+
+impl Vendor {
+    /// The rate in force: the latest `--rate-change` whose time has come.
+    fn rate_at(&self, elapsed: Duration) -> f64 {
+        self.opts
+            .rate_changes
+            .iter()
+            .filter(|(at, _)| *at <= elapsed)
+            .max_by_key(|(at, _)| *at)
+            .map_or(self.opts.rate, |(_, rate)| *rate)
+    }
+
+    fn in_outage(&self, elapsed: Duration) -> bool {
+        self.opts
+            .outage_start
+            .is_some_and(|s| elapsed >= s && elapsed < s + self.opts.outage)
+    }
+
+    /// Every check that can refuse a call, in the order a vendor applies them.
+    fn admit(self: &Arc<Self>, key: &str) -> (Verdict, Option<InFlight>) {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.started);
+        let mut c = self.state.lock().expect("sandbox lock");
+        c.stats.requests += 1;
+        let second = elapsed.as_secs() as usize;
+        if c.stats.per_second.len() <= second {
+            c.stats.per_second.resize(second + 1, 0);
+        }
+        c.stats.per_second[second] += 1;
+
+        if self.in_outage(elapsed) {
+            c.stats.during_outage += 1;
+            c.stats.unavailable += 1;
+            return (
+                Verdict::Refuse(status(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "down for maintenance",
+                )),
+                None,
+            );
+        }
+        let cap = u64::from(self.opts.max_concurrency);
+        if cap > 0 && c.in_flight >= cap {
+            c.stats.unavailable += 1;
+            return (
+                Verdict::Refuse(status(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many concurrent calls",
+                )),
+                None,
+            );
+        }
+
+        let rate = self.rate_at(elapsed);
+        let mut quota = None;
+        if rate > 0.0 {
+            let burst = f64::from(self.opts.burst.max(1));
+            let refill = now.duration_since(c.refilled).as_secs_f64() * rate;
+            c.tokens = (c.tokens + refill).min(burst);
+            c.refilled = now;
+            if c.tokens < 1.0 {
+                c.stats.throttled += 1;
+                let wait = ((1.0 - c.tokens) / rate).ceil().max(1.0) as u64;
+                let mut r = status(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(wait));
+                if self.opts.ratelimit_headers {
+                    rate_headers(r.headers_mut(), rate, 0);
+                }
+                return (Verdict::Refuse(r), None);
+            }
+            c.tokens -= 1.0;
+            quota = self
+                .opts
+                .ratelimit_headers
+                .then_some((rate, c.tokens.floor() as u64));
+        }
+
+        if c.credits == Some(0) {
+            c.stats.payment_required += 1;
+            let body = json!({"type": "quota-exceeded", "title": "credits exhausted"});
+            return (
+                Verdict::Refuse((StatusCode::PAYMENT_REQUIRED, axum::Json(body)).into_response()),
+                None,
+            );
+        }
+
+        let mut fault = self.faults.get(key).cloned();
+        if let Some(f @ (Fault::Flaky(n) | Fault::Throttle(n))) = &fault {
+            let seen = c.fault_calls.entry(key.to_owned()).or_default();
+            *seen += 1;
+            if *seen > *n {
+                fault = None;
+            } else if matches!(f, Fault::Throttle(_)) {
+                c.stats.throttled += 1;
+                let mut r = status(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(1));
+                return (Verdict::Refuse(r), None);
+            }
+        }
+        if fault.is_none() && self.opts.error_rate > 0.0 {
+            // xorshift64*: a few lines, seeded, the same sequence every run.
+            c.rng ^= c.rng >> 12;
+            c.rng ^= c.rng << 25;
+            c.rng ^= c.rng >> 27;
+            let draw =
+                (c.rng.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64;
+            if draw < self.opts.error_rate {
+                c.stats.errors += 1;
+                return (
+                    Verdict::Refuse(status(StatusCode::INTERNAL_SERVER_ERROR, "internal error")),
+                    None,
+                );
+            }
+        }
+
+        // Accepted: it will be served, so it is billed now.
+        let billed = !matches!(fault, Some(Fault::Flaky(_) | Fault::Status(400 | 422)));
+        let mut remaining = None;
+        if let Some(credits) = c.credits.as_mut().filter(|_| billed) {
+            *credits -= 1;
+            remaining = Some(*credits);
+        }
+        c.in_flight += 1;
+        c.stats.max_in_flight = c.stats.max_in_flight.max(c.in_flight);
+        drop(c);
+        (
+            Verdict::Serve {
+                fault,
+                remaining,
+                quota,
+            },
+            Some(InFlight(self.clone())),
+        )
+    }
+
+    fn count(&self, f: impl FnOnce(&mut Stats)) {
+        f(&mut self.state.lock().expect("sandbox lock").stats);
+    }
+}
+
+fn status(code: StatusCode, message: &str) -> Response {
+    (code, axum::Json(json!({"error": message}))).into_response()
+}
+
+fn rate_headers(h: &mut HeaderMap, rate: f64, remaining: u64) {
+    let limit = rate.round() as u64;
+    h.insert("x-ratelimit-limit", HeaderValue::from(limit));
+    h.insert("x-ratelimit-remaining", HeaderValue::from(remaining));
+    h.insert("x-ratelimit-reset", HeaderValue::from(1));
+    let field = format!("limit={limit}, remaining={remaining}, reset=1");
+    h.insert("ratelimit", HeaderValue::from_str(&field).expect("ascii"));
+    h.insert(
+        "ratelimit-policy",
+        HeaderValue::from_str(&format!("{limit};w=1")).expect("ascii"),
+    );
+}
+
+async fn answer(State(vendor): State<Arc<Vendor>>, Path(key): Path<String>) -> Response {
+    let (verdict, in_flight) = vendor.admit(&key);
+    let (fault, remaining, quota) = match verdict {
+        Verdict::Refuse(response) => return response,
+        Verdict::Serve {
+            fault,
+            remaining,
+            quota,
+        } => (fault, remaining, quota),
+    };
+    let mut delay = vendor.opts.latency;
+    if let Some(Fault::Slow(extra)) = fault {
+        delay += extra;
+    }
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let mut response = match fault {
+        Some(Fault::Status(code)) => {
+            vendor.count(|s| s.client_errors += 1);
+            status(
+                StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST),
+                "scripted fault",
+            )
+        }
+        Some(Fault::Flaky(_)) => {
+            vendor.count(|s| s.unavailable += 1);
+            status(StatusCode::SERVICE_UNAVAILABLE, "flaky")
+        }
+        Some(Fault::Malformed) => {
+            vendor.count(|s| s.ok += 1);
+            (
+                [(header::CONTENT_TYPE, "text/html")],
+                "<html>not json</html>",
+            )
+                .into_response()
+        }
+        Some(Fault::Oversized) => {
+            vendor.count(|s| s.ok += 1);
+            let mut body = person(&key);
+            body["padding"] = json!("x".repeat(3 << 20));
+            axum::Json(body).into_response()
+        }
+        Some(Fault::WrongType) => {
+            vendor.count(|s| s.ok += 1);
+            let mut body = person(&key);
+            body["score"] = json!("high");
+            axum::Json(body).into_response()
+        }
+        Some(Fault::Throttle(_)) | Some(Fault::Slow(_)) | None => {
+            vendor.count(|s| {
+                s.ok += 1;
+                *s.per_key_ok.entry(key.clone()).or_default() += 1;
+            });
+            axum::Json(person(&key)).into_response()
+        }
+    };
+    if let Some(n) = remaining {
+        response
+            .headers_mut()
+            .insert("x-credits-remaining", HeaderValue::from(n));
+    }
+    if let Some((rate, left)) = quota {
+        rate_headers(response.headers_mut(), rate, left);
+    }
+    drop(in_flight);
+    response
+}
+
+async fn stats(State(vendor): State<Arc<Vendor>>) -> axum::Json<Stats> {
+    axum::Json(vendor.state.lock().expect("sandbox lock").stats.clone())
+}
+
+/// A running sandbox. Stops when [`Sandbox::stop`] is called or it is dropped.
+pub struct Sandbox {
+    addr: SocketAddr,
+    vendor: Arc<Vendor>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Sandbox {
+    /// Binds `opts.listen` and serves in a background task.
+    pub async fn start(opts: SandboxOptions) -> anyhow::Result<Sandbox> {
+        let listener = tokio::net::TcpListener::bind(opts.listen).await.with_context(|| {
+            format!("cannot listen on {}: is another sandbox running? pick another address with --listen", opts.listen)
+        })?;
+        let addr = listener.local_addr()?;
+        let now = Instant::now();
+        let vendor = Arc::new(Vendor {
+            faults: opts.faults.iter().cloned().collect(),
+            started: now,
+            state: Mutex::new(Counters {
+                stats: Stats::default(),
+                in_flight: 0,
+                tokens: f64::from(opts.burst.max(1)),
+                refilled: now,
+                credits: opts.credits,
+                fault_calls: HashMap::new(),
+                rng: opts.seed.max(1),
+            }),
+            opts,
+        });
+        let app = Router::new()
+            .route("/v1/people/{key}", get(answer).post(answer))
+            .route("/_sandbox/stats", get(stats))
+            .with_state(vendor.clone());
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        let task = tokio::spawn(async move {
+            let served = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
+            if let Err(e) = served.await {
+                tracing::error!("sandbox server failed: {e}");
+            }
+        });
+        Ok(Sandbox {
+            addr,
+            vendor,
+            shutdown,
+            task,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.vendor
+            .state
+            .lock()
+            .expect("sandbox lock")
+            .stats
+            .clone()
+    }
+
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        // Connections kept alive by a client would hold a graceful shutdown open:
+        // give them a moment, then let the task go.
+        if tokio::time::timeout(Duration::from_secs(2), &mut self.task)
+            .await
+            .is_err()
+        {
+            self.task.abort();
+        }
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// `freshen sandbox`: serve until `shutdown`, then print the counters as one JSON line.
+pub async fn serve(opts: SandboxOptions, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let sandbox = Sandbox::start(opts).await?;
+    println!("sandbox listening on {}", sandbox.base_url());
+    shutdown.await;
+    let stats = sandbox.stats();
+    sandbox.stop().await;
+    println!("{}", serde_json::to_string(&stats)?);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn start(opts: SandboxOptions) -> Sandbox {
+        Sandbox::start(SandboxOptions {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            ..opts
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn get(s: &Sandbox, key: &str) -> reqwest::Response {
+        reqwest::get(format!("{}/v1/people/{key}", s.base_url()))
+            .await
+            .unwrap()
+    }
+
+    #[test]
+    fn people_are_the_same_in_every_process() {
+        assert_eq!(person("42"), person("42"));
+        assert_ne!(person("42"), person("43"));
+        let p = person("7");
+        assert_eq!(p["id"], "7");
+        assert!(p["title"].is_string() && p["company"].is_string());
+        assert!(p["score"].as_u64().unwrap() < 1000);
+    }
+
+    #[tokio::test]
+    async fn serves_people_and_counts_them() {
+        let s = start(SandboxOptions::default()).await;
+        let body: serde_json::Value = get(&s, "12").await.json().await.unwrap();
+        assert_eq!(body, person("12"));
+        let stats = s.stats();
+        assert_eq!(
+            (stats.requests, stats.ok, stats.per_key_ok["12"]),
+            (1, 1, 1)
+        );
+        s.stop().await;
+    }
+
+    #[tokio::test]
+    async fn over_the_burst_is_429_with_retry_after() {
+        let s = start(SandboxOptions {
+            rate: 1.0,
+            burst: 2,
+            ratelimit_headers: true,
+            ..SandboxOptions::default()
+        })
+        .await;
+        assert_eq!(get(&s, "1").await.status(), 200);
+        let second = get(&s, "2").await;
+        assert_eq!(second.headers()["ratelimit-policy"], "1;w=1");
+        let third = get(&s, "3").await;
+        assert_eq!(third.status(), 429);
+        assert_eq!(third.headers()["retry-after"], "1");
+        assert_eq!(third.headers()["x-ratelimit-remaining"], "0");
+        assert_eq!(s.stats().throttled, 1);
+    }
+
+    #[tokio::test]
+    async fn over_the_concurrency_cap_is_503() {
+        let s = start(SandboxOptions {
+            max_concurrency: 1,
+            latency: Duration::from_millis(300),
+            ..SandboxOptions::default()
+        })
+        .await;
+        let url = s.base_url();
+        let slow = tokio::spawn(async move {
+            reqwest::get(format!("{url}/v1/people/1"))
+                .await
+                .unwrap()
+                .status()
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let refused = get(&s, "2").await;
+        assert_eq!(refused.status(), 503);
+        assert!(refused.headers().get("retry-after").is_none());
+        assert_eq!(slow.await.unwrap(), 200);
+        assert_eq!(s.stats().max_in_flight, 1);
+    }
+
+    #[tokio::test]
+    async fn credits_run_out_with_402() {
+        let s = start(SandboxOptions {
+            credits: Some(2),
+            ..SandboxOptions::default()
+        })
+        .await;
+        assert_eq!(get(&s, "1").await.headers()["x-credits-remaining"], "1");
+        assert_eq!(get(&s, "2").await.status(), 200);
+        let spent = get(&s, "3").await;
+        assert_eq!(spent.status(), 402);
+        let body: serde_json::Value = spent.json().await.unwrap();
+        assert_eq!(body["type"], "quota-exceeded");
+    }
+
+    #[tokio::test]
+    async fn scripted_faults() {
+        let faults = [
+            "5=404",
+            "6=malformed",
+            "7=flaky:2",
+            "8=throttle:1",
+            "9=wrong-type",
+        ];
+        let s = start(SandboxOptions {
+            faults: faults.iter().map(|f| parse_fault(f).unwrap()).collect(),
+            ..SandboxOptions::default()
+        })
+        .await;
+        assert_eq!(get(&s, "5").await.status(), 404);
+        assert!(
+            get(&s, "6")
+                .await
+                .text()
+                .await
+                .unwrap()
+                .starts_with("<html>")
+        );
+        let flaky: Vec<u16> = futures_util::future::join_all((0..3).map(|_| get(&s, "7")))
+            .await
+            .iter()
+            .map(|r| r.status().as_u16())
+            .collect();
+        let mut sorted = flaky.clone();
+        sorted.sort();
+        assert_eq!(sorted, [200, 503, 503]);
+        assert_eq!(get(&s, "8").await.status(), 429);
+        assert_eq!(get(&s, "8").await.status(), 200);
+        let wrong: serde_json::Value = get(&s, "9").await.json().await.unwrap();
+        assert_eq!(wrong["score"], "high");
+    }
+
+    #[tokio::test]
+    async fn an_outage_window_refuses_everything() {
+        let s = start(SandboxOptions {
+            outage_start: Some(Duration::ZERO),
+            outage: Duration::from_secs(60),
+            ..SandboxOptions::default()
+        })
+        .await;
+        assert_eq!(get(&s, "1").await.status(), 503);
+        assert_eq!(s.stats().during_outage, 1);
+    }
+
+    #[test]
+    fn bad_flags_say_what_is_wrong() {
+        assert!(parse_fault("5").unwrap_err().contains("KEY=KIND"));
+        assert!(
+            parse_fault("5=teapot")
+                .unwrap_err()
+                .contains("unknown fault `teapot`")
+        );
+        assert!(
+            parse_fault("5=flaky:x")
+                .unwrap_err()
+                .contains("`x` is not a count")
+        );
+        assert_eq!(
+            parse_fault("5=slow:2s").unwrap(),
+            ("5".into(), Fault::Slow(Duration::from_secs(2)))
+        );
+        assert_eq!(
+            parse_rate_change("5s=50").unwrap(),
+            (Duration::from_secs(5), 50.0)
+        );
+        assert!(parse_rate_change("soon=50").is_err());
+    }
+}

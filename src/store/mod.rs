@@ -1,0 +1,588 @@
+//! Every SQL statement freshen runs, for SQLite and PostgreSQL alike, through
+//! sqlx's `Any` driver (`$n` placeholders, types that both engines share).
+//!
+//! The user's table and column names come from the configuration. They are checked
+//! as plain identifiers by [`Ident`] and quoted in one place, [`Ident::quoted`];
+//! the statements that use them are built once, at connect time, in [`Statements`].
+//! Every value goes in as a bound parameter.
+
+mod ident;
+mod statements;
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::{AnyPool, AssertSqlSafe, Executor, Row, SqlSafeStr};
+
+use crate::config::Config;
+use crate::error::usage;
+use crate::record::{ColumnKind, Value};
+use crate::selection::{IdSpec, Selection, stamp};
+
+pub use ident::Ident;
+use statements::Statements;
+
+/// Which engine is behind the URL: the SQL is shared, the migrations and a few
+/// schema queries are not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A run as stored in `freshen_runs`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunRow {
+    pub id: i64,
+    pub selection: String,
+    pub status: String,
+    pub total: i64,
+    pub calls: CallCounts,
+    pub credits_spent: i64,
+    pub created_at: String,
+    pub updated_at: String,
+    pub finished_at: Option<String>,
+}
+
+/// Calls by outcome.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CallCounts {
+    pub ok: i64,
+    pub throttled: i64,
+    pub transient: i64,
+    pub permanent: i64,
+}
+
+impl CallCounts {
+    pub fn total(&self) -> i64 {
+        self.ok + self.throttled + self.transient + self.permanent
+    }
+}
+
+/// Items of a run by state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ItemCounts {
+    pub total: i64,
+    pub done: i64,
+    pub failed: i64,
+    pub pending: i64,
+}
+
+/// One queued record, as the workers see it.
+#[derive(Debug, Clone)]
+pub struct Item {
+    pub seq: i64,
+    pub key: String,
+    pub attempts: u32,
+    /// Values of the non-key columns that `api.path` uses, as text, in template order.
+    pub params: Vec<String>,
+}
+
+/// How an item ended.
+#[derive(Debug, Clone)]
+pub enum Resolution {
+    /// The mapped columns' new values, in `api.response` order.
+    Done(Vec<Value>),
+    Failed(String),
+}
+
+/// An item's result, on its way to the checkpoint.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub seq: i64,
+    pub key: String,
+    pub attempts: u32,
+    pub resolution: Resolution,
+    /// Credits the answer was billed.
+    pub charged: i64,
+}
+
+/// Credits of one period, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeriodRow {
+    pub period: String,
+    pub allowance: i64,
+    pub spent: i64,
+}
+
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+    sql: Statements,
+    key_kind: ColumnKind,
+    mapped: Vec<ColumnKind>,
+}
+
+impl Store {
+    /// Connects, applies freshen's migrations, and checks the configured table
+    /// against the database: every configured column must exist.
+    pub async fn connect(config: &Config) -> Result<Store> {
+        Store::open(config, false).await
+    }
+
+    /// Like [`Store::connect`], creating the SQLite file if it does not exist (the demo).
+    pub async fn create(config: &Config) -> Result<Store> {
+        Store::open(config, true).await
+    }
+
+    async fn open(config: &Config, create: bool) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let url = config.database_url.expose();
+        let shown = config.database_display();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            Backend::Postgres
+        };
+        let pool = match backend {
+            Backend::Sqlite => {
+                let mut url = url.to_owned();
+                if create && !url.contains("mode=") {
+                    url.push_str(if url.contains('?') { "&mode=rwc" } else { "?mode=rwc" });
+                }
+                AnyPoolOptions::new()
+                    .max_connections(4)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            // One writer, readers alongside it (status while a run goes on);
+                            // a locked database is waited for, not an error.
+                            conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000;")
+                                .await?;
+                            Ok(())
+                        })
+                    })
+                    .connect(&url)
+                    .await
+            }
+            Backend::Postgres => AnyPoolOptions::new()
+                .max_connections(8)
+                .acquire_timeout(Duration::from_secs(30))
+                .connect(url)
+                .await,
+        }
+        .with_context(|| {
+            format!("cannot open the database {shown} (database.url in {})", config.path.display())
+        })?;
+
+        migrator(backend)
+            .run(&pool)
+            .await
+            .with_context(|| format!("applying freshen's migrations to {shown}"))?;
+
+        let columns = table_columns(&pool, backend, config.source.table.as_str()).await?;
+        if columns.is_empty() {
+            return Err(usage(format!(
+                "the table `{}` (source.table in {}) does not exist in {shown}",
+                config.source.table,
+                config.path.display()
+            )));
+        }
+        let kind_of = |key: &str, column: &Ident| {
+            columns
+                .iter()
+                .find(|(name, _)| name == column.as_str())
+                .map(|(_, k)| *k)
+                .ok_or_else(|| {
+                    usage(format!(
+                        "`{key}` names the column `{column}`, which the table `{}` lacks (in {})",
+                        config.source.table,
+                        config.path.display()
+                    ))
+                })
+        };
+        let key_kind = kind_of("source.key", &config.source.key)?;
+        kind_of("source.refreshed_at", &config.source.refreshed_at)?;
+        for column in config.api.path.columns() {
+            kind_of("api.path", column)?;
+        }
+        let mapped = config
+            .api
+            .response
+            .iter()
+            .map(|m| kind_of(&format!("api.response.\"{}\"", m.pointer), &m.column))
+            .collect::<Result<Vec<_>>>()?;
+        if !matches!(key_kind, ColumnKind::Integer | ColumnKind::Text) {
+            bail!(usage(format!(
+                "`source.key` = `{}` must be an integer or text column",
+                config.source.key
+            )));
+        }
+
+        Ok(Store {
+            sql: Statements::new(config, key_kind),
+            pool,
+            backend,
+            key_kind,
+            mapped,
+        })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The kinds of the mapped columns, in `api.response` order.
+    pub fn mapped_kinds(&self) -> &[ColumnKind] {
+        &self.mapped
+    }
+
+    /// The newest run with this selection, finished or not.
+    pub async fn latest_run_with(&self, selection: &Selection) -> Result<Option<RunRow>> {
+        let row = query(&self.sql.latest_run_with)
+            .bind(selection.canonical())
+            .fetch_optional(&self.pool)
+            .await
+            .context("looking up earlier runs")?;
+        row.map(|r| run_row(&r)).transpose()
+    }
+
+    /// The newest run of this table, whatever its selection.
+    pub async fn latest_run(&self) -> Result<Option<RunRow>> {
+        let row = query(&self.sql.latest_run)
+            .fetch_optional(&self.pool)
+            .await
+            .context("looking up the last run")?;
+        row.map(|r| run_row(&r)).transpose()
+    }
+
+    pub async fn run(&self, id: i64) -> Result<Option<RunRow>> {
+        let row = query(&self.sql.run_by_id)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .context("reading the run")?;
+        row.map(|r| run_row(&r)).transpose()
+    }
+
+    /// Plans a new run: one row in `freshen_runs` and the selected keys snapshotted
+    /// into `freshen_items`, stalest first, by one set-based statement, in one transaction.
+    pub async fn plan(&self, selection: &Selection) -> Result<RunRow> {
+        let binds = self.selection_binds(selection)?;
+        let now = now_stamp();
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .context("starting the plan transaction")?;
+        let id: i64 = query(&self.sql.insert_run)
+            .bind(selection.canonical())
+            .bind(now.clone())
+            .fetch_one(&mut *tx)
+            .await
+            .context("creating the run")?
+            .try_get(0)?;
+        let plan_sql = self.sql.plan(selection);
+        let mut q = sqlx::query(AssertSqlSafe(plan_sql)).bind(id);
+        for b in binds {
+            q = match b {
+                Bind::Int(i) => q.bind(i),
+                Bind::Text(s) => q.bind(s),
+            };
+        }
+        let total = q
+            .execute(&mut *tx)
+            .await
+            .context("planning the run's items")?
+            .rows_affected() as i64;
+        query(&self.sql.set_total)
+            .bind(total)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await.context("committing the plan")?;
+        Ok(self.run(id).await?.expect("the run was just inserted"))
+    }
+
+    /// The values bound into the plan's WHERE clause, in the order `Statements::plan`
+    /// writes placeholders. Checks `--ids` against the key's kind.
+    fn selection_binds(&self, selection: &Selection) -> Result<Vec<Bind>> {
+        let mut binds = Vec::new();
+        for spec in &selection.ids {
+            match (spec, self.key_kind) {
+                (IdSpec::Range { from, to }, ColumnKind::Integer) => {
+                    binds.extend([Bind::Int(*from), Bind::Int(*to)])
+                }
+                (IdSpec::Range { .. }, _) => {
+                    return Err(usage(format!(
+                        "--ids {spec}: a range needs an integer key, and `source.key` is text"
+                    )));
+                }
+                (IdSpec::Key(k), ColumnKind::Integer) => {
+                    let i = k.parse::<i64>().map_err(|_| {
+                        usage(format!("--ids {k}: `source.key` is an integer column, and `{k}` is not an integer"))
+                    })?;
+                    binds.push(Bind::Int(i));
+                }
+                (IdSpec::Key(k), _) => binds.push(Bind::Text(k.clone())),
+            }
+        }
+        if let Some(stale) = &selection.stale_before {
+            binds.push(Bind::Text(stale.0.clone()));
+        }
+        Ok(binds)
+    }
+
+    /// Up to `limit` pending items after `after_seq`, in order.
+    pub async fn pending_after(&self, run: i64, after_seq: i64, limit: i64) -> Result<Vec<Item>> {
+        let rows = query(&self.sql.pending_after)
+            .bind(run)
+            .bind(after_seq)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .context("reading pending items")?;
+        rows.iter()
+            .map(|r| {
+                let params = (3..r.len()).map(|i| {
+                    r.try_get::<Option<String>, _>(i)
+                        .map(Option::unwrap_or_default)
+                });
+                Ok(Item {
+                    seq: r.try_get(0)?,
+                    key: r.try_get(1)?,
+                    attempts: u32::try_from(r.try_get::<i64, _>(2)?).unwrap_or(u32::MAX),
+                    params: params.collect::<Result<_, _>>()?,
+                })
+            })
+            .collect()
+    }
+
+    /// Writes one batch of results in one transaction: each record's mapped columns
+    /// and `refreshed_at`, its item's state, the run's call counts and the period's
+    /// credits, together. An item that is no longer pending is skipped, so a result
+    /// is never written twice.
+    pub async fn checkpoint(
+        &self,
+        run: i64,
+        period: &str,
+        batch: &[Finished],
+        calls: CallCounts,
+    ) -> Result<()> {
+        let now = now_stamp();
+        let mut tx = self.pool.begin().await.context("starting a checkpoint")?;
+        let mut charged = 0;
+        for f in batch {
+            let (state, reason) = match &f.resolution {
+                Resolution::Done(_) => ("done", None),
+                Resolution::Failed(reason) => ("failed", Some(reason.as_str())),
+            };
+            let claimed = query(&self.sql.resolve_item)
+                .bind(state)
+                .bind(i64::from(f.attempts))
+                .bind(reason.map(str::to_owned))
+                .bind(now.clone())
+                .bind(run)
+                .bind(f.seq)
+                .execute(&mut *tx)
+                .await
+                .with_context(|| format!("checkpointing the item of key {}", f.key))?
+                .rows_affected();
+            if claimed == 0 {
+                continue;
+            }
+            charged += f.charged;
+            if let Resolution::Done(values) = &f.resolution {
+                let mut q = query(&self.sql.update_record);
+                for (value, kind) in values.iter().zip(&self.mapped) {
+                    q = bind_value(q, value, *kind);
+                }
+                q = q.bind(now.clone());
+                q =
+                    match self.key_kind {
+                        ColumnKind::Integer => q.bind(f.key.parse::<i64>().with_context(|| {
+                            format!("the planned key {} is not an integer", f.key)
+                        })?),
+                        _ => q.bind(f.key.clone()),
+                    };
+                q.execute(&mut *tx)
+                    .await
+                    .with_context(|| format!("writing the record of key {}", f.key))?;
+            }
+        }
+        query(&self.sql.add_run_counts)
+            .bind(calls.ok)
+            .bind(calls.throttled)
+            .bind(calls.transient)
+            .bind(calls.permanent)
+            .bind(charged)
+            .bind(now)
+            .bind(run)
+            .execute(&mut *tx)
+            .await
+            .context("updating the run's counts")?;
+        if charged > 0 {
+            query(&self.sql.charge_period)
+                .bind(charged)
+                .bind(period.to_owned())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await.context("committing a checkpoint")
+    }
+
+    pub async fn set_status(&self, run: i64, status: &str, finished: bool) -> Result<()> {
+        let now = now_stamp();
+        query(&self.sql.set_status)
+            .bind(status)
+            .bind(now.clone())
+            .bind(finished.then_some(now))
+            .bind(run)
+            .execute(&self.pool)
+            .await
+            .context("recording the run's status")?;
+        Ok(())
+    }
+
+    pub async fn item_counts(&self, run: i64) -> Result<ItemCounts> {
+        let rows = query(&self.sql.item_counts)
+            .bind(run)
+            .fetch_all(&self.pool)
+            .await
+            .context("counting items")?;
+        let mut counts = ItemCounts::default();
+        for r in rows {
+            let n: i64 = r.try_get(1)?;
+            match r.try_get::<String, _>(0)?.as_str() {
+                "done" => counts.done += n,
+                "failed" => counts.failed += n,
+                _ => counts.pending += n,
+            }
+            counts.total += n;
+        }
+        Ok(counts)
+    }
+
+    /// The failed items of a run with their reasons, at most `limit`.
+    pub async fn failures(&self, run: i64, limit: i64) -> Result<Vec<(String, String)>> {
+        let rows = query(&self.sql.failures)
+            .bind(run)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get(0)?,
+                    r.try_get::<Option<String>, _>(1)?.unwrap_or_default(),
+                ))
+            })
+            .collect()
+    }
+
+    /// The period's row, created with `allowance` if it does not exist yet.
+    pub async fn period(&self, period: &str, allowance: u64) -> Result<PeriodRow> {
+        let allowance = i64::try_from(allowance).context("credits.allowance is too large")?;
+        query(&self.sql.ensure_period)
+            .bind(period.to_owned())
+            .bind(allowance)
+            .execute(&self.pool)
+            .await?;
+        let r = query(&self.sql.period)
+            .bind(period.to_owned())
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(PeriodRow {
+            period: r.try_get(0)?,
+            allowance: r.try_get(1)?,
+            spent: r.try_get(2)?,
+        })
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+enum Bind {
+    Int(i64),
+    Text(String),
+}
+
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+
+fn query(sql: &Arc<str>) -> AnyQuery<'static> {
+    sqlx::query(AssertSqlSafe(sql.clone()))
+}
+
+fn bind_value<'q>(q: AnyQuery<'q>, value: &Value, kind: ColumnKind) -> AnyQuery<'q> {
+    match (value, kind) {
+        (Value::Integer(i), _) => q.bind(*i),
+        (Value::Real(f), _) => q.bind(*f),
+        (Value::Text(s), _) => q.bind(s.clone()),
+        (Value::Bool(b), _) => q.bind(*b),
+        (Value::Null, ColumnKind::Integer) => q.bind(None::<i64>),
+        (Value::Null, ColumnKind::Real) => q.bind(None::<f64>),
+        (Value::Null, ColumnKind::Bool) => q.bind(None::<bool>),
+        (Value::Null, ColumnKind::Text) => q.bind(None::<String>),
+    }
+}
+
+fn run_row(r: &AnyRow) -> Result<RunRow> {
+    Ok(RunRow {
+        id: r.try_get("id")?,
+        selection: r.try_get("selection")?,
+        status: r.try_get("status")?,
+        total: r.try_get("total")?,
+        calls: CallCounts {
+            ok: r.try_get("calls_ok")?,
+            throttled: r.try_get("calls_throttled")?,
+            transient: r.try_get("calls_transient")?,
+            permanent: r.try_get("calls_permanent")?,
+        },
+        credits_spent: r.try_get("credits_spent")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+        finished_at: r.try_get("finished_at")?,
+    })
+}
+
+pub fn now_stamp() -> String {
+    stamp(jiff::Timestamp::now())
+}
+
+/// The user table's columns and their kinds; empty when the table does not exist.
+async fn table_columns(
+    pool: &AnyPool,
+    backend: Backend,
+    table: &str,
+) -> Result<Vec<(String, ColumnKind)>> {
+    let sql = match backend {
+        Backend::Sqlite => "SELECT name, type FROM pragma_table_info($1)",
+        Backend::Postgres => {
+            "SELECT column_name::text, data_type::text FROM information_schema.columns \
+             WHERE table_schema = current_schema() AND table_name = $1"
+        }
+    };
+    let rows = sqlx::query(sql)
+        .bind(table.to_owned())
+        .fetch_all(pool)
+        .await
+        .context("reading the table's columns")?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r.try_get::<String, _>(0)?,
+                ColumnKind::from_sql_type(&r.try_get::<String, _>(1)?),
+            ))
+        })
+        .collect()
+}
+
+/// freshen's migrations, embedded in the binary, for the engine behind the URL.
+fn migrator(backend: Backend) -> Migrator {
+    let sql = match backend {
+        Backend::Sqlite => include_str!("../../migrations/sqlite/0001_freshen.sql"),
+        Backend::Postgres => include_str!("../../migrations/postgres/0001_freshen.sql"),
+    };
+    Migrator::with_migrations(vec![Migration::new(
+        1,
+        Cow::Borrowed("freshen"),
+        MigrationType::Simple,
+        sql.into_sql_str(),
+        false,
+    )])
+}

@@ -1,0 +1,174 @@
+//! The SQL text of every statement, built once per process from the configured
+//! identifiers. Shared text (`Arc<str>`) so each execution costs no allocation for it.
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::record::ColumnKind;
+use crate::selection::{IdSpec, Selection};
+
+pub(super) struct Statements {
+    pub latest_run_with: Arc<str>,
+    pub latest_run: Arc<str>,
+    pub run_by_id: Arc<str>,
+    pub insert_run: Arc<str>,
+    pub set_total: Arc<str>,
+    pub pending_after: Arc<str>,
+    pub resolve_item: Arc<str>,
+    pub update_record: Arc<str>,
+    pub add_run_counts: Arc<str>,
+    pub charge_period: Arc<str>,
+    pub set_status: Arc<str>,
+    pub item_counts: Arc<str>,
+    pub failures: Arc<str>,
+    pub ensure_period: Arc<str>,
+    pub period: Arc<str>,
+    /// For the plan: `FROM table` and the key as text.
+    table: String,
+    key: String,
+    refreshed_at: String,
+    filter: Option<String>,
+}
+
+const RUN_COLUMNS: &str = "id, selection, status, total, calls_ok, calls_throttled, calls_transient, \
+                           calls_permanent, credits_spent, created_at, updated_at, finished_at";
+
+impl Statements {
+    pub fn new(config: &Config, key_kind: ColumnKind) -> Statements {
+        let s = &config.source;
+        let table = s.table.quoted();
+        let key = s.key.quoted();
+        let refreshed_at = s.refreshed_at.quoted();
+        // The source table's name goes in as a literal: it is a checked identifier.
+        let table_lit = format!("'{}'", s.table);
+
+        // Non-key columns the path template needs are joined from the record.
+        let params: Vec<String> = config
+            .api
+            .path
+            .columns()
+            .filter(|c| **c != s.key)
+            .map(|c| c.quoted())
+            .collect();
+        let pending_after = if params.is_empty() {
+            "SELECT i.seq, i.key, i.attempts FROM freshen_items i \
+             WHERE i.run_id = $1 AND i.state = 'pending' AND i.seq > $2 ORDER BY i.seq LIMIT $3"
+                .to_owned()
+        } else {
+            // The item's key is text; compare in the key column's own type so its index is used.
+            let item_key = match key_kind {
+                ColumnKind::Integer => "CAST(i.key AS BIGINT)",
+                _ => "i.key",
+            };
+            let cols: Vec<String> = params
+                .iter()
+                .map(|c| format!("CAST(t.{c} AS TEXT)"))
+                .collect();
+            format!(
+                "SELECT i.seq, i.key, i.attempts, {} FROM freshen_items i JOIN {table} t ON t.{key} = {item_key} \
+                 WHERE i.run_id = $1 AND i.state = 'pending' AND i.seq > $2 ORDER BY i.seq LIMIT $3",
+                cols.join(", ")
+            )
+        };
+
+        let mut sets: Vec<String> = config
+            .api
+            .response
+            .iter()
+            .enumerate()
+            .map(|(i, m)| format!("{} = ${}", m.column.quoted(), i + 1))
+            .collect();
+        let n = sets.len();
+        sets.push(format!("{refreshed_at} = ${}", n + 1));
+        let update_record = format!(
+            "UPDATE {table} SET {} WHERE {key} = ${}",
+            sets.join(", "),
+            n + 2
+        );
+
+        let a: fn(String) -> Arc<str> = Arc::from;
+        Statements {
+            latest_run_with: a(format!(
+                "SELECT {RUN_COLUMNS} FROM freshen_runs WHERE source_table = {table_lit} AND selection = $1 \
+                 ORDER BY id DESC LIMIT 1"
+            )),
+            latest_run: a(format!(
+                "SELECT {RUN_COLUMNS} FROM freshen_runs WHERE source_table = {table_lit} ORDER BY id DESC LIMIT 1"
+            )),
+            run_by_id: a(format!("SELECT {RUN_COLUMNS} FROM freshen_runs WHERE id = $1")),
+            insert_run: a(format!(
+                "INSERT INTO freshen_runs (source_table, selection, status, created_at, updated_at) \
+                 VALUES ({table_lit}, $1, 'planned', $2, $2) RETURNING id"
+            )),
+            set_total: a("UPDATE freshen_runs SET total = $1 WHERE id = $2".into()),
+            pending_after: a(pending_after),
+            resolve_item: a("UPDATE freshen_items SET state = $1, attempts = $2, reason = $3, updated_at = $4 \
+                 WHERE run_id = $5 AND seq = $6 AND state = 'pending'"
+                .into()),
+            update_record: a(update_record),
+            add_run_counts: a("UPDATE freshen_runs SET calls_ok = calls_ok + $1, calls_throttled = calls_throttled + $2, \
+                 calls_transient = calls_transient + $3, calls_permanent = calls_permanent + $4, \
+                 credits_spent = credits_spent + $5, updated_at = $6 WHERE id = $7"
+                .into()),
+            charge_period: a("UPDATE freshen_credit_periods SET spent = spent + $1 WHERE period = $2".into()),
+            set_status: a("UPDATE freshen_runs SET status = $1, updated_at = $2, finished_at = $3 WHERE id = $4".into()),
+            item_counts: a("SELECT state, COUNT(*) FROM freshen_items WHERE run_id = $1 GROUP BY state".into()),
+            failures: a("SELECT key, reason FROM freshen_items WHERE run_id = $1 AND state = 'failed' \
+                 ORDER BY seq LIMIT $2"
+                .into()),
+            ensure_period: a("INSERT INTO freshen_credit_periods (period, allowance, spent) VALUES ($1, $2, 0) \
+                 ON CONFLICT (period) DO NOTHING"
+                .into()),
+            period: a("SELECT period, allowance, spent FROM freshen_credit_periods WHERE period = $1".into()),
+            table,
+            key,
+            refreshed_at,
+            filter: s.filter.clone(),
+        }
+    }
+
+    /// The set-based plan for `selection`: `$1` is the run id, then the selection's
+    /// values in the order `Store::selection_binds` gives them. Stalest first: never
+    /// refreshed, then oldest `refreshed_at`, then key.
+    pub fn plan(&self, selection: &Selection) -> String {
+        let (table, key, ra) = (&self.table, &self.key, &self.refreshed_at);
+        let mut n = 1;
+        let mut next = || {
+            n += 1;
+            format!("${n}")
+        };
+        let mut conds = Vec::new();
+        if !selection.ids.is_empty() {
+            let ids: Vec<String> = selection
+                .ids
+                .iter()
+                .map(|spec| match spec {
+                    IdSpec::Key(_) => format!("{key} = {}", next()),
+                    IdSpec::Range { .. } => format!("{key} BETWEEN {} AND {}", next(), next()),
+                })
+                .collect();
+            conds.push(format!("({})", ids.join(" OR ")));
+        }
+        if selection.stale_before.is_some() {
+            conds.push(format!("({ra} IS NULL OR {ra} < {})", next()));
+        }
+        if let Some(filter) = &self.filter {
+            conds.push(format!("({filter})"));
+        }
+        let where_ = if conds.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", conds.join(" AND "))
+        };
+        let order = format!("CASE WHEN {ra} IS NULL THEN 0 ELSE 1 END, {ra}, {key}");
+        let limit = selection
+            .limit
+            .map(|l| format!(" ORDER BY 2 LIMIT {l}"))
+            .unwrap_or_default();
+        format!(
+            "INSERT INTO freshen_items (run_id, seq, key, state, attempts) \
+             SELECT $1, ROW_NUMBER() OVER (ORDER BY {order}), CAST({key} AS TEXT), 'pending', 0 \
+             FROM {table}{where_}{limit}"
+        )
+    }
+}

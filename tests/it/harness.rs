@@ -1,0 +1,295 @@
+//! The test environment (after fd's `TestEnv`): a temporary directory with a
+//! config file and a seeded SQLite database, the in-process sandbox as the vendor,
+//! and the real `freshen` binary run with a cleared environment.
+
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use freshen::sandbox::{Sandbox, SandboxOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
+use sqlx::{Executor, Row};
+use tempfile::TempDir;
+use tokio::process::{Child, Command};
+
+/// The config's tunable keys; everything else is as in the shipped `config.toml`.
+#[derive(Debug, Clone)]
+pub struct Conf {
+    pub rate: u32,
+    pub max_concurrency: u32,
+    pub max_attempts: u32,
+    pub base_delay: &'static str,
+    pub batch_size: usize,
+    pub allowance: u64,
+    pub headers: &'static str,
+}
+
+impl Default for Conf {
+    fn default() -> Self {
+        Conf {
+            rate: 5000,
+            max_concurrency: 16,
+            max_attempts: 3,
+            base_delay: "20ms",
+            batch_size: 50,
+            allowance: 1_000_000,
+            headers: "",
+        }
+    }
+}
+
+pub struct TestEnv {
+    pub dir: TempDir,
+    pub sandbox: Option<Sandbox>,
+}
+
+impl TestEnv {
+    /// A directory with a `people` table of `records` rows (keys 1..=records); every
+    /// update of `refreshed_at` is counted in a `writes` column by a trigger, so a test
+    /// can prove each record was written exactly once.
+    pub async fn new(records: u64) -> TestEnv {
+        let env = TestEnv {
+            dir: tempfile::tempdir().expect("a temp dir"),
+            sandbox: None,
+        };
+        assert!(
+            freshen::cmd::demo::create_sample(&env.db_url(), records)
+                .await
+                .unwrap()
+        );
+        let db = env.db().await;
+        db.execute(
+            "ALTER TABLE people ADD COLUMN writes INTEGER NOT NULL DEFAULT 0;
+             CREATE TRIGGER count_writes AFTER UPDATE OF refreshed_at ON people
+             BEGIN UPDATE people SET writes = writes + 1 WHERE id = NEW.id; END;",
+        )
+        .await
+        .unwrap();
+        db.close().await;
+        env
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join("test.db")
+    }
+
+    pub fn db_url(&self) -> String {
+        format!("sqlite://{}", self.db_path().display())
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.toml")
+    }
+
+    /// Starts the sandbox on a free port with these options.
+    pub async fn vendor(&mut self, opts: SandboxOptions) -> &Sandbox {
+        let opts = SandboxOptions {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            ..opts
+        };
+        self.sandbox = Some(Sandbox::start(opts).await.expect("the sandbox starts"));
+        self.sandbox.as_ref().unwrap()
+    }
+
+    pub fn sandbox(&self) -> &Sandbox {
+        self.sandbox.as_ref().expect("vendor() was called")
+    }
+
+    /// Writes `config.toml` pointing at the database and the sandbox.
+    pub fn write_config(&self, c: &Conf) {
+        let base_url = self
+            .sandbox
+            .as_ref()
+            .map_or("http://127.0.0.1:9".into(), Sandbox::base_url);
+        let text = format!(
+            r#"[database]
+url = "{db}"
+
+[source]
+table = "people"
+key = "id"
+refreshed_at = "refreshed_at"
+
+[api]
+base_url = "{base_url}"
+path = "/v1/people/{{id}}"
+timeout = "5s"
+max_body_bytes = 1048576
+{headers}
+
+[api.response]
+"/title" = "title"
+"/company" = "company"
+"/score" = "score"
+
+[limits]
+rate = {rate}
+max_concurrency = {conc}
+
+[retry]
+max_attempts = {attempts}
+base_delay = "{base_delay}"
+max_delay = "1s"
+max_outage = "1m"
+
+[checkpoint]
+batch_size = {batch}
+interval = "100ms"
+
+[credits]
+allowance = {allowance}
+"#,
+            db = self.db_url(),
+            headers = c.headers,
+            rate = c.rate,
+            conc = c.max_concurrency,
+            attempts = c.max_attempts,
+            base_delay = c.base_delay,
+            batch = c.batch_size,
+            allowance = c.allowance,
+        );
+        std::fs::write(self.config_path(), text).unwrap();
+    }
+
+    /// `freshen ARGS --config <this env's config>`, with a cleared environment.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = self.bare_command(args);
+        cmd.arg("--config").arg(self.config_path());
+        cmd
+    }
+
+    /// `freshen ARGS` in this env's directory, with a cleared environment.
+    pub fn bare_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_freshen"));
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        cmd
+    }
+
+    /// Runs freshen to the end and returns its output.
+    pub async fn freshen(&self, args: &[&str]) -> Output {
+        tokio::time::timeout(Duration::from_secs(120), self.command(args).output())
+            .await
+            .expect("freshen finished within 2 minutes")
+            .expect("freshen started")
+    }
+
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        self.command(args).spawn().expect("freshen started")
+    }
+
+    pub async fn db(&self) -> SqlitePool {
+        let options = SqliteConnectOptions::new()
+            .filename(self.db_path())
+            .busy_timeout(Duration::from_secs(10));
+        SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .unwrap()
+    }
+
+    /// Items of the newest run by state: (done, failed, pending).
+    pub async fn item_states(&self) -> (i64, i64, i64) {
+        self.try_item_states()
+            .await
+            .expect("freshen's tables exist")
+    }
+
+    /// Like `item_states`, or an error while freshen has not created its tables yet.
+    pub async fn try_item_states(&self) -> Result<(i64, i64, i64), sqlx::Error> {
+        let db = self.db().await;
+        let row = sqlx::query(
+            "SELECT COALESCE(SUM(state = 'done'), 0), COALESCE(SUM(state = 'failed'), 0), \
+             COALESCE(SUM(state = 'pending'), 0) FROM freshen_items \
+             WHERE run_id = (SELECT MAX(id) FROM freshen_runs)",
+        )
+        .fetch_one(&db)
+        .await;
+        db.close().await;
+        let row = row?;
+        Ok((row.get(0), row.get(1), row.get(2)))
+    }
+
+    /// Every record: (id, title, company, score, writes, refreshed_at is set).
+    pub async fn records(&self) -> Vec<Record> {
+        let db = self.db().await;
+        let rows = sqlx::query(
+            "SELECT id, title, company, score, writes, refreshed_at FROM people ORDER BY id",
+        )
+        .fetch_all(&db)
+        .await
+        .unwrap();
+        db.close().await;
+        rows.iter()
+            .map(|r| Record {
+                id: r.get(0),
+                title: r.get(1),
+                company: r.get(2),
+                score: r.get(3),
+                writes: r.get(4),
+                refreshed_at: r.get(5),
+            })
+            .collect()
+    }
+
+    /// The state and reason of one record's item in the newest run.
+    pub async fn item(&self, key: &str) -> (String, Option<String>, i64) {
+        let db = self.db().await;
+        let row = sqlx::query(
+            "SELECT state, reason, attempts FROM freshen_items \
+             WHERE run_id = (SELECT MAX(id) FROM freshen_runs) AND key = $1",
+        )
+        .bind(key)
+        .fetch_one(&db)
+        .await;
+        db.close().await;
+        let row = row.expect("the key is in the newest run");
+        (row.get(0), row.get(1), row.get(2))
+    }
+}
+
+#[derive(Debug)]
+pub struct Record {
+    pub id: i64,
+    pub title: Option<String>,
+    pub company: Option<String>,
+    pub score: Option<i64>,
+    pub writes: i64,
+    pub refreshed_at: Option<String>,
+}
+
+impl Record {
+    /// Whether the record holds exactly what the sandbox answers for its key.
+    pub fn matches_vendor(&self) -> bool {
+        let p = freshen::sandbox::person(&self.id.to_string());
+        self.title.as_deref() == p["title"].as_str()
+            && self.company.as_deref() == p["company"].as_str()
+            && self.score == p["score"].as_i64()
+    }
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Asserts the exit code, showing the output when it differs.
+pub fn assert_exit(out: &Output, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "stdout:\n{}\nstderr:\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+pub fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}

@@ -1,0 +1,9 @@
+//! freshen's integration tests: one binary (as ripgrep and just do), driving the
+//! real `freshen` binary against the in-process sandbox vendor.
+
+mod answers;
+mod config_errors;
+mod harness;
+mod resume;
+mod run;
+mod status;

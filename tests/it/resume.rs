@@ -1,0 +1,115 @@
+//! Crashes and interrupts: nothing lost, nothing written twice, few calls repeated.
+
+use std::time::Duration;
+
+use freshen::sandbox::SandboxOptions;
+
+use crate::harness::{Conf, TestEnv, assert_exit, text};
+
+/// Waits until the newest run has at least `done` records done.
+async fn wait_for_done(env: &TestEnv, done: i64) {
+    for _ in 0..600 {
+        if env.try_item_states().await.is_ok_and(|(d, _, _)| d >= done) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the run did not reach {done} done records");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_several_points_loses_nothing_and_writes_nothing_twice() {
+    const RECORDS: u64 = 2000;
+    let mut env = TestEnv::new(RECORDS).await;
+    env.vendor(SandboxOptions {
+        latency: Duration::from_millis(5),
+        ..SandboxOptions::default()
+    })
+    .await;
+    let conf = Conf {
+        rate: 1500,
+        max_concurrency: 16,
+        batch_size: 50,
+        ..Conf::default()
+    };
+    env.write_config(&conf);
+
+    let mut kills = 0;
+    for point in [200, 700, 1300] {
+        let mut child = env.spawn(&["run"]);
+        wait_for_done(&env, point).await;
+        child.kill().await.unwrap(); // SIGKILL
+        kills += 1;
+    }
+    let out = env.freshen(&["run"]).await;
+    assert_exit(&out, 0);
+    assert!(
+        text(&out.stderr).contains("resuming run 1"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    assert_eq!(env.item_states().await, (RECORDS as i64, 0, 0));
+    for r in env.records().await {
+        assert_eq!(r.writes, 1, "record {} written {} times", r.id, r.writes);
+        assert!(r.matches_vendor(), "record {}", r.id);
+    }
+    let repeated_bound = RECORDS + (conf.max_concurrency as u64 + conf.batch_size as u64) * kills;
+    let ok = env.sandbox().stats().ok;
+    assert!(
+        ok >= RECORDS && ok <= repeated_bound,
+        "{ok} successful calls, bound {repeated_bound}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_drains_checkpoints_and_exits_130_then_resumes() {
+    let mut env = TestEnv::new(1000).await;
+    env.vendor(SandboxOptions {
+        latency: Duration::from_millis(20),
+        ..SandboxOptions::default()
+    })
+    .await;
+    env.write_config(&Conf {
+        rate: 400,
+        max_concurrency: 8,
+        ..Conf::default()
+    });
+
+    let child = env.spawn(&["run"]);
+    wait_for_done(&env, 100).await;
+    let pid = child.id().unwrap().to_string();
+    let kill = tokio::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(kill.success());
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_exit(&out, 130);
+
+    // Everything answered before the exit is in the database: the calls the vendor
+    // answered with success equal the records marked done.
+    let (done, failed, pending) = env.item_states().await;
+    assert_eq!(done as u64, env.sandbox().stats().ok);
+    assert!(pending > 0 && failed == 0);
+    let db = env.db().await;
+    let status: String = sqlx::query_scalar("SELECT status FROM freshen_runs WHERE id = 1")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    db.close().await;
+    assert_eq!(status, "interrupted");
+
+    assert_exit(&env.freshen(&["run"]).await, 0);
+    assert_eq!(env.item_states().await, (1000, 0, 0));
+    assert_eq!(
+        env.sandbox().stats().ok,
+        1000,
+        "no call repeated after a clean interrupt"
+    );
+    assert!(env.records().await.iter().all(|r| r.writes == 1));
+}

@@ -1,0 +1,75 @@
+//! `freshen status`, during and after a run, from the database alone.
+
+use std::time::Duration;
+
+use freshen::sandbox::SandboxOptions;
+
+use crate::harness::{Conf, TestEnv, assert_exit, text};
+
+async fn status(env: &TestEnv) -> serde_json::Value {
+    let out = env.freshen(&["status", "--json"]).await;
+    assert_exit(&out, 0);
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_the_right_counts_during_and_after_a_run() {
+    let mut env = TestEnv::new(800).await;
+    env.vendor(SandboxOptions {
+        latency: Duration::from_millis(10),
+        faults: vec![("4".into(), freshen::sandbox::Fault::Status(404))],
+        ..SandboxOptions::default()
+    })
+    .await;
+    env.write_config(&Conf {
+        rate: 300,
+        ..Conf::default()
+    });
+
+    let before = status(&env).await;
+    assert!(before["run"].is_null());
+
+    let child = env.spawn(&["run"]);
+    let mut seen_midway = false;
+    for _ in 0..300 {
+        let s = status(&env).await;
+        let r = &s["run"]["records"];
+        if s["run"]["status"] == "running"
+            && r["done"].as_i64() > Some(0)
+            && r["pending"].as_i64() > Some(0)
+        {
+            assert_eq!(r["total"], 800);
+            let sum = r["done"].as_i64().unwrap()
+                + r["failed"].as_i64().unwrap()
+                + r["pending"].as_i64().unwrap();
+            assert_eq!(sum, 800);
+            // The status's count is the database's.
+            let (done, _, _) = env.item_states().await;
+            assert!(done >= r["done"].as_i64().unwrap());
+            seen_midway = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(seen_midway, "status never showed the run in progress");
+    let out = child.wait_with_output().await.unwrap();
+    assert_exit(&out, 0);
+
+    let after = status(&env).await;
+    assert_eq!(after["run"]["status"], "complete");
+    assert_eq!(after["run"]["records"]["done"], 799);
+    assert_eq!(after["run"]["records"]["failed"], 1);
+    assert_eq!(after["run"]["records"]["pending"], 0);
+    assert_eq!(after["run"]["failures"][0][0], "4");
+    assert_eq!(
+        after["credits"]["spent"], 800,
+        "the 404 is billed too, as configured by default"
+    );
+
+    let human = env.freshen(&["status"]).await;
+    assert!(
+        text(&human.stdout).contains("799 done, 1 failed, 0 pending"),
+        "{}",
+        text(&human.stdout)
+    );
+}
