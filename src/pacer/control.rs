@@ -4,9 +4,10 @@
 //! the limit and rate to apply. It never sleeps and never reads a clock, so its
 //! tests are exact.
 //!
-//! - **Start gently** (TCP slow start): a quarter of the configured rate and at
-//!   most 4 calls in flight, both doubling every round trip of clean answers until
-//!   the first sign of trouble or the configured ceiling.
+//! - **Start gently** (TCP slow start): half the configured rate, evenly spaced
+//!   (the bucket starts empty, so there is no opening burst), and at most 4 calls
+//!   in flight, both doubling every round trip of clean answers until the first
+//!   sign of trouble or the configured ceiling.
 //! - **Concurrency** (AIMD with a latency gradient, after Netflix's
 //!   concurrency-limits and Vector's adaptive request concurrency): +1 per round trip
 //!   of successes; ×0.9 when the smoothed latency rises past twice the floor (the
@@ -15,9 +16,11 @@
 //!   cap is hit again, so a hard cap is probed rarely instead of every few round
 //!   trips.
 //! - **Rate** (after the AWS SDKs' adaptive mode): on a throttle, down to 80% of the
-//!   rate actually sent over the last second; then back up by 5% steps, slower near
-//!   the rate where it was throttled. The vendor's own quota, when its headers state
-//!   one, sets the rate outright.
+//!   rate actually sent since the last pause, and held there as a plateau. Every
+//!   probe above a plateau costs a whole pause (the vendor's Retry-After), so the
+//!   plateau is held for at least ten pauses, doubling each time a probe is
+//!   throttled again; a throttled probe goes back to the plateau, not lower. The
+//!   vendor's own quota, when its headers state one, sets the rate outright.
 //!
 //! Each kind of decrease happens at most once per round trip: a burst of rejections
 //! caused by one overshoot is one signal.
@@ -70,10 +73,15 @@ pub struct Control {
     hold: Duration,
     hold_until: Option<Instant>,
     last_concurrency_cut: Option<Instant>,
-    /// The rate at the last throttle, and when the rate last changed.
-    throttled_at_rate: Option<f64>,
+    /// The rate set after the last throttle (known to hold), how long to hold it
+    /// before probing above, and until when.
+    plateau: Option<f64>,
+    rate_hold: Duration,
+    rate_hold_until: Option<Instant>,
     last_rate_cut: Option<Instant>,
     last_rate_step: Option<Instant>,
+    /// When the last pause ends: sends before it say nothing about the rate now.
+    resumed_at: Option<Instant>,
     /// Calls started over the last second, for the rate actually sent.
     sent: VecDeque<Instant>,
     /// Calls sent and not yet answered.
@@ -85,6 +93,10 @@ pub struct Control {
 /// How long to hold below a capacity error the first time it is hit.
 const FIRST_HOLD: Duration = Duration::from_secs(1);
 const MAX_HOLD: Duration = Duration::from_secs(30);
+/// How far back the rate actually sent is measured.
+const SENT_WINDOW: Duration = Duration::from_millis(250);
+/// The longest a rate plateau is held before probing above it again.
+const MAX_RATE_HOLD: Duration = Duration::from_secs(300);
 
 impl Control {
     pub fn new(max_concurrency: usize, ceiling: f64) -> Control {
@@ -94,7 +106,7 @@ impl Control {
             ceiling,
             floor: (ceiling / 100.0).max(0.1),
             concurrency: max.min(4.0),
-            rate: (ceiling / 4.0).max(1.0).min(ceiling),
+            rate: (ceiling / 2.0).max(1.0).min(ceiling),
             slow_start: true,
             srtt: None,
             min_rtt: None,
@@ -104,9 +116,12 @@ impl Control {
             hold: FIRST_HOLD,
             hold_until: None,
             last_concurrency_cut: None,
-            throttled_at_rate: None,
+            plateau: None,
+            rate_hold: Duration::ZERO,
+            rate_hold_until: None,
             last_rate_cut: None,
             last_rate_step: None,
+            resumed_at: None,
             sent: VecDeque::new(),
             in_flight: 0,
             stated: None,
@@ -140,13 +155,32 @@ impl Control {
         }
     }
 
-    /// The rate actually sent over the last second (or since the first call).
+    /// The rate actually sent lately: over the last quarter second, and not across
+    /// the last pause (the target rate, when too little was sent to tell). Short,
+    /// because a throttle during a ramp-up is about the rate at its top.
     fn sent_rate(&self, now: Instant) -> f64 {
-        let Some(first) = self.sent.front() else {
+        let since = now
+            .checked_sub(SENT_WINDOW)
+            .into_iter()
+            .chain(self.resumed_at.filter(|r| *r <= now))
+            .max();
+        let recent = self.sent.iter().filter(|t| since.is_none_or(|w| **t >= w));
+        let (count, first) = recent.fold((0usize, None::<Instant>), |(n, first), t| {
+            (n + 1, first.or(Some(*t)))
+        });
+        let span = first.map_or(0.0, |f| now.duration_since(f).as_secs_f64());
+        if span < 0.05 || count < 5 {
             return self.rate;
-        };
-        let span = now.duration_since(*first).as_secs_f64().clamp(0.05, 1.0);
-        self.sent.len() as f64 / span
+        }
+        count as f64 / span
+    }
+
+    /// A throttled answer that asks for a pause of `pause` (the Retry-After, or the
+    /// pacer's default).
+    pub fn on_throttled(&mut self, pause: Duration, now: Instant) -> Setting {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        self.on_throttle(pause, now);
+        self.setting()
     }
 
     /// Records the answer to a call sent with [`Control::on_send`].
@@ -155,7 +189,7 @@ impl Control {
         self.in_flight = self.in_flight.saturating_sub(1);
         match signal {
             Signal::Success(latency) => self.on_success(latency, now),
-            Signal::Throttled => self.on_throttle(now),
+            Signal::Throttled => self.on_throttle(Duration::ZERO, now),
             Signal::Overloaded => self.on_overload(in_flight, now),
             Signal::Failed | Signal::Answered => {}
         }
@@ -217,22 +251,18 @@ impl Control {
             }
         }
 
-        // Rate: ramp up while answers are clean.
+        // Rate: ramp up while answers are clean; above a plateau, only once its
+        // hold is over, and then by creeping.
         let step_due = self
             .last_rate_step
             .is_none_or(|t| now.duration_since(t) >= self.rtt());
-        let cut_recently = self
-            .last_rate_cut
-            .is_some_and(|t| now.duration_since(t) < self.rtt() * 4);
+        let holding = self.rate_hold_until.is_some_and(|t| now < t);
         let top = self.stated.unwrap_or(self.ceiling);
-        if step_due && !cut_recently && self.rate < top {
+        if step_due && !holding && self.rate < top {
             let factor = if self.slow_start {
                 2.0
-            } else if self
-                .throttled_at_rate
-                .is_some_and(|r| self.rate >= r * 0.95)
-            {
-                1.01 // near where the vendor pushed back: creep
+            } else if self.plateau.is_some() {
+                1.01
             } else {
                 1.05
             };
@@ -246,17 +276,30 @@ impl Control {
             .is_none_or(|t| now.duration_since(t) >= self.rtt())
     }
 
-    fn on_throttle(&mut self, now: Instant) {
+    fn on_throttle(&mut self, pause: Duration, now: Instant) {
         self.slow_start = false;
+        // Answers to calls sent before the pause began are the same overshoot.
         if self
             .last_rate_cut
-            .is_some_and(|t| now.duration_since(t) < self.rtt())
+            .is_some_and(|t| now.duration_since(t) < self.rtt().max(pause))
         {
             return;
         }
-        let sent = self.sent_rate(now).min(self.rate);
-        self.throttled_at_rate = Some(sent);
-        self.rate = (sent * 0.8).max(self.floor);
+        match self.plateau {
+            // A probe above the plateau was throttled: back to it, and hold longer.
+            Some(p) if self.rate > p => {
+                self.rate = p;
+                self.rate_hold = (self.rate_hold * 2).min(MAX_RATE_HOLD);
+            }
+            _ => {
+                let sent = self.sent_rate(now).min(self.rate);
+                self.rate = (sent * 0.8).max(self.floor);
+                self.plateau = Some(self.rate);
+                self.rate_hold = (pause * 10).clamp(FIRST_HOLD, MAX_RATE_HOLD);
+            }
+        }
+        self.resumed_at = Some(now + pause);
+        self.rate_hold_until = Some(now + pause + self.rate_hold);
         self.last_rate_cut = Some(now);
         if self.may_cut_concurrency(now) {
             self.concurrency = (self.concurrency * 0.9).max(1.0);
@@ -336,7 +379,7 @@ mod tests {
             c.setting(),
             Setting {
                 concurrency: 4,
-                rate: 250.0
+                rate: 500.0
             }
         );
         let (_, rejected, end) = against_a_hard_cap(&mut c, 1000, 5 * 50);

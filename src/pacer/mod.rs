@@ -89,20 +89,32 @@ impl Pacer {
     /// again after the rate token, so a throttle that arrives while a worker waits
     /// for its token still holds it back.
     pub async fn acquire(&self) -> Result<Ticket, Outage> {
-        let probe = match self.breaker.admit().await {
-            Admission::Call => false,
-            Admission::Probe => true,
-            Admission::GiveUp => return Err(Outage),
-        };
-        let permit = self.limit.acquire().await;
-        self.wait_pause().await;
-        self.gate.ready().await;
-        self.wait_pause().await;
-        Ok(Ticket {
-            _permit: permit,
-            probe,
-            sent: None,
-        })
+        loop {
+            let probe = match self.breaker.admit().await {
+                Admission::Call => false,
+                Admission::Probe => true,
+                Admission::GiveUp => return Err(Outage),
+            };
+            let permit = self.limit.acquire().await;
+            // A token taken while a pause was in force is stale: everyone who waited
+            // through the pause would go at once when it ends. Take a fresh one.
+            loop {
+                self.wait_pause().await;
+                self.gate.ready().await;
+                if !self.is_paused() {
+                    break;
+                }
+            }
+            // The breaker may have opened while this worker waited: only the probe
+            // goes out during an outage.
+            if probe || !self.breaker.is_open() {
+                return Ok(Ticket {
+                    _permit: permit,
+                    probe,
+                    sent: None,
+                });
+            }
+        }
     }
 
     /// Marks the call as sent, now.
@@ -133,7 +145,14 @@ impl Pacer {
             if let Some(rate) = hint.and_then(|h| h.rate()) {
                 control.on_stated_rate(rate);
             }
-            control.on_signal(signal, now)
+            if signal == Signal::Throttled {
+                control.on_throttled(
+                    retry_after.unwrap_or(self.base_delay).min(self.max_pause),
+                    now,
+                )
+            } else {
+                control.on_signal(signal, now)
+            }
         };
         self.apply(setting);
         if matches!(signal, Signal::Success(_)) {
@@ -166,6 +185,15 @@ impl Pacer {
     }
 
     fn apply(&self, setting: Setting) {
+        if setting.concurrency != self.limit.size()
+            || (setting.rate - self.gate.rate()).abs() > 0.01 * setting.rate
+        {
+            tracing::debug!(
+                concurrency = setting.concurrency,
+                rate = format!("{:.1}", setting.rate),
+                "pace"
+            );
+        }
         self.limit.resize(setting.concurrency);
         self.gate.set(setting.rate);
     }
@@ -178,6 +206,13 @@ impl Pacer {
         if paused.is_none_or(|p| p < until) {
             *paused = Some(until);
         }
+    }
+
+    fn is_paused(&self) -> bool {
+        self.paused_until
+            .lock()
+            .expect("pause lock")
+            .is_some_and(|t| t > Instant::now())
     }
 
     /// Returns once no pause is in force.
@@ -209,9 +244,11 @@ impl Pacer {
 
 /// The token bucket. governor's quota cannot change, so a new rate builds a new
 /// bucket, emptied at birth so that a change never releases a burst: the first
-/// second at any rate sends no more than that rate.
+/// second at any rate sends no more than that rate. A token from a bucket that was
+/// replaced while its holder waited is taken again from the new one, so two
+/// buckets are never drawn from at once.
 struct Gate {
-    limiter: RwLock<Arc<DefaultDirectRateLimiter>>,
+    limiter: RwLock<(u64, Arc<DefaultDirectRateLimiter>)>,
     rate_milli: AtomicU64,
     ceiling: f64,
     burst_at_ceiling: u32,
@@ -220,7 +257,10 @@ struct Gate {
 impl Gate {
     fn new(rate: f64, ceiling: f64, burst_at_ceiling: u32) -> Gate {
         let gate = Gate {
-            limiter: RwLock::new(Arc::new(RateLimiter::direct(Quota::per_second(nonzero(1))))),
+            limiter: RwLock::new((
+                0,
+                Arc::new(RateLimiter::direct(Quota::per_second(nonzero(1)))),
+            )),
             rate_milli: AtomicU64::new(0),
             ceiling,
             burst_at_ceiling,
@@ -249,14 +289,22 @@ impl Gate {
             .allow_burst(nonzero(burst));
         let limiter = RateLimiter::direct(quota);
         let _ = limiter.check_n(nonzero(burst));
-        *self.limiter.write().expect("gate lock") = Arc::new(limiter);
+        {
+            let mut current = self.limiter.write().expect("gate lock");
+            *current = (current.0 + 1, Arc::new(limiter));
+        }
         self.rate_milli
             .store((rate * 1000.0) as u64, Ordering::Release);
     }
 
     async fn ready(&self) {
-        let limiter = self.limiter.read().expect("gate lock").clone();
-        limiter.until_ready().await;
+        loop {
+            let (generation, limiter) = self.limiter.read().expect("gate lock").clone();
+            limiter.until_ready().await;
+            if self.limiter.read().expect("gate lock").0 == generation {
+                return;
+            }
+        }
     }
 }
 
@@ -265,35 +313,46 @@ fn nonzero(n: u32) -> std::num::NonZeroU32 {
 }
 
 /// Retries as a share of calls (after Finagle's retry budget): every success
-/// deposits a tenth of a retry, every retry withdraws one, with a small reserve so
-/// that a run that starts badly can still retry a little. Kept in tenths, exactly.
+/// deposits a fifth of a retry, every retry withdraws one. A small reserve lets a
+/// run that starts badly retry a little, and a trickle of a few retries per second
+/// is always allowed, so the last records of a run are never starved of the
+/// deposits that only other records' successes bring. Kept in tenths, exactly.
 struct RetryBudget {
-    tenths: Mutex<u32>,
+    state: Mutex<(u64, Instant)>,
 }
 
-/// Retries allowed per success, in tenths: 1 = one retry per ten successes.
-const RETRY_SHARE_TENTHS: u32 = 1;
-const RETRY_RESERVE: u32 = 20;
+/// Retries allowed per success, in tenths: 2 = one retry per five successes
+/// (Finagle's and the AWS SDKs' share).
+const RETRY_SHARE_TENTHS: u64 = 2;
+const RETRY_RESERVE: u64 = 50;
+/// Retries always allowed per second, whatever the successes.
+const RETRY_TRICKLE_PER_SEC: f64 = 10.0;
 
 impl Default for RetryBudget {
     fn default() -> Self {
         RetryBudget {
-            tenths: Mutex::new(RETRY_RESERVE * 10),
+            state: Mutex::new((RETRY_RESERVE * 10, Instant::now())),
         }
     }
 }
 
 impl RetryBudget {
     fn deposit(&self) {
-        let mut t = self.tenths.lock().expect("budget lock");
-        *t = (*t + RETRY_SHARE_TENTHS).min(RETRY_RESERVE * 100);
+        let mut s = self.state.lock().expect("budget lock");
+        s.0 = (s.0 + RETRY_SHARE_TENTHS).min(RETRY_RESERVE * 100);
     }
 
     fn withdraw(&self) -> bool {
-        let mut t = self.tenths.lock().expect("budget lock");
-        let granted = *t >= 10;
+        let mut s = self.state.lock().expect("budget lock");
+        let now = Instant::now();
+        let trickle = (now.duration_since(s.1).as_secs_f64() * RETRY_TRICKLE_PER_SEC * 10.0) as u64;
+        if trickle > 0 {
+            s.0 = (s.0 + trickle).min(RETRY_RESERVE * 100);
+            s.1 = now;
+        }
+        let granted = s.0 >= 10;
         if granted {
-            *t -= 10;
+            s.0 -= 10;
         }
         granted
     }
@@ -429,25 +488,35 @@ mod tests {
     async fn the_start_is_gentle() {
         let p = pacer(400, 20, 64);
         let g = p.gauges();
-        assert_eq!((g.concurrency, g.rate), (4, 100.0));
+        assert_eq!((g.concurrency, g.rate), (4, 200.0));
     }
 
-    #[test]
-    fn the_retry_budget_is_a_share_of_successes() {
+    #[tokio::test(start_paused = true)]
+    async fn the_retry_budget_is_a_share_of_successes_plus_a_trickle() {
         let b = RetryBudget::default();
         let reserve = (0..100).filter(|_| b.withdraw()).count();
         assert_eq!(reserve, RETRY_RESERVE as usize);
         for _ in 0..100 {
             b.deposit();
         }
-        assert_eq!((0..100).filter(|_| b.withdraw()).count(), 10);
+        assert_eq!(
+            (0..100).filter(|_| b.withdraw()).count(),
+            20,
+            "one per five successes"
+        );
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(
+            (0..100).filter(|_| b.withdraw()).count(),
+            20,
+            "10 per second with no successes"
+        );
     }
 
     #[test]
     fn a_new_bucket_starts_empty() {
         let gate = Gate::new(5.0, 5.0, 5);
         assert!(
-            gate.limiter.read().unwrap().check().is_err(),
+            gate.limiter.read().unwrap().1.check().is_err(),
             "a full bucket would let 5 calls through at once"
         );
     }

@@ -222,8 +222,17 @@ struct Vendor {
     faults: HashMap<String, Fault>,
 }
 
+/// When calls arrived, from server start: for tests that check a pause held.
+#[derive(Clone, Debug, Default)]
+pub struct Timeline {
+    pub arrivals: Vec<Duration>,
+    /// Arrivals answered 429.
+    pub throttled: Vec<Duration>,
+}
+
 struct Counters {
     stats: Stats,
+    timeline: Timeline,
     in_flight: u64,
     tokens: f64,
     refilled: Instant,
@@ -279,6 +288,7 @@ impl Vendor {
             c.stats.per_second.resize(second + 1, 0);
         }
         c.stats.per_second[second] += 1;
+        c.timeline.arrivals.push(elapsed);
 
         if self.in_outage(elapsed) {
             c.stats.during_outage += 1;
@@ -312,6 +322,7 @@ impl Vendor {
             c.refilled = now;
             if c.tokens < 1.0 {
                 c.stats.throttled += 1;
+                c.timeline.throttled.push(elapsed);
                 let wait = ((1.0 - c.tokens) / rate).ceil().max(1.0) as u64;
                 let mut r = status(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
                 r.headers_mut()
@@ -345,6 +356,7 @@ impl Vendor {
                 fault = None;
             } else if matches!(f, Fault::Throttle(_)) {
                 c.stats.throttled += 1;
+                c.timeline.throttled.push(elapsed);
                 let mut r = status(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
                 r.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(1));
@@ -503,6 +515,7 @@ impl Sandbox {
             started: now,
             state: Mutex::new(Counters {
                 stats: Stats::default(),
+                timeline: Timeline::default(),
                 in_flight: 0,
                 tokens: f64::from(opts.burst.max(1)),
                 refilled: now,
@@ -546,6 +559,15 @@ impl Sandbox {
             .lock()
             .expect("sandbox lock")
             .stats
+            .clone()
+    }
+
+    pub fn timeline(&self) -> Timeline {
+        self.vendor
+            .state
+            .lock()
+            .expect("sandbox lock")
+            .timeline
             .clone()
     }
 

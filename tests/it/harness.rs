@@ -22,6 +22,8 @@ pub struct Conf {
     pub batch_size: usize,
     pub allowance: u64,
     pub headers: &'static str,
+    pub max_outage: &'static str,
+    pub max_delay: &'static str,
 }
 
 impl Default for Conf {
@@ -34,6 +36,8 @@ impl Default for Conf {
             batch_size: 50,
             allowance: 1_000_000,
             headers: "",
+            max_outage: "1m",
+            max_delay: "1s",
         }
     }
 }
@@ -65,6 +69,37 @@ impl TestEnv {
         )
         .await
         .unwrap();
+        db.close().await;
+        env
+    }
+
+    /// A directory whose `people` table has text keys, as given.
+    pub async fn with_text_keys(keys: &[&str]) -> TestEnv {
+        let env = TestEnv {
+            dir: tempfile::tempdir().expect("a temp dir"),
+            sandbox: None,
+        };
+        let options = SqliteConnectOptions::new()
+            .filename(env.db_path())
+            .create_if_missing(true);
+        let db = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .unwrap();
+        db.execute(
+            "CREATE TABLE people (id TEXT PRIMARY KEY, title TEXT, company TEXT, score INTEGER, \
+             refreshed_at TEXT, writes INTEGER NOT NULL DEFAULT 0)",
+        )
+        .await
+        .unwrap();
+        for key in keys {
+            sqlx::query("INSERT INTO people (id) VALUES ($1)")
+                .bind(*key)
+                .execute(&db)
+                .await
+                .unwrap();
+        }
         db.close().await;
         env
     }
@@ -129,8 +164,8 @@ max_concurrency = {conc}
 [retry]
 max_attempts = {attempts}
 base_delay = "{base_delay}"
-max_delay = "1s"
-max_outage = "1m"
+max_delay = "{max_delay}"
+max_outage = "{max_outage}"
 
 [checkpoint]
 batch_size = {batch}
@@ -147,6 +182,8 @@ allowance = {allowance}
             base_delay = c.base_delay,
             batch = c.batch_size,
             allowance = c.allowance,
+            max_delay = c.max_delay,
+            max_outage = c.max_outage,
         );
         std::fs::write(self.config_path(), text).unwrap();
     }

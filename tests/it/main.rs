@@ -3,6 +3,7 @@
 
 mod answers;
 mod config_errors;
+mod flow;
 mod harness;
 mod resume;
 mod run;

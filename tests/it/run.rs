@@ -172,3 +172,51 @@ async fn secrets_from_the_environment_never_leave_the_process() {
     // The trace log did run: it is not vacuously clean.
     assert!(!out.stderr.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_keys_are_encoded_into_the_path_and_written_back() {
+    let keys = ["p-001", "a b", "x/y", "ü?&=#", "50%"];
+    let mut env = TestEnv::with_text_keys(&keys).await;
+    env.vendor(SandboxOptions::default()).await;
+    env.write_config(&Conf::default());
+
+    let out = env
+        .freshen(&[
+            "run", "--ids", "x/y", "--ids", "a b", "--ids", "ü?&=#", "--ids", "50%", "--ids",
+            "p-001",
+        ])
+        .await;
+    assert_exit(&out, 0);
+    let db = env.db().await;
+    for key in keys {
+        let (title, score): (Option<String>, Option<i64>) =
+            sqlx::query_as("SELECT title, score FROM people WHERE id = $1")
+                .bind(key)
+                .fetch_one(&db)
+                .await
+                .unwrap();
+        let p = freshen::sandbox::person(key);
+        assert_eq!(title.as_deref(), p["title"].as_str(), "key {key:?}");
+        assert_eq!(score, p["score"].as_i64(), "key {key:?}");
+    }
+    db.close().await;
+    assert_eq!(
+        env.sandbox()
+            .stats()
+            .per_key_ok
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+            .len(),
+        5
+    );
+
+    // A range needs an integer key.
+    let out = env.freshen(&["run", "--ids", "1..5"]).await;
+    assert_exit(&out, 2);
+    assert!(
+        text(&out.stderr).contains("a range needs an integer key"),
+        "{}",
+        text(&out.stderr)
+    );
+}
