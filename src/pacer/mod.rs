@@ -150,6 +150,10 @@ impl Pacer {
                     retry_after.unwrap_or(self.base_delay).min(self.max_pause),
                     now,
                 )
+            } else if !ok && self.breaker.is_open() {
+                // During an outage failures say nothing about capacity: leave the
+                // limits where they were, for the restart to halve.
+                control.on_signal(Signal::Answered, now)
             } else {
                 control.on_signal(signal, now)
             }
