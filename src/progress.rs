@@ -60,7 +60,7 @@ impl Display {
         let bar = self.multi.add(ProgressBar::new(total));
         bar.set_style(
             ProgressStyle::with_template(
-                "{spinner} run {prefix} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}",
+                "{spinner} run {prefix} [{bar:30}] {pos}/{len} eta {eta} {msg}",
             )
             .expect("a valid template")
             .progress_chars("=> "),
@@ -82,18 +82,19 @@ impl Display {
                 let throttled = Tally::get(&tally.throttled);
                 let g = pacer.gauges();
                 let state = if g.breaker_open {
-                    " vendor down, probing"
+                    " | vendor down, probing"
                 } else {
                     ""
                 };
+                let rate = (ok + failed) as f64 / start.elapsed().as_secs_f64().max(1e-3);
                 bar.set_position(resolved + ok + failed);
                 bar.set_message(format!(
-                    "limit {}/{:.0}/s failed {failed} retries {retries} throttled {throttled}{state}",
+                    "{rate:.0}/s | limit {} in flight, {:.0}/s | failed {failed} retries {retries} \
+                     throttled {throttled}{state}",
                     g.concurrency, g.rate
                 ));
                 if !terminal && last_log.elapsed() >= Duration::from_secs(5) {
                     last_log = Instant::now();
-                    let rate = (ok + failed) as f64 / start.elapsed().as_secs_f64().max(1e-3);
                     tracing::info!(
                         "run {run}: {}/{total} records, {rate:.0}/s achieved, limit {} in flight at {:.0}/s, \
                          {failed} failed, {retries} retries, {throttled} throttled{state}",

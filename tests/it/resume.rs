@@ -113,3 +113,52 @@ async fn sigint_drains_checkpoints_and_exits_130_then_resumes() {
     );
     assert!(env.records().await.iter().all(|r| r.writes == 1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigint_exits_at_once_without_draining() {
+    let mut env = TestEnv::new(50).await;
+    // Every answer takes 3 s: draining the calls in flight would take that long.
+    env.vendor(SandboxOptions {
+        latency: Duration::from_secs(3),
+        ..SandboxOptions::default()
+    })
+    .await;
+    env.write_config(&Conf {
+        rate: 100,
+        max_concurrency: 4,
+        ..Conf::default()
+    });
+
+    let child = env.spawn(&["run"]);
+    // Wait until calls are in flight.
+    for _ in 0..200 {
+        if env.sandbox().stats().requests >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(env.sandbox().stats().requests >= 2, "no call went out");
+    let pid = child.id().unwrap().to_string();
+    for _ in 0..2 {
+        let kill = tokio::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(kill.success());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_exit(&out, 130);
+    assert!(
+        text(&out.stderr).contains("exiting at once"),
+        "{}",
+        text(&out.stderr)
+    );
+    // The calls in flight were abandoned, not drained: nothing was written.
+    assert_eq!(env.item_states().await.0, 0);
+    assert!(env.records().await.iter().all(|r| r.writes == 0));
+}
