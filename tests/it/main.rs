@@ -3,6 +3,7 @@
 
 mod answers;
 mod config_errors;
+mod credits;
 mod flow;
 mod harness;
 mod resume;
