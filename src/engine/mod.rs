@@ -76,7 +76,6 @@ struct Shared {
     stop: CancellationToken,
     reason: Mutex<Option<Stop>>,
     outbox: Arc<checkpoint::Outbox>,
-    max_attempts: u32,
     retry: crate::config::Retry,
 }
 
@@ -136,7 +135,6 @@ pub async fn execute(job: Job, shutdown: &CancellationToken) -> Result<Stop> {
         stop: stop.clone(),
         reason: Mutex::new(None),
         outbox,
-        max_attempts: config.retry.max_attempts.get(),
         retry: config.retry.clone(),
     });
 
@@ -258,7 +256,7 @@ async fn work(shared: Arc<Shared>, mut item: Item, _slot: OwnedSemaphorePermit) 
                     continue;
                 }
                 item.attempts += 1;
-                if item.attempts >= shared.max_attempts {
+                if item.attempts >= shared.retry.max_attempts.get() {
                     Resolution::Failed(format!("{reason} (after {} attempts)", item.attempts))
                 } else {
                     let backoff = backoff.get_or_insert_with(|| Backoff::new(&shared.retry));

@@ -17,7 +17,6 @@ struct Shared {
     /// The limit as set: permits in circulation once the debt is paid.
     size: AtomicUsize,
     debt: AtomicUsize,
-    in_flight: AtomicUsize,
 }
 
 /// A call's right to be in flight. Dropping it returns it, or pays the debt.
@@ -28,7 +27,6 @@ pub struct Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.inner.in_flight.fetch_sub(1, Ordering::AcqRel);
         let permit = self.permit.take().expect("a permit is dropped once");
         let paid = self
             .inner
@@ -49,7 +47,6 @@ impl Limit {
             inner: Arc::new(Shared {
                 size: AtomicUsize::new(size),
                 debt: AtomicUsize::new(0),
-                in_flight: AtomicUsize::new(0),
             }),
         }
     }
@@ -61,7 +58,6 @@ impl Limit {
             .acquire_owned()
             .await
             .expect("the semaphore is never closed");
-        self.inner.in_flight.fetch_add(1, Ordering::AcqRel);
         Permit {
             permit: Some(permit),
             inner: self.inner.clone(),
@@ -70,10 +66,6 @@ impl Limit {
 
     pub fn size(&self) -> usize {
         self.inner.size.load(Ordering::Acquire)
-    }
-
-    pub fn in_flight(&self) -> usize {
-        self.inner.in_flight.load(Ordering::Acquire)
     }
 
     /// Sets the limit to `size` (at least 1). Callers serialise changes (the
@@ -121,11 +113,9 @@ mod tests {
         let limit = Limit::new(4);
         let mut held: Vec<Permit> =
             futures_util::future::join_all((0..4).map(|_| limit.acquire())).await;
-        assert_eq!(limit.in_flight(), 4);
         limit.resize(2);
         let kept = held.pop();
         drop(held); // three come back: two pay the debt
-        assert_eq!(limit.in_flight(), 1);
         let a = can_acquire(&limit)
             .await
             .expect("one slot free: 2 allowed, 1 in flight");

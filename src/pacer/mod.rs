@@ -60,7 +60,6 @@ pub struct Pacer {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Gauges {
     pub concurrency: usize,
-    pub in_flight: usize,
     pub rate: f64,
     pub breaker_open: bool,
 }
@@ -239,7 +238,6 @@ impl Pacer {
     pub fn gauges(&self) -> Gauges {
         Gauges {
             concurrency: self.limit.size(),
-            in_flight: self.limit.in_flight(),
             rate: self.gate.rate(),
             breaker_open: self.breaker.is_open(),
         }
@@ -410,6 +408,18 @@ mod tests {
         Pacer::new(&limits, &retry)
     }
 
+    /// One call through the pacer, answered with `signal`.
+    async fn answer(
+        p: &Pacer,
+        signal: Signal,
+        retry_after: Option<Duration>,
+        hint: Option<QuotaHint>,
+    ) {
+        let mut t = p.acquire().await.unwrap();
+        p.sending(&mut t);
+        p.observe(&mut t, 1, signal, retry_after, hint);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_pause_holds_every_caller_until_it_ends() {
         let p = pacer(1000, 1, 4);
@@ -432,15 +442,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_throttle_pauses_everyone_for_the_vendors_time() {
         let p = pacer(1000, 10, 4);
-        let mut t = p.acquire().await.unwrap();
-        p.sending(&mut t);
-        p.observe(
-            &mut t,
-            1,
-            Signal::Throttled,
-            Some(Duration::from_secs(2)),
-            None,
-        );
+        answer(&p, Signal::Throttled, Some(Duration::from_secs(2)), None).await;
         let start = Instant::now();
         p.wait_pause().await;
         assert_eq!(start.elapsed().as_secs(), 2);
@@ -449,20 +451,19 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn remaining_zero_waits_for_the_reset() {
         let p = pacer(1000, 10, 4);
-        let mut t = p.acquire().await.unwrap();
-        p.sending(&mut t);
+        let reset = Some(Duration::from_secs(3));
         let hint = QuotaHint {
             remaining: Some(0),
-            reset: Some(Duration::from_secs(3)),
+            reset,
             ..QuotaHint::default()
         };
-        p.observe(
-            &mut t,
-            1,
+        answer(
+            &p,
             Signal::Success(Duration::from_millis(5)),
             None,
             Some(hint),
-        );
+        )
+        .await;
         let start = Instant::now();
         p.wait_pause().await;
         assert_eq!(start.elapsed().as_secs(), 3);
@@ -471,20 +472,19 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_stated_quota_sets_the_rate() {
         let p = pacer(1000, 10, 4);
-        let mut t = p.acquire().await.unwrap();
-        p.sending(&mut t);
+        let window = Some(Duration::from_secs(1));
         let hint = QuotaHint {
             limit: Some(200),
-            window: Some(Duration::from_secs(1)),
+            window,
             ..QuotaHint::default()
         };
-        p.observe(
-            &mut t,
-            1,
+        answer(
+            &p,
             Signal::Success(Duration::from_millis(5)),
             None,
             Some(hint),
-        );
+        )
+        .await;
         assert_eq!(p.gauges().rate, 200.0);
     }
 

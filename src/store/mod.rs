@@ -111,7 +111,6 @@ pub struct PeriodRow {
 
 pub struct Store {
     pool: AnyPool,
-    backend: Backend,
     sql: Statements,
     key_kind: ColumnKind,
     mapped: Vec<ColumnKind>,
@@ -215,14 +214,9 @@ impl Store {
         Ok(Store {
             sql: Statements::new(config, key_kind),
             pool,
-            backend,
             key_kind,
             mapped,
         })
-    }
-
-    pub fn backend(&self) -> Backend {
-        self.backend
     }
 
     /// The kinds of the mapped columns, in `api.response` order.

@@ -6,6 +6,17 @@ use freshen::sandbox::SandboxOptions;
 
 use crate::harness::{Conf, TestEnv, assert_exit, text};
 
+/// Sends SIGINT, as Ctrl-C would.
+async fn interrupt(child: &tokio::process::Child) {
+    let pid = child.id().expect("the child runs").to_string();
+    let kill = tokio::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(kill.success());
+}
+
 /// Waits until the newest run has at least `done` records done.
 async fn wait_for_done(env: &TestEnv, done: i64) {
     for _ in 0..600 {
@@ -78,13 +89,7 @@ async fn sigint_drains_checkpoints_and_exits_130_then_resumes() {
 
     let child = env.spawn(&["run"]);
     wait_for_done(&env, 100).await;
-    let pid = child.id().unwrap().to_string();
-    let kill = tokio::process::Command::new("kill")
-        .args(["-INT", &pid])
-        .status()
-        .await
-        .unwrap();
-    assert!(kill.success());
+    interrupt(&child).await;
     let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
         .await
         .unwrap()
@@ -138,14 +143,8 @@ async fn a_second_sigint_exits_at_once_without_draining() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(env.sandbox().stats().requests >= 2, "no call went out");
-    let pid = child.id().unwrap().to_string();
     for _ in 0..2 {
-        let kill = tokio::process::Command::new("kill")
-            .args(["-INT", &pid])
-            .status()
-            .await
-            .unwrap();
-        assert!(kill.success());
+        interrupt(&child).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
