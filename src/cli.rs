@@ -80,6 +80,10 @@ pub struct RunArgs {
     /// Write the final summary as JSON to this file
     #[arg(long, value_name = "PATH")]
     pub summary_json: Option<PathBuf>,
+
+    /// Spend at most N credits on this run, over all its resumes (exit 3 when reached)
+    #[arg(long, value_name = "N")]
+    pub max_credits: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Args)]

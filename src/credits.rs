@@ -30,6 +30,16 @@ impl Budget {
         }
     }
 
+    /// Also never past `max` credits for the run, of which it has spent `spent` already
+    /// (`--max-credits`).
+    pub fn capped(self, max: i64, spent: i64) -> Budget {
+        let available = self.available.into_inner().min(max - spent);
+        Budget {
+            available: AtomicI64::new(available),
+            cost: self.cost,
+        }
+    }
+
     /// Reserves one call's cost, or returns false if the budget cannot pay for it.
     pub fn try_reserve(&self) -> bool {
         self.available
@@ -61,6 +71,14 @@ mod tests {
         b.release();
         assert!(b.try_reserve());
         assert!(!b.try_reserve());
+    }
+
+    #[test]
+    fn a_run_cap_binds_when_it_is_the_lower() {
+        let b = Budget::new(100, 0, 0, 1).capped(30, 25);
+        assert_eq!((0..100).filter(|_| b.try_reserve()).count(), 5);
+        let b = Budget::new(10, 0, 0, 1).capped(30, 0);
+        assert_eq!((0..100).filter(|_| b.try_reserve()).count(), 10);
     }
 
     #[test]

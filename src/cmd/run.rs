@@ -74,12 +74,15 @@ pub async fn run(
     let period = period_of(jiff::Timestamp::now());
     let credits = &config.credits;
     let spent = store.period(&period, credits.allowance).await?.spent;
-    let budget = Budget::new(
+    let mut budget = Budget::new(
         credits.allowance as i64,
         credits.reserve as i64,
         spent,
         credits.cost as i64,
     );
+    if let Some(max) = args.max_credits {
+        budget = budget.capped(i64::try_from(max).unwrap_or(i64::MAX), run.credits_spent);
+    }
 
     let before = store.item_counts(run.id).await?;
     store.set_status(run.id, "running", false).await?;
@@ -156,7 +159,8 @@ pub async fn run(
     }
     match stop {
         Stop::Budget => println!(
-            "stopped at the credit budget: the period's allowance less credits.reserve is spent; the rest stays pending"
+            "stopped at the credit budget (the period's allowance less credits.reserve, or --max-credits); \
+             the rest stays pending"
         ),
         Stop::OutOfCredits => {
             println!("stopped: the vendor reports no credits left (402); the rest stays pending")

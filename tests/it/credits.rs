@@ -110,3 +110,25 @@ async fn a_402_mid_run_stops_cleanly_with_nothing_failed() {
     db.close().await;
     assert_eq!(status, "out_of_credits");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_credits_caps_the_run_over_its_resumes() {
+    let mut env = TestEnv::new(1000).await;
+    env.vendor(SandboxOptions::default()).await;
+    env.write_config(&Conf::default());
+
+    let out = env.freshen(&["run", "--max-credits", "300"]).await;
+    assert_exit(&out, 3);
+    assert_eq!(env.sandbox().stats().requests, 300);
+    assert_eq!(env.item_states().await, (300, 0, 700));
+    // Resuming with the same cap spends nothing more: the run has had its 300.
+    assert_exit(&env.freshen(&["run", "--max-credits", "300"]).await, 3);
+    assert_eq!(env.sandbox().stats().requests, 300);
+    // A higher cap lets it go on to that total.
+    assert_exit(&env.freshen(&["run", "--max-credits", "500"]).await, 3);
+    assert_eq!(env.sandbox().stats().requests, 500);
+    assert_eq!(period_spent(&env).await, 500);
+    // Without a cap it finishes.
+    assert_exit(&env.freshen(&["run"]).await, 0);
+    assert_eq!(env.item_states().await, (1000, 0, 0));
+}
