@@ -34,6 +34,22 @@ struct FileConfig {
     #[serde(default)]
     checkpoint: FileCheckpoint,
     credits: FileCredits,
+    #[serde(default)]
+    lock: FileLock,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileLock {
+    stale_after: String,
+}
+
+impl Default for FileLock {
+    fn default() -> Self {
+        FileLock {
+            stale_after: "60s".into(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -164,6 +180,8 @@ pub struct Config {
     pub retry: Retry,
     pub checkpoint: Checkpoint,
     pub credits: Credits,
+    /// A run lock whose heartbeat is older than this is taken over.
+    pub lock_stale_after: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -487,6 +505,11 @@ impl Config {
             })
             .transpose()?;
 
+        let lock_stale_after = duration("lock.stale_after", &raw.lock.stale_after)?;
+        if lock_stale_after < Duration::from_secs(1) {
+            return Err(key_err("lock.stale_after", "must be at least 1s".into()));
+        }
+
         Ok(Config {
             path: path.to_owned(),
             database_url,
@@ -512,6 +535,7 @@ impl Config {
                 billed_statuses,
                 remaining_header,
             },
+            lock_stale_after,
         })
     }
 

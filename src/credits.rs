@@ -8,6 +8,7 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use jiff::Timestamp;
+use tokio::sync::Notify;
 
 /// The calendar month (UTC) a moment belongs to, as stored: `2026-11`.
 pub fn period_of(now: Timestamp) -> String {
@@ -15,10 +16,15 @@ pub fn period_of(now: Timestamp) -> String {
 }
 
 /// Credits this run may still reserve: the period's allowance, less its reserve,
-/// less what the period has already spent.
+/// less what the period has already spent (and, with `--max-credits`, less what the
+/// run has). A call that finds the budget short waits while other calls' answers
+/// are outstanding (an unbilled answer gives its reservation back); the budget is
+/// spent only when nothing is left to settle.
 #[derive(Debug)]
 pub struct Budget {
     available: AtomicI64,
+    outstanding: AtomicI64,
+    settled: Notify,
     cost: i64,
 }
 
@@ -26,6 +32,8 @@ impl Budget {
     pub fn new(allowance: i64, reserve: i64, spent: i64, cost: i64) -> Budget {
         Budget {
             available: AtomicI64::new(allowance - reserve - spent),
+            outstanding: AtomicI64::new(0),
+            settled: Notify::new(),
             cost,
         }
     }
@@ -36,22 +44,49 @@ impl Budget {
         let available = self.available.into_inner().min(max - spent);
         Budget {
             available: AtomicI64::new(available),
-            cost: self.cost,
+            ..self
         }
     }
 
-    /// Reserves one call's cost, or returns false if the budget cannot pay for it.
-    pub fn try_reserve(&self) -> bool {
-        self.available
+    /// Reserves one call's cost, waiting while outstanding answers may give credits
+    /// back. False when the budget is spent.
+    pub async fn reserve(&self) -> bool {
+        loop {
+            let settled = self.settled.notified();
+            if self.try_reserve() {
+                return true;
+            }
+            if self.outstanding.load(Ordering::Acquire) == 0 {
+                return false;
+            }
+            settled.await;
+        }
+    }
+
+    fn try_reserve(&self) -> bool {
+        let granted = self
+            .available
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |a| {
                 (a >= self.cost).then(|| a - self.cost)
             })
-            .is_ok()
+            .is_ok();
+        if granted {
+            self.outstanding.fetch_add(1, Ordering::AcqRel);
+        }
+        granted
     }
 
-    /// Gives back a reservation whose answer was not billed.
+    /// The answer was billed: the reservation is now a charge.
+    pub fn charge(&self) {
+        self.outstanding.fetch_sub(1, Ordering::AcqRel);
+        self.settled.notify_waiters();
+    }
+
+    /// The answer was not billed: the reservation is given back.
     pub fn release(&self) {
         self.available.fetch_add(self.cost, Ordering::AcqRel);
+        self.outstanding.fetch_sub(1, Ordering::AcqRel);
+        self.settled.notify_waiters();
     }
 
     pub fn cost(&self) -> i64 {
@@ -63,14 +98,34 @@ impl Budget {
 mod tests {
     use super::*;
 
-    #[test]
-    fn reservations_stop_at_allowance_less_reserve() {
+    #[tokio::test]
+    async fn reservations_stop_at_allowance_less_reserve() {
         let b = Budget::new(10, 3, 2, 1);
         let granted = (0..20).filter(|_| b.try_reserve()).count();
         assert_eq!(granted, 5);
         b.release();
-        assert!(b.try_reserve());
-        assert!(!b.try_reserve());
+        assert!(b.reserve().await);
+        for _ in 0..5 {
+            b.charge();
+        }
+        assert!(!b.reserve().await, "nothing outstanding, nothing left");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_short_budget_waits_for_outstanding_answers() {
+        let b = std::sync::Arc::new(Budget::new(2, 0, 0, 1));
+        assert!(b.reserve().await && b.reserve().await);
+        let waiting = tokio::spawn({
+            let b = b.clone();
+            async move { b.reserve().await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        assert!(!waiting.is_finished(), "two answers are outstanding");
+        b.release(); // an unbilled answer: its credit can pay for the waiting call
+        assert!(waiting.await.unwrap());
+        b.charge();
+        b.charge();
+        assert!(!b.reserve().await);
     }
 
     #[test]

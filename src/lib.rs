@@ -56,6 +56,8 @@ pub enum Exit {
     Budget = 3,
     /// The vendor was down longer than `retry.max_outage`; checkpointed.
     Outage = 4,
+    /// Another run of the same table holds the lock.
+    Locked = 5,
     /// Interrupted by SIGINT or SIGTERM after checkpointing.
     Interrupted = 130,
 }

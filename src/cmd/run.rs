@@ -27,6 +27,81 @@ pub async fn run(
     let started = Instant::now();
     let config = Arc::new(config);
     let store = Arc::new(Store::connect(&config).await?);
+
+    // One run at a time per table: a cron run that starts while the last one is
+    // still going must not work the same queue.
+    let holder = holder_name();
+    let stale_after = config.lock_stale_after;
+    if let Err(other) = store.lock(&holder, stale_after).await? {
+        eprintln!(
+            "another run of table `{}` holds the lock: {} since {}, last heartbeat {} s ago; \
+             a lock is taken over once its heartbeat is older than lock.stale_after ({})",
+            config.source.table,
+            other.holder,
+            other.acquired_at,
+            other.heartbeat_age_s,
+            humantime::format_duration(stale_after)
+        );
+        store.close().await;
+        return Ok(Exit::Locked);
+    }
+    let stop = shutdown.child_token();
+    let heartbeat = tokio::spawn(keep_lock(
+        store.clone(),
+        holder.clone(),
+        stale_after / 4,
+        stop.clone(),
+    ));
+    let result = locked(config, store.clone(), args, stop, display, started).await;
+    heartbeat.abort();
+    if let Err(e) = store.unlock(&holder).await {
+        tracing::warn!("{e:#}; the lock goes stale and is taken over after lock.stale_after");
+    }
+    store.close().await;
+    result
+}
+
+/// `host:pid`, to name the holder of the lock in messages.
+fn holder_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!("{host}:{}", std::process::id())
+}
+
+/// Refreshes the lock's heartbeat; if another run took the lock over (this one
+/// looked dead: suspended, or cut off from the database), stops this one.
+async fn keep_lock(
+    store: Arc<Store>,
+    holder: String,
+    every: std::time::Duration,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::time::sleep(every).await;
+        match store.heartbeat(&holder).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::error!("another run took over the lock of this table: stopping");
+                stop.cancel();
+                return;
+            }
+            Err(e) => tracing::warn!("cannot refresh the run lock: {e:#}"),
+        }
+    }
+}
+
+/// The run proper, under the lock.
+async fn locked(
+    config: Arc<Config>,
+    store: Arc<Store>,
+    args: RunArgs,
+    shutdown: CancellationToken,
+    display: &Display,
+    started: Instant,
+) -> Result<Exit> {
     let selection = Selection {
         ids: args.selection.ids,
         stale_before: args.selection.stale_before,
@@ -171,7 +246,6 @@ pub async fn run(
         ),
         Stop::Drained => {}
     }
-    store.close().await;
     Ok(exit)
 }
 

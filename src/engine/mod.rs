@@ -215,7 +215,12 @@ async fn work(shared: Arc<Shared>, mut item: Item, _slot: OwnedSemaphorePermit) 
         if shared.stop.is_cancelled() {
             return;
         }
-        if !shared.budget.try_reserve() {
+        let reserved = tokio::select! {
+            biased;
+            _ = shared.stop.cancelled() => return,
+            reserved = shared.budget.reserve() => reserved,
+        };
+        if !reserved {
             shared.halt(Stop::Budget).await;
             return;
         }
@@ -224,6 +229,7 @@ async fn work(shared: Arc<Shared>, mut item: Item, _slot: OwnedSemaphorePermit) 
         let call = shared.vendor.call(&item).await;
         if shared.vendor.is_billed(call.status) {
             charged += shared.budget.cost();
+            shared.budget.charge();
         } else {
             shared.budget.release();
         }

@@ -23,6 +23,10 @@ pub(super) struct Statements {
     pub failures: Arc<str>,
     pub ensure_period: Arc<str>,
     pub period: Arc<str>,
+    pub take_lock: Arc<str>,
+    pub lock_holder: Arc<str>,
+    pub heartbeat: Arc<str>,
+    pub unlock: Arc<str>,
     /// For the plan: `FROM table` and the key as text.
     table: String,
     key: String,
@@ -120,6 +124,19 @@ impl Statements {
                  ON CONFLICT (period) DO NOTHING"
                 .into()),
             period: a("SELECT period, allowance, spent FROM freshen_credit_periods WHERE period = $1".into()),
+            // One statement takes a free lock or a stale one, and nothing else.
+            take_lock: a(format!(
+                "INSERT INTO freshen_locks (name, holder, acquired_at, heartbeat_at) VALUES ({table_lit}, $1, $2, $3) \
+                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, acquired_at = excluded.acquired_at, \
+                 heartbeat_at = excluded.heartbeat_at WHERE freshen_locks.heartbeat_at < $4"
+            )),
+            lock_holder: a(format!(
+                "SELECT holder, acquired_at, heartbeat_at FROM freshen_locks WHERE name = {table_lit}"
+            )),
+            heartbeat: a(format!(
+                "UPDATE freshen_locks SET heartbeat_at = $1 WHERE name = {table_lit} AND holder = $2"
+            )),
+            unlock: a(format!("DELETE FROM freshen_locks WHERE name = {table_lit} AND holder = $1")),
             table,
             key,
             refreshed_at,

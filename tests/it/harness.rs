@@ -24,6 +24,7 @@ pub struct Conf {
     pub headers: &'static str,
     pub max_outage: &'static str,
     pub max_delay: &'static str,
+    pub lock_stale_after: &'static str,
 }
 
 impl Default for Conf {
@@ -38,6 +39,7 @@ impl Default for Conf {
             headers: "",
             max_outage: "1m",
             max_delay: "1s",
+            lock_stale_after: "60s",
         }
     }
 }
@@ -173,6 +175,9 @@ interval = "100ms"
 
 [credits]
 allowance = {allowance}
+
+[lock]
+stale_after = "{stale}"
 "#,
             db = self.db_url(),
             headers = c.headers,
@@ -184,6 +189,7 @@ allowance = {allowance}
             allowance = c.allowance,
             max_delay = c.max_delay,
             max_outage = c.max_outage,
+            stale = c.lock_stale_after,
         );
         std::fs::write(self.config_path(), text).unwrap();
     }

@@ -17,11 +17,19 @@ async fn interrupt(child: &tokio::process::Child) {
     assert!(kill.success());
 }
 
-/// Waits until the newest run has at least `done` records done.
-async fn wait_for_done(env: &TestEnv, done: i64) {
+/// Waits until the newest run has at least `done` records done, while `child` runs.
+async fn wait_for_done(env: &TestEnv, child: &mut tokio::process::Child, done: i64) {
     for _ in 0..600 {
         if env.try_item_states().await.is_ok_and(|(d, _, _)| d >= done) {
             return;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                use tokio::io::AsyncReadExt;
+                e.read_to_string(&mut err).await.unwrap();
+            }
+            panic!("freshen ended ({status}) before {done} records were done:\n{err}");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -41,6 +49,7 @@ async fn sigkill_at_several_points_loses_nothing_and_writes_nothing_twice() {
         rate: 1500,
         max_concurrency: 16,
         batch_size: 50,
+        lock_stale_after: "1s",
         ..Conf::default()
     };
     env.write_config(&conf);
@@ -48,9 +57,11 @@ async fn sigkill_at_several_points_loses_nothing_and_writes_nothing_twice() {
     let mut kills = 0;
     for point in [200, 700, 1300] {
         let mut child = env.spawn(&["run"]);
-        wait_for_done(&env, point).await;
+        wait_for_done(&env, &mut child, point).await;
         child.kill().await.unwrap(); // SIGKILL
         kills += 1;
+        // The dead run's lock stands until it is stale.
+        tokio::time::sleep(Duration::from_millis(1300)).await;
     }
     let out = env.freshen(&["run"]).await;
     assert_exit(&out, 0);
@@ -87,8 +98,8 @@ async fn sigint_drains_checkpoints_and_exits_130_then_resumes() {
         ..Conf::default()
     });
 
-    let child = env.spawn(&["run"]);
-    wait_for_done(&env, 100).await;
+    let mut child = env.spawn(&["run"]);
+    wait_for_done(&env, &mut child, 100).await;
     interrupt(&child).await;
     let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
         .await
