@@ -69,13 +69,18 @@ async fn unbilled_answers_release_their_reservation() {
         ..SandboxOptions::default()
     })
     .await;
+    // 20 calls, 2 unbilled, 19 credits: all 20 can go only if the unbilled answers
+    // give their reservations back. In any order one credit stays free for the next
+    // call, since at most 18 are ever charged; without the release the run would
+    // stop after 19 calls. (With 18 credits the outcome would depend on order: a
+    // call cannot start once 18 billed answers have spent everything, since nobody
+    // knows beforehand that its answer will not be billed.)
     env.write_config(&Conf {
-        allowance: 18,
+        allowance: 19,
         ..Conf::default()
     });
     let out = env.freshen(&["run"]).await;
     assert_exit(&out, 0);
-    // 20 calls, 2 unbilled: 18 credits exactly cover the run.
     assert_eq!(env.sandbox().stats().requests, 20);
     assert_eq!(period_spent(&env).await, 18);
     assert_eq!(env.item_states().await, (17, 3, 0));
