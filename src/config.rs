@@ -148,6 +148,10 @@ struct FileCredits {
     allowance: u64,
     #[serde(default = "default_period")]
     period: String,
+    #[serde(default = "default_reset_day")]
+    reset_day: u8,
+    #[serde(default = "default_timezone")]
+    timezone: String,
     #[serde(default)]
     reserve: u64,
     #[serde(default = "default_cost")]
@@ -159,6 +163,12 @@ struct FileCredits {
 
 fn default_period() -> String {
     "month".into()
+}
+fn default_reset_day() -> u8 {
+    1
+}
+fn default_timezone() -> String {
+    "UTC".into()
 }
 fn default_cost() -> u64 {
     1
@@ -238,6 +248,7 @@ pub struct Checkpoint {
 #[derive(Debug, Clone)]
 pub struct Credits {
     pub allowance: u64,
+    pub periods: crate::credits::Periods,
     pub reserve: u64,
     pub cost: u64,
     pub billed_statuses: Vec<StatusPattern>,
@@ -480,6 +491,19 @@ impl Config {
                 ),
             ));
         }
+        if !(1..=31).contains(&raw.credits.reset_day) {
+            return Err(key_err(
+                "credits.reset_day",
+                "must be a day of the month, 1 to 31".into(),
+            ));
+        }
+        let timezone = jiff::tz::TimeZone::get(&raw.credits.timezone).map_err(|_| {
+            key_err(
+                "credits.timezone",
+                format!("= \"{}\" is not a known time zone; use an IANA name such as \"Europe/Paris\" or \"UTC\"", raw.credits.timezone),
+            )
+        })?;
+        let periods = crate::credits::Periods::new(raw.credits.reset_day as i8, timezone);
         if raw.credits.reserve > raw.credits.allowance {
             return Err(key_err(
                 "credits.reserve",
@@ -530,6 +554,7 @@ impl Config {
             checkpoint,
             credits: Credits {
                 allowance: raw.credits.allowance,
+                periods,
                 reserve: raw.credits.reserve,
                 cost: raw.credits.cost,
                 billed_statuses,
@@ -652,6 +677,12 @@ mod tests {
                 "source.table",
             ),
             ("max_attempts = 5", "max_attempts = 0", "retry.max_attempts"),
+            ("reset_day = 1", "reset_day = 32", "credits.reset_day"),
+            (
+                "timezone = \"UTC\"",
+                "timezone = \"Mars/Olympus\"",
+                "credits.timezone",
+            ),
         ];
         for (from, to, key) in cases {
             assert!(SHIPPED.contains(from), "{from}");

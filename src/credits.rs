@@ -7,12 +7,59 @@
 
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use jiff::Timestamp;
+use jiff::civil::Date;
+use jiff::tz::TimeZone;
+use jiff::{Timestamp, Zoned};
 use tokio::sync::Notify;
 
-/// The calendar month (UTC) a moment belongs to, as stored: `2026-11`.
-pub fn period_of(now: Timestamp) -> String {
-    now.strftime("%Y-%m").to_string()
+/// How credit periods are cut: monthly, from `credits.reset_day` (clamped to the
+/// month's length, so a reset on the 31st falls on February's last day) at
+/// midnight in `credits.timezone`. A period is named by its first day:
+/// `2026-11-15`.
+#[derive(Debug, Clone)]
+pub struct Periods {
+    reset_day: i8,
+    tz: TimeZone,
+}
+
+impl Periods {
+    /// `reset_day` in 1..=31.
+    pub fn new(reset_day: i8, tz: TimeZone) -> Periods {
+        Periods {
+            reset_day: reset_day.clamp(1, 31),
+            tz,
+        }
+    }
+
+    /// The name of the period `now` falls in.
+    pub fn label_at(&self, now: Timestamp) -> String {
+        self.start_at(now).strftime("%Y-%m-%d").to_string()
+    }
+
+    /// When the period `now` falls in began.
+    pub fn start_at(&self, now: Timestamp) -> Zoned {
+        let local = now.to_zoned(self.tz.clone());
+        let this = self.start_in(local.date());
+        if local >= this {
+            return this;
+        }
+        let last_month = local
+            .date()
+            .first_of_month()
+            .yesterday()
+            .expect("a date after year -9999");
+        self.start_in(last_month)
+    }
+
+    /// The period start in the month of `day`. Midnight, or the first moment of the
+    /// day where a daylight-saving change skips midnight.
+    fn start_in(&self, day: Date) -> Zoned {
+        let reset = self.reset_day.min(day.days_in_month());
+        let start = Date::new(day.year(), day.month(), reset).expect("a day within the month");
+        start
+            .to_zoned(self.tz.clone())
+            .expect("a day within jiff's range")
+    }
 }
 
 /// Credits this run may still reserve: the period's allowance, less its reserve,
@@ -143,11 +190,72 @@ mod tests {
         assert!(!b.try_reserve(), "1 credit left cannot pay a cost of 2");
     }
 
+    fn label(reset_day: i8, tz: &str, at: &str) -> String {
+        let periods = Periods::new(reset_day, TimeZone::get(tz).unwrap());
+        periods.label_at(at.parse().unwrap())
+    }
+
     #[test]
-    fn periods_are_calendar_months_in_utc() {
-        let t: Timestamp = "2026-11-30T23:59:59Z".parse().unwrap();
-        assert_eq!(period_of(t), "2026-11");
-        let t: Timestamp = "2026-12-01T00:00:00+01:00".parse().unwrap();
-        assert_eq!(period_of(t), "2026-11");
+    fn calendar_months_turn_at_midnight() {
+        assert_eq!(label(1, "UTC", "2026-11-30T23:59:59Z"), "2026-11-01");
+        assert_eq!(label(1, "UTC", "2026-12-01T00:00:00Z"), "2026-12-01");
+        assert_eq!(label(1, "UTC", "2027-01-01T00:00:00Z"), "2027-01-01");
+        assert_eq!(label(1, "UTC", "2026-12-31T23:59:59Z"), "2026-12-01");
+    }
+
+    #[test]
+    fn a_reset_on_the_31st_falls_on_the_last_day_of_shorter_months() {
+        assert_eq!(label(31, "UTC", "2026-02-27T12:00:00Z"), "2026-01-31");
+        assert_eq!(label(31, "UTC", "2026-02-28T00:00:00Z"), "2026-02-28");
+        assert_eq!(label(31, "UTC", "2026-03-30T23:59:59Z"), "2026-02-28");
+        assert_eq!(label(31, "UTC", "2026-03-31T00:00:00Z"), "2026-03-31");
+        assert_eq!(label(31, "UTC", "2026-04-30T00:00:00Z"), "2026-04-30");
+        assert_eq!(
+            label(30, "UTC", "2028-02-29T00:00:00Z"),
+            "2028-02-29",
+            "leap year"
+        );
+    }
+
+    #[test]
+    fn a_reset_on_the_15th() {
+        assert_eq!(label(15, "UTC", "2026-11-14T23:59:59Z"), "2026-10-15");
+        assert_eq!(label(15, "UTC", "2026-11-15T00:00:00Z"), "2026-11-15");
+        assert_eq!(
+            label(15, "UTC", "2026-01-10T00:00:00Z"),
+            "2025-12-15",
+            "across a year end"
+        );
+    }
+
+    #[test]
+    fn periods_follow_local_midnight_across_a_daylight_saving_change() {
+        // Paris moves to summer time at 02:00 on 2026-03-29: that day's midnight is
+        // 23:00 UTC the day before, the next month's is 22:00 UTC.
+        assert_eq!(
+            label(29, "Europe/Paris", "2026-03-28T22:59:59Z"),
+            "2026-02-28"
+        );
+        assert_eq!(
+            label(29, "Europe/Paris", "2026-03-28T23:00:00Z"),
+            "2026-03-29"
+        );
+        assert_eq!(
+            label(29, "Europe/Paris", "2026-04-28T21:59:59Z"),
+            "2026-03-29"
+        );
+        assert_eq!(
+            label(29, "Europe/Paris", "2026-04-28T22:00:00Z"),
+            "2026-04-29"
+        );
+        // New York's local midnight of 1 November is 04:00 UTC, in summer time still.
+        assert_eq!(
+            label(1, "America/New_York", "2026-11-01T03:59:59Z"),
+            "2026-10-01"
+        );
+        assert_eq!(
+            label(1, "America/New_York", "2026-11-01T04:00:00Z"),
+            "2026-11-01"
+        );
     }
 }

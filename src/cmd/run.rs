@@ -11,7 +11,7 @@ use crate::Exit;
 use crate::api::Vendor;
 use crate::cli::RunArgs;
 use crate::config::Config;
-use crate::credits::{Budget, period_of};
+use crate::credits::Budget;
 use crate::engine::{self, Job, Stop, Tally};
 use crate::pacer::Pacer;
 use crate::progress::{Calls, CreditsSummary, Display, Failure, Summary};
@@ -146,7 +146,7 @@ async fn locked(
         }
     };
 
-    let period = period_of(jiff::Timestamp::now());
+    let period = config.credits.periods.label_at(jiff::Timestamp::now());
     let credits = &config.credits;
     let spent = store.period(&period, credits.allowance).await?.spent;
     let mut budget = Budget::new(

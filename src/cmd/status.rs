@@ -6,7 +6,6 @@ use serde::Serialize;
 
 use crate::Exit;
 use crate::config::Config;
-use crate::credits::period_of;
 use crate::store::{CallCounts, ItemCounts, Store};
 
 #[derive(Debug, Serialize)]
@@ -54,7 +53,10 @@ pub async fn status(config: Config, json: bool) -> Result<Exit> {
         None => None,
     };
     let period = store
-        .period(&period_of(jiff::Timestamp::now()), config.credits.allowance)
+        .period(
+            &config.credits.periods.label_at(jiff::Timestamp::now()),
+            config.credits.allowance,
+        )
         .await?;
     let status = Status {
         run,
