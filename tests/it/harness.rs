@@ -132,6 +132,17 @@ impl TestEnv {
         self.sandbox.as_ref().expect("vendor() was called")
     }
 
+    /// Waits until the sandbox has seen at least `calls` calls (a run is under way).
+    pub async fn wait_for_calls(&self, calls: u64) {
+        for _ in 0..500 {
+            if self.sandbox().stats().requests >= calls {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the vendor did not see {calls} calls within 5 s");
+    }
+
     /// Writes `config.toml` pointing at the database and the sandbox.
     pub fn write_config(&self, c: &Conf) {
         let base_url = self

@@ -22,12 +22,7 @@ async fn a_second_run_exits_5_naming_the_holder_until_the_lock_is_stale() {
     });
 
     let mut first = env.spawn(&["run"]);
-    for _ in 0..300 {
-        if env.sandbox().stats().requests > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    env.wait_for_calls(1).await;
     let pid = first.id().unwrap();
     let out = env.freshen(&["run"]).await;
     assert_exit(&out, 5);

@@ -147,13 +147,7 @@ async fn a_second_sigint_exits_at_once_without_draining() {
 
     let child = env.spawn(&["run"]);
     // Wait until calls are in flight.
-    for _ in 0..200 {
-        if env.sandbox().stats().requests >= 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(env.sandbox().stats().requests >= 2, "no call went out");
+    env.wait_for_calls(2).await;
     for _ in 0..2 {
         interrupt(&child).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
