@@ -265,6 +265,9 @@ async fn work(shared: Arc<Shared>, mut item: Item, _slot: OwnedSemaphorePermit) 
                 if item.attempts >= shared.retry.max_attempts.get() {
                     Resolution::Failed(format!("{reason} (after {} attempts)", item.attempts))
                 } else {
+                    // The backoff is waited out without the concurrency permit: a
+                    // record waiting to retry must not keep another from being called.
+                    drop(ticket);
                     let backoff = backoff.get_or_insert_with(|| Backoff::new(&shared.retry));
                     // Wait out the backoff, and longer while retries are over their share.
                     loop {

@@ -7,6 +7,12 @@
 //! now, so it does not hide the failures of the calls sent after it. And they must
 //! come from several different records: one record that fails again and again (a
 //! poison key at the tail of a run) is that record's problem, not an outage.
+//!
+//! A capacity error (503 without Retry-After, a timeout) of a call sent with more
+//! calls in flight than the vendor has lately answered is the concurrency law's
+//! business, not an outage: a vendor capped at 8 calls refuses the 9th and 10th
+//! at once while the first 8 are still out, and that must not stop the run. The
+//! same error at a level the vendor has just served is counted.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -33,6 +39,9 @@ pub struct Breaker {
 struct State {
     /// Send time of the newest call that succeeded.
     last_ok_sent: Option<Instant>,
+    /// The most calls in flight at which a call succeeded, this second and the
+    /// last: (since, this second's, the last second's).
+    served: (Option<Instant>, usize, usize),
     /// Send times and records of the failures sent after `last_ok_sent`.
     failures_since: Vec<(Instant, i64)>,
     open: Option<Open>,
@@ -43,6 +52,33 @@ struct Open {
     next_probe: Instant,
     probing: bool,
     schedule: backon::ExponentialBackoff,
+}
+
+/// What a call's answer was, for the breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Any answer from a working vendor, sent with this many calls in flight.
+    Ok(usize),
+    /// A capacity error (503 without Retry-After, timeout, refused connection),
+    /// sent with this many calls in flight.
+    Overloaded(usize),
+    /// A server error.
+    Failed,
+}
+
+impl State {
+    /// The most calls in flight the vendor served over the last second or two.
+    fn served_level(&mut self, now: Instant) -> usize {
+        let (since, this, _) = self.served;
+        match since {
+            Some(t) if now.duration_since(t) < Duration::from_secs(1) => {}
+            Some(t) if now.duration_since(t) < Duration::from_secs(2) => {
+                self.served = (Some(now), 0, this);
+            }
+            _ => self.served = (Some(now), 0, 0),
+        }
+        self.served.1.max(self.served.2)
+    }
 }
 
 /// What a worker may do now.
@@ -62,6 +98,7 @@ impl Breaker {
         Breaker {
             state: Mutex::new(State {
                 last_ok_sent: None,
+                served: (None, 0, 0),
                 failures_since: Vec::new(),
                 open: None,
             }),
@@ -76,8 +113,17 @@ impl Breaker {
 
     /// Records a call for the record `item`, sent at `sent`. Returns true if this
     /// failure opened the breaker.
-    pub fn record(&self, item: i64, sent: Instant, ok: bool, now: Instant) -> bool {
+    pub fn record(&self, item: i64, sent: Instant, outcome: Outcome, now: Instant) -> bool {
         let mut s = self.state.lock().expect("breaker lock");
+        let served = s.served_level(now);
+        let ok = match outcome {
+            Outcome::Ok(level) => {
+                s.served.1 = s.served.1.max(level);
+                true
+            }
+            Outcome::Overloaded(level) if served > 0 && level > served => return false,
+            Outcome::Overloaded(_) | Outcome::Failed => false,
+        };
         if ok {
             if s.last_ok_sent.is_none_or(|t| sent > t) {
                 s.last_ok_sent = Some(sent);
@@ -181,13 +227,36 @@ mod tests {
         let b = Breaker::new(Duration::from_secs(60));
         let t0 = Instant::now();
         let ms = |n| t0 + Duration::from_millis(n);
-        assert!(!b.record(1, ms(10), false, ms(11)));
+        assert!(!b.record(1, ms(10), Outcome::Failed, ms(11)));
         assert!(
-            !b.record(2, ms(0), true, ms(12)),
+            !b.record(2, ms(0), Outcome::Ok(1), ms(12)),
             "sent before the failures: no news"
         );
-        assert!(!b.record(3, ms(20), false, ms(21)));
-        assert!(b.record(4, ms(30), false, ms(31)));
+        assert!(!b.record(3, ms(20), Outcome::Failed, ms(21)));
+        assert!(b.record(4, ms(30), Outcome::Failed, ms(31)));
+        assert!(b.is_open());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn capacity_errors_above_the_level_the_vendor_serves_are_not_an_outage() {
+        let b = Breaker::new(Duration::from_secs(60));
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        // Eight calls out and answered; the 9th to 12th are refused at once.
+        b.record(0, ms(0), Outcome::Ok(8), ms(50));
+        for i in 1..5 {
+            assert!(!b.record(
+                i,
+                ms(60 + i as u64),
+                Outcome::Overloaded(8 + i as usize),
+                ms(61)
+            ));
+        }
+        assert!(!b.is_open(), "a concurrency cap is not an outage");
+        // The same errors at a level the vendor just served are.
+        for i in 5..8 {
+            b.record(i, ms(70 + i as u64), Outcome::Overloaded(3), ms(80));
+        }
         assert!(b.is_open());
     }
 
@@ -197,7 +266,7 @@ mod tests {
         let t0 = Instant::now();
         for i in 0..10 {
             let at = t0 + Duration::from_millis(i * 10);
-            assert!(!b.record(7, at, false, at));
+            assert!(!b.record(7, at, Outcome::Failed, at));
         }
         assert!(!b.is_open());
     }
@@ -207,10 +276,10 @@ mod tests {
         let b = Breaker::new(Duration::from_secs(60));
         let t0 = Instant::now();
         let ms = |n| t0 + Duration::from_millis(n);
-        b.record(1, ms(1), false, ms(2));
-        b.record(2, ms(3), false, ms(4));
-        b.record(3, ms(5), true, ms(6));
-        assert!(!b.record(4, ms(7), false, ms(8)));
+        b.record(1, ms(1), Outcome::Failed, ms(2));
+        b.record(2, ms(3), Outcome::Failed, ms(4));
+        b.record(3, ms(5), Outcome::Ok(1), ms(6));
+        assert!(!b.record(4, ms(7), Outcome::Failed, ms(8)));
         assert!(!b.is_open());
     }
 
@@ -219,7 +288,7 @@ mod tests {
         let b = std::sync::Arc::new(Breaker::new(Duration::from_secs(60)));
         let t0 = Instant::now();
         for i in 0..3 {
-            b.record(i as i64, t0, false, t0 + Duration::from_millis(i));
+            b.record(i as i64, t0, Outcome::Failed, t0 + Duration::from_millis(i));
         }
         // Two workers wait; only one gets the probe.
         let (b1, b2) = (b.clone(), b.clone());
@@ -251,7 +320,7 @@ mod tests {
         let b = Breaker::new(Duration::from_secs(2));
         let t0 = Instant::now();
         for i in 0..3 {
-            b.record(i as i64, t0, false, t0 + Duration::from_millis(i));
+            b.record(i as i64, t0, Outcome::Failed, t0 + Duration::from_millis(i));
         }
         let mut probes = 0;
         loop {

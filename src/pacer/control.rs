@@ -4,10 +4,11 @@
 //! the limit and rate to apply. It never sleeps and never reads a clock, so its
 //! tests are exact.
 //!
-//! - **Start gently** (TCP slow start): half the configured rate, evenly spaced
-//!   (the bucket starts empty, so there is no opening burst), and at most 4 calls
-//!   in flight, both doubling every round trip of clean answers until the first
-//!   sign of trouble or the configured ceiling.
+//! - **Start gently** (TCP slow start): at most 4 calls in flight, doubling every
+//!   round trip of clean answers until the first sign of trouble or the configured
+//!   maximum, and the configured rate evenly spaced (the bucket starts empty, so
+//!   there is no opening burst). Half the rate, doubling, cost a tenth of a second
+//!   at every start and bought nothing the concurrency ramp does not already give.
 //! - **Concurrency** (AIMD with a latency gradient, after Netflix's
 //!   concurrency-limits and Vector's adaptive request concurrency): +1 per round trip
 //!   of successes; ×0.9 when the smoothed latency rises past twice the floor (the
@@ -106,7 +107,7 @@ impl Control {
             ceiling,
             floor: (ceiling / 100.0).max(0.1),
             concurrency: max.min(4.0),
-            rate: (ceiling / 2.0).max(1.0).min(ceiling),
+            rate: ceiling,
             slow_start: true,
             srtt: None,
             min_rtt: None,
@@ -142,8 +143,8 @@ impl Control {
             .max(Duration::from_millis(10))
     }
 
-    /// Records that a call was sent.
-    pub fn on_send(&mut self, now: Instant) {
+    /// Records that a call was sent; returns the calls now in flight, itself included.
+    pub fn on_send(&mut self, now: Instant) -> usize {
         self.in_flight += 1;
         self.sent.push_back(now);
         while self
@@ -153,6 +154,7 @@ impl Control {
         {
             self.sent.pop_front();
         }
+        self.in_flight
     }
 
     /// The rate actually sent lately: over the last quarter second, and not across
@@ -379,7 +381,7 @@ mod tests {
             c.setting(),
             Setting {
                 concurrency: 4,
-                rate: 500.0
+                rate: 1000.0
             }
         );
         let (_, rejected, end) = against_a_hard_cap(&mut c, 1000, 5 * 50);

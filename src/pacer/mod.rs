@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use crate::api::QuotaHint;
 use crate::config::{Limits, Retry};
 pub use breaker::Admission;
-use breaker::Breaker;
+use breaker::{Breaker, Outcome};
 pub use control::Signal;
 use control::{Control, Setting};
 use limit::{Limit, Permit};
@@ -39,6 +39,8 @@ pub struct Ticket {
     _permit: Permit,
     probe: bool,
     sent: Option<Instant>,
+    /// Calls in flight when this one was sent, itself included.
+    level: usize,
 }
 
 /// The vendor has been down longer than `retry.max_outage`.
@@ -111,6 +113,7 @@ impl Pacer {
                     _permit: permit,
                     probe,
                     sent: None,
+                    level: 0,
                 });
             }
         }
@@ -120,7 +123,7 @@ impl Pacer {
     pub fn sending(&self, ticket: &mut Ticket) {
         let now = Instant::now();
         ticket.sent = Some(now);
-        self.control.lock().expect("control lock").on_send(now);
+        ticket.level = self.control.lock().expect("control lock").on_send(now);
     }
 
     /// What the call's answer said; returns whether the breaker is open now, in
@@ -182,7 +185,12 @@ impl Pacer {
                 self.apply(setting);
             }
         } else {
-            self.breaker.record(item, sent, ok, now);
+            let outcome = match signal {
+                Signal::Overloaded => Outcome::Overloaded(ticket.level),
+                Signal::Failed => Outcome::Failed,
+                _ => Outcome::Ok(ticket.level),
+            };
+            self.breaker.record(item, sent, outcome, now);
         }
         self.breaker.is_open()
     }
@@ -492,7 +500,7 @@ mod tests {
     async fn the_start_is_gentle() {
         let p = pacer(400, 20, 64);
         let g = p.gauges();
-        assert_eq!((g.concurrency, g.rate), (4, 200.0));
+        assert_eq!((g.concurrency, g.rate), (4, 400.0));
     }
 
     #[tokio::test(start_paused = true)]

@@ -226,6 +226,8 @@ struct Vendor {
 #[derive(Clone, Debug, Default)]
 pub struct Timeline {
     pub arrivals: Vec<Duration>,
+    /// The key of each arrival, in the same order.
+    pub keys: Vec<String>,
     /// Arrivals answered 429.
     pub throttled: Vec<Duration>,
 }
@@ -289,6 +291,7 @@ impl Vendor {
         }
         c.stats.per_second[second] += 1;
         c.timeline.arrivals.push(elapsed);
+        c.timeline.keys.push(key.to_owned());
 
         if self.in_outage(elapsed) {
             c.stats.during_outage += 1;

@@ -45,6 +45,42 @@ async fn a_429_pauses_every_worker_for_the_retry_after() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_waiting_to_retry_does_not_hold_a_concurrency_slot() {
+    let mut env = TestEnv::new(20).await;
+    env.vendor(SandboxOptions {
+        faults: vec![("1".into(), Fault::Flaky(1))],
+        ..SandboxOptions::default()
+    })
+    .await;
+    // One call at a time, and a long backoff for the record that failed.
+    env.write_config(&Conf {
+        max_concurrency: 1,
+        base_delay: "1s",
+        ..Conf::default()
+    });
+    assert_exit(&env.freshen(&["run"]).await, 0);
+
+    // Record 1 waits at least the 1 s base delay before its second try; the
+    // others are called in the meantime, not after it.
+    let timeline = env.sandbox().timeline();
+    let tries: Vec<usize> = (0..timeline.keys.len())
+        .filter(|i| timeline.keys[*i] == "1")
+        .collect();
+    assert_eq!(tries.len(), 2, "{:?}", timeline.keys);
+    let failed_at = timeline.arrivals[tries[0]];
+    let meanwhile = timeline
+        .arrivals
+        .iter()
+        .filter(|a| **a > failed_at && **a < failed_at + Duration::from_millis(900))
+        .count();
+    assert!(
+        meanwhile >= 5,
+        "only {meanwhile} calls while record 1 waited: its wait held the only slot"
+    );
+    assert_eq!(env.item_states().await, (20, 0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ratelimit_headers_set_the_pace_without_rejections() {
     let mut env = TestEnv::new(400).await;
     env.vendor(SandboxOptions {
