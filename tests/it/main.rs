@@ -9,4 +9,5 @@ mod harness;
 mod lock;
 mod resume;
 mod run;
+mod security;
 mod status;
