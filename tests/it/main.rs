@@ -6,6 +6,7 @@ mod config_errors;
 mod credits;
 mod flow;
 mod harness;
+mod hostile;
 mod lock;
 mod resume;
 mod run;
