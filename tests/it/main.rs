@@ -4,6 +4,7 @@
 mod answers;
 mod config_errors;
 mod credits;
+mod database_faults;
 mod flow;
 mod harness;
 mod hostile;
