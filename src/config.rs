@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use reqwest::Method;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue, PROXY_AUTHORIZATION};
 use serde::Deserialize;
 use url::Url;
 
@@ -82,6 +82,9 @@ struct FileApi {
     connect_timeout: String,
     #[serde(default = "default_max_body_bytes")]
     max_body_bytes: u64,
+    #[serde(default)]
+    allow_insecure: bool,
+    ca_file: Option<PathBuf>,
     response: BTreeMap<String, String>,
 }
 
@@ -214,6 +217,8 @@ pub struct Api {
     pub timeout: Duration,
     pub connect_timeout: Duration,
     pub max_body_bytes: usize,
+    /// Extra trusted roots from `api.ca_file`, on top of the system's.
+    pub ca_certs: Vec<reqwest::Certificate>,
     /// JSON pointer in the answer -> column of `source.table`, in file order.
     pub response: Vec<Mapping>,
 }
@@ -416,9 +421,55 @@ impl Config {
                     "holds characters not allowed in an HTTP header".into(),
                 )
             })?;
-            value.set_sensitive(secret);
+            // Credentials by nature are secret even when written out in the file.
+            let credential = header == AUTHORIZATION || header == PROXY_AUTHORIZATION;
+            value.set_sensitive(secret || credential);
             headers.insert(header, value);
         }
+        let secret_header = headers
+            .iter()
+            .find(|(_, v)| v.is_sensitive())
+            .map(|(n, _)| n.as_str());
+        if let Some(name) = secret_header
+            && base.scheme() == "http"
+            && !is_loopback(&base)
+            && !raw.api.allow_insecure
+        {
+            return Err(key_err(
+                "api.base_url",
+                format!(
+                    "= \"{}\" is plain http:// to a host that is not this machine, and the \
+                     secret header `{name}` would cross the network unencrypted; use https://, \
+                     or set `api.allow_insecure = true` if the network is trusted",
+                    raw.api.base_url
+                ),
+            ));
+        }
+        let ca_certs = match &raw.api.ca_file {
+            None => Vec::new(),
+            Some(ca) => {
+                // A relative path is read from the configuration file's directory.
+                let ca = path.parent().unwrap_or(Path::new("")).join(ca);
+                let pem = std::fs::read(&ca).map_err(|e| {
+                    key_err(
+                        "api.ca_file",
+                        format!("= \"{}\" cannot be read: {e}", ca.display()),
+                    )
+                })?;
+                reqwest::Certificate::from_pem_bundle(&pem)
+                    .ok()
+                    .filter(|c| !c.is_empty())
+                    .ok_or_else(|| {
+                        key_err(
+                            "api.ca_file",
+                            format!(
+                                "= \"{}\" holds no PEM certificate (`-----BEGIN CERTIFICATE-----`)",
+                                ca.display()
+                            ),
+                        )
+                    })?
+            }
+        };
 
         if raw.api.response.is_empty() {
             return Err(key_err(
@@ -547,6 +598,7 @@ impl Config {
                 connect_timeout: duration("api.connect_timeout", &raw.api.connect_timeout)?,
                 max_body_bytes: usize::try_from(raw.api.max_body_bytes)
                     .map_err(|_| key_err("api.max_body_bytes", "is too large".into()))?,
+                ca_certs,
                 response,
             },
             limits,
@@ -579,6 +631,19 @@ impl Config {
     }
 }
 
+/// Whether the URL's host is this machine: 127.0.0.0/8, ::1 or `localhost`. Plain
+/// http:// to it never crosses a network.
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => {
+            d.eq_ignore_ascii_case("localhost") || d.to_ascii_lowercase().ends_with(".localhost")
+        }
+        None => false,
+    }
+}
+
 /// Resolves `${VAR}` references. Returns the text and whether it holds a secret
 /// (any value that came from the environment is treated as one).
 fn expand(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<(String, bool), String> {
@@ -603,10 +668,20 @@ fn expand(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<(String, bool
     Ok((out, secret))
 }
 
+/// The longest duration any key takes: longer ones are mistakes, and would overflow
+/// the clock arithmetic of timeouts and pauses.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| {
+    let d = humantime::parse_duration(s).map_err(|e| {
         format!("= \"{s}\" is not a duration ({e}); write e.g. \"500ms\", \"10s\" or \"30m\"")
-    })
+    })?;
+    if d > MAX_DURATION {
+        return Err(format!(
+            "= \"{s}\" is longer than a year; write a shorter duration"
+        ));
+    }
+    Ok(d)
 }
 
 fn parse_status_pattern(s: &str) -> Result<StatusPattern, String> {
@@ -725,5 +800,213 @@ mod tests {
         assert!(!parse_status_pattern("404").unwrap().matches(400));
         assert!(parse_status_pattern("9xx").is_err());
         assert!(parse_status_pattern("abc").is_err());
+    }
+
+    /// `text` with the line `key = …` set to `key = value` (`value` as TOML).
+    fn set(text: &str, key: &str, value: &str) -> String {
+        let prefix = format!("{key} = ");
+        let mut found = false;
+        let out: Vec<String> = text
+            .lines()
+            .map(|l| {
+                if l.starts_with(&prefix) {
+                    found = true;
+                    format!("{prefix}{value}")
+                } else {
+                    l.to_owned()
+                }
+            })
+            .collect();
+        assert!(found, "no line `{prefix}…`");
+        out.join("\n")
+    }
+
+    fn with_header(header: &str) -> String {
+        SHIPPED.replace(
+            "[api.response]",
+            &format!("headers = {{ {header} }}\n\n[api.response]"),
+        )
+    }
+
+    #[test]
+    fn plain_http_to_another_host_with_a_secret_is_refused() {
+        let secret = with_header("X-Api-Key = \"${KEY}\"");
+        let env = [("KEY", "k3y")];
+        for remote in [
+            "http://vendor.example",
+            "http://10.1.2.3:8080",
+            "http://[2001:db8::1]",
+        ] {
+            let text = set(&secret, "base_url", &format!("\"{remote}\""));
+            let e = format!("{:#}", parse_with(&text, &env).unwrap_err());
+            assert!(
+                e.contains("api.base_url")
+                    && e.contains("api.allow_insecure")
+                    && e.contains("`x-api-key`"),
+                "{e}"
+            );
+            assert!(!e.contains("k3y"), "{e}");
+            // Allowed when the operator says the network is trusted.
+            let text = set(&text, "allow_insecure", "true");
+            parse_with(&text, &env).unwrap();
+        }
+        // Loopback, https, and plain http without a secret are fine.
+        for ok in [
+            "http://127.0.0.1:8077",
+            "http://127.9.9.9",
+            "http://[::1]:80",
+            "http://localhost:1",
+            "http://LOCALHOST",
+            "https://vendor.example",
+        ] {
+            parse_with(&set(&secret, "base_url", &format!("\"{ok}\"")), &env).unwrap();
+        }
+        parse_with(&set(SHIPPED, "base_url", "\"http://vendor.example\""), &env).unwrap();
+        // An Authorization header is a credential even when written out.
+        let text = set(
+            &with_header("Authorization = \"Basic abc\""),
+            "base_url",
+            "\"http://vendor.example\"",
+        );
+        assert!(format!("{:#}", parse_with(&text, &[]).unwrap_err()).contains("`authorization`"));
+    }
+
+    #[test]
+    fn ca_file_is_read_or_named_in_the_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        let parse = |ca: &str| {
+            let text = set(
+                SHIPPED,
+                "allow_insecure",
+                &format!("false\nca_file = \"{ca}\""),
+            );
+            Config::parse(&path, &text, None, &|_| None)
+        };
+        let e = format!("{:#}", parse("missing.pem").unwrap_err());
+        assert!(
+            e.contains("api.ca_file") && e.contains("missing.pem"),
+            "{e}"
+        );
+        std::fs::write(dir.path().join("junk.pem"), "not a certificate").unwrap();
+        let e = format!("{:#}", parse("junk.pem").unwrap_err());
+        assert!(
+            e.contains("api.ca_file") && e.contains("no PEM certificate"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn every_identifier_key_refuses_sql() {
+        for key in ["table", "key", "refreshed_at"] {
+            for bad in [
+                "people; DROP TABLE people",
+                "x\\\" OR 1=1 --",
+                "a b",
+                "p'eople",
+            ] {
+                let text = set(SHIPPED, key, &toml::Value::String(bad.into()).to_string());
+                let e = format!("{:#}", parse_with(&text, &[]).unwrap_err());
+                assert!(
+                    e.contains(&format!("source.{key}")) && e.contains("plain identifier"),
+                    "{e}"
+                );
+            }
+        }
+        let text = set(
+            SHIPPED,
+            "\"/score\"",
+            "\"score = 0; DROP TABLE people; --\"",
+        );
+        let e = format!("{:#}", parse_with(&text, &[]).unwrap_err());
+        assert!(
+            e.contains("api.response.\"/score\"") && e.contains("plain identifier"),
+            "{e}"
+        );
+        let text = set(SHIPPED, "path", "\"/v1/{id) OR (1=1}\"");
+        assert!(format!("{:#}", parse_with(&text, &[]).unwrap_err()).contains("api.path"));
+    }
+
+    mod proptests {
+        use super::*;
+        use proptest::prelude::*;
+
+        const DURATIONS: [(&str, &str); 7] = [
+            ("timeout", "api.timeout"),
+            ("connect_timeout", "api.connect_timeout"),
+            ("base_delay", "retry.base_delay"),
+            ("max_delay", "retry.max_delay"),
+            ("max_outage", "retry.max_outage"),
+            ("interval", "checkpoint.interval"),
+            ("stale_after", "lock.stale_after"),
+        ];
+        const NUMBERS: [&str; 9] = [
+            "max_body_bytes",
+            "rate",
+            "max_concurrency",
+            "max_attempts",
+            "batch_size",
+            "allowance",
+            "reset_day",
+            "reserve",
+            "cost",
+        ];
+
+        /// A duration's text: humantime's vocabulary, numbers of any size, or anything.
+        fn duration_text() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "\\PC{0,16}",
+                (any::<u64>(), "(ns|us|ms|s|m|h|d|w|M|y|parsecs|)")
+                    .prop_map(|(n, unit)| format!("{n}{unit}")),
+                "[0-9]{1,30}(ms|s|h)( [0-9]{1,5}(m|s))?",
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+
+            /// Any text in a duration key: a configuration, or an error naming the key.
+            #[test]
+            fn any_duration_text_parses_or_names_its_key(
+                which in 0..DURATIONS.len(),
+                value in duration_text(),
+            ) {
+                let (leaf, key) = DURATIONS[which];
+                let text = set(SHIPPED, leaf, &toml::Value::String(value.clone()).to_string());
+                match parse_with(&text, &[]) {
+                    Ok(c) => {
+                        let all = [c.api.timeout, c.api.connect_timeout, c.retry.base_delay,
+                            c.retry.max_delay, c.retry.max_outage, c.checkpoint.interval,
+                            c.lock_stale_after];
+                        prop_assert!(all.iter().all(|d| *d <= MAX_DURATION));
+                    }
+                    Err(e) => {
+                        let e = format!("{e:#}");
+                        prop_assert!(e.contains(key), "{value:?}: {e}");
+                    }
+                }
+            }
+
+            /// Any TOML number (or a string, or a float) in a numeric key: a
+            /// configuration, or an error naming the key.
+            #[test]
+            fn any_number_in_a_credit_or_limit_key_parses_or_names_it(
+                which in 0..NUMBERS.len(),
+                value in prop_oneof![
+                    any::<i64>().prop_map(|n| n.to_string()),
+                    (-3i64..300).prop_map(|n| n.to_string()),
+                    Just("1.5".to_owned()),
+                    Just("\"100\"".to_owned()),
+                    Just("nan".to_owned()),
+                ],
+            ) {
+                let leaf = NUMBERS[which];
+                let text = set(SHIPPED, leaf, &value);
+                if let Err(e) = parse_with(&text, &[]) {
+                    let e = format!("{e:#}");
+                    prop_assert!(e.contains(leaf), "{value}: {e}");
+                }
+            }
+        }
     }
 }

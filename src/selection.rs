@@ -72,6 +72,12 @@ impl StaleBefore {
                 .map_err(|e| format!("`{s}`: {e}"))?
                 .timestamp(),
         };
+        // A negative year would print as `-001-…`, which does not sort as text.
+        if ts.to_zoned(jiff::tz::TimeZone::UTC).year() < 0 {
+            return Err(format!(
+                "`{s}` is before year 0; expected a date such as `2026-10-01`"
+            ));
+        }
         Ok(StaleBefore(stamp(ts)))
     }
 }
@@ -146,6 +152,11 @@ mod tests {
                 .contains("`yesterday`")
         );
         assert!(StaleBefore::parse("2026-02-30").is_err());
+        assert!(
+            StaleBefore::parse("-000001-06-15")
+                .unwrap_err()
+                .contains("before year 0")
+        );
     }
 
     #[test]
@@ -160,5 +171,62 @@ mod tests {
         };
         assert_ne!(a.canonical(), b.canonical());
         assert_eq!(a.canonical(), a.clone().canonical());
+    }
+
+    mod proptests {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Any `--ids` text: a key, a valid ascending range, or an error that
+            /// quotes the value; never a panic.
+            #[test]
+            fn any_ids_value_parses_or_explains(s in "\\PC{0,24}|[0-9 .\\-+]{0,24}") {
+                match IdSpec::parse(&s) {
+                    Ok(IdSpec::Key(k)) => {
+                        prop_assert!(!k.is_empty() && !k.contains("..") && k == s.trim());
+                    }
+                    Ok(IdSpec::Range { from, to }) => prop_assert!(from <= to),
+                    Err(e) => prop_assert!(s.trim().is_empty() || e.contains(s.trim()), "{e}"),
+                }
+            }
+
+            /// Every range prints as it parses, whatever its bounds.
+            #[test]
+            fn ranges_round_trip(a in any::<i64>(), b in any::<i64>()) {
+                let (from, to) = (a.min(b), a.max(b));
+                let spec = IdSpec::Range { from, to };
+                prop_assert_eq!(IdSpec::parse(&spec.to_string()), Ok(spec));
+                if a != b {
+                    let backwards = IdSpec::parse(&format!("{}..{}", to, from));
+                    prop_assert!(backwards.unwrap_err().contains("empty range"));
+                }
+            }
+
+            /// Any `--stale-before` text: an RFC 3339 UTC stamp of 20 characters that
+            /// reads back as itself, or an error that quotes the value.
+            #[test]
+            fn any_stale_before_value_parses_or_explains(
+                s in "\\PC{0,30}|[+-]?[0-9]{4,6}-[0-9]{1,2}-[0-9]{1,2}(T[0-9:]{8}(Z|[+-][0-9]{2}:[0-9]{2}))?"
+            ) {
+                match StaleBefore::parse(&s) {
+                    Ok(StaleBefore(stamp)) => {
+                        prop_assert_eq!(stamp.len(), 20, "{}", stamp);
+                        let again = StaleBefore::parse(&stamp).unwrap();
+                        prop_assert_eq!(again.0, stamp);
+                    }
+                    Err(e) => prop_assert!(e.contains(s.trim()), "{e}"),
+                }
+            }
+
+            /// Every real date is accepted as that day's midnight UTC.
+            #[test]
+            fn every_date_is_midnight_utc(y in 1i16..=9999, m in 1i8..=12, d in 1i8..=28) {
+                let text = format!("{y:04}-{m:02}-{d:02}");
+                prop_assert_eq!(StaleBefore::parse(&text).unwrap().0, format!("{text}T00:00:00Z"));
+            }
+        }
     }
 }

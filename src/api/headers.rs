@@ -98,7 +98,8 @@ fn reset_after(value: u64, now: SystemTime) -> Option<Duration> {
     if value < 1_000_000_000 {
         return Some(Duration::from_secs(value));
     }
-    let at = SystemTime::UNIX_EPOCH + Duration::from_secs(value);
+    // A time past what the clock can hold is no hint, not a panic.
+    let at = SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(value))?;
     Some(at.duration_since(now).unwrap_or_default())
 }
 
@@ -209,5 +210,106 @@ mod tests {
             parse_retry_after(&httpdate::fmt_http_date(now - Duration::from_secs(5)), now),
             None
         );
+    }
+
+    mod proptests {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Header values a vendor could send: printable ASCII and tabs, which is
+        /// what `HeaderValue` accepts as text, biased towards the fields' own
+        /// vocabulary so the parsers' inner branches are reached.
+        fn field() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "[ -~\t]{0,40}",
+                "[0-9 ,;=\"a-z]{0,30}",
+                proptest::collection::vec(
+                    prop_oneof![
+                        Just("limit=".to_owned()),
+                        Just("remaining=".to_owned()),
+                        Just("reset=".to_owned()),
+                        Just(";r=".to_owned()),
+                        Just(";t=".to_owned()),
+                        Just(";q=".to_owned()),
+                        Just(";w=".to_owned()),
+                        Just("\"default\"".to_owned()),
+                        Just(", ".to_owned()),
+                        any::<u64>().prop_map(|n| n.to_string()),
+                        any::<i64>().prop_map(|n| n.to_string()),
+                    ],
+                    0..8,
+                )
+                .prop_map(|parts| parts.concat()),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Retry-After: never panics; a hint is never zero; whole seconds are
+            /// taken as they are.
+            #[test]
+            fn retry_after_never_panics_and_is_never_zero(value in field(), now in any::<u32>()) {
+                let now = SystemTime::UNIX_EPOCH + Duration::from_secs(u64::from(now));
+                let wait = parse_retry_after(value.trim(), now);
+                prop_assert!(wait != Some(Duration::ZERO));
+                if let Ok(secs) = value.trim().parse::<u64>() {
+                    prop_assert_eq!(wait, (secs > 0).then(|| Duration::from_secs(secs)));
+                }
+            }
+
+            /// Every quota header at once, with any text or any number: no panic,
+            /// and a rate, when there is one, is a finite positive number.
+            #[test]
+            fn quota_hints_never_panic_and_rates_are_finite(
+                ratelimit in field(),
+                policy in field(),
+                limit in field(),
+                remaining in field(),
+                reset in field(),
+                prefix in prop_oneof![Just("x-ratelimit-"), Just("ratelimit-")],
+                now in any::<u64>(),
+            ) {
+                let mut map = HeaderMap::new();
+                let mut put = |name: String, value: &str| {
+                    let name = reqwest::header::HeaderName::from_bytes(name.as_bytes()).unwrap();
+                    map.insert(name, value.parse().unwrap());
+                };
+                put("ratelimit".into(), &ratelimit);
+                put("ratelimit-policy".into(), &policy);
+                put(format!("{prefix}limit"), &limit);
+                put(format!("{prefix}remaining"), &remaining);
+                put(format!("{prefix}reset"), &reset);
+                let now = SystemTime::UNIX_EPOCH
+                    .checked_add(Duration::from_secs(now))
+                    .unwrap_or(SystemTime::UNIX_EPOCH);
+                if let Some(hint) = quota_hint_at(&map, now) {
+                    prop_assert_ne!(hint, QuotaHint::default());
+                    if let Some(rate) = hint.rate() {
+                        prop_assert!(rate.is_finite() && rate > 0.0, "{rate}");
+                    }
+                }
+            }
+
+            /// `X-RateLimit-Reset` as any number at any time: a delta below 1e9, a
+            /// Unix time above, never a panic (a time past the clock is no hint).
+            #[test]
+            fn reset_is_a_delta_or_a_time_for_any_number(value in any::<u64>(), now in any::<u32>()) {
+                let now = SystemTime::UNIX_EPOCH + Duration::from_secs(u64::from(now));
+                let reset = reset_after(value, now);
+                if value < 1_000_000_000 {
+                    prop_assert_eq!(reset, Some(Duration::from_secs(value)));
+                } else if let Some(wait) = reset {
+                    prop_assert!(wait <= Duration::from_secs(value));
+                }
+            }
+        }
+
+        #[test]
+        fn a_reset_past_the_clock_is_no_hint() {
+            let now = SystemTime::UNIX_EPOCH;
+            let h = headers(&[("x-ratelimit-reset", "18446744073709551615")]);
+            assert_eq!(quota_hint_at(&h, now), None);
+        }
     }
 }

@@ -38,6 +38,10 @@ pub enum CallError {
     /// The vendor says the account has no credits left (402).
     #[error("out of credits")]
     OutOfCredits,
+    /// No call can succeed until the operator changes something (the vendor's TLS
+    /// certificate is not trusted): the run stops, the item stays pending.
+    #[error("{0}")]
+    Fatal(String),
 }
 
 /// One call's result: the status (if an answer arrived) decides billing; the
@@ -73,14 +77,22 @@ impl Vendor {
     /// `kinds`: the mapped columns' kinds, in `api.response` order (from the store).
     pub fn new(config: &Config, kinds: &[ColumnKind]) -> Result<Vendor> {
         let api = &config.api;
-        let client = Client::builder()
+        let mut builder = Client::builder()
             .timeout(api.timeout)
             .connect_timeout(api.connect_timeout)
             .pool_max_idle_per_host(config.limits.max_concurrency.get() as usize)
             .default_headers(api.headers.clone())
-            .user_agent(concat!("freshen/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .context("building the HTTP client")?;
+            .redirect(same_origin_redirects())
+            .user_agent(concat!("freshen/", env!("CARGO_PKG_VERSION")));
+        if !api.ca_certs.is_empty() {
+            builder = builder.tls_certs_merge(api.ca_certs.iter().cloned());
+        }
+        let client = builder.build().with_context(|| {
+            format!(
+                "building the HTTP client (is api.ca_file in {} a valid PEM certificate?)",
+                config.path.display()
+            )
+        })?;
         let mut params = 0;
         let segments = api
             .path
@@ -166,6 +178,15 @@ impl Vendor {
                 let body = self.read_body(response).await?;
                 self.map(&body)
             }
+            // Only redirects to another origin reach here: see `same_origin_redirects`.
+            300..=399 => Err(CallError::Permanent(match redirect_origin(&response) {
+                Some(to) => format!(
+                    "{} to {to}, another origin: not followed, so the API credentials stay \
+                     with the vendor; if the vendor moved, update api.base_url",
+                    status_text(status)
+                ),
+                None => status_text(status),
+            })),
             429 => Err(CallError::Throttled { retry_after: hint }),
             503 if hint.is_some() => Err(CallError::Throttled { retry_after: hint }),
             402 => Err(CallError::OutOfCredits),
@@ -212,22 +233,21 @@ impl Vendor {
 
     /// Maps a 2xx body to the mapped columns' values, or says why it cannot.
     fn map(&self, body: &[u8]) -> Result<Vec<Value>, CallError> {
-        let json: serde_json::Value = serde_json::from_slice(body)
-            .map_err(|e| CallError::Permanent(format!("answer is not JSON: {e}")))?;
-        self.pointers
-            .iter()
-            .zip(&self.kinds)
-            .map(|(pointer, kind)| {
-                let found = json
-                    .pointer(pointer)
-                    .ok_or_else(|| CallError::Permanent(format!("answer has no {pointer}")))?;
-                Value::from_json(found, *kind)
-                    .map_err(|why| CallError::Permanent(format!("{pointer}: {why}")))
-            })
-            .collect()
+        map_answer(body, &self.pointers, &self.kinds)
     }
 
     fn transport_error(&self, e: &reqwest::Error) -> CallError {
+        if e.is_redirect() {
+            return CallError::Permanent(format!(
+                "too many redirects (more than {MAX_REDIRECTS}, all within the vendor's origin)"
+            ));
+        }
+        if let Some(tls) = certificate_error(e) {
+            return CallError::Fatal(format!(
+                "the vendor's TLS certificate is not trusted ({tls}); if it is signed by a \
+                 private CA, set api.ca_file to that CA's PEM certificate"
+            ));
+        }
         let what = if e.is_timeout() {
             format!(
                 "no answer within api.timeout ({})",
@@ -251,6 +271,80 @@ impl Vendor {
             overload: true,
         }
     }
+}
+
+/// Same-origin redirects followed at most this many times in a row.
+const MAX_REDIRECTS: usize = 5;
+
+/// Follows a redirect only within the origin (scheme, host and port) of the request
+/// that got it; any other is handed back as the 3xx answer itself. reqwest drops
+/// `Authorization` and cookies on a cross-origin redirect, but not the other
+/// default headers (an `X-Api-Key`), so freshen never leaves the vendor's origin.
+fn same_origin_redirects() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let same = attempt
+            .previous()
+            .last()
+            .is_some_and(|prev| prev.origin() == attempt.url().origin());
+        if !same {
+            attempt.stop()
+        } else if attempt.previous().len() > MAX_REDIRECTS {
+            attempt.error("too many redirects")
+        } else {
+            attempt.follow()
+        }
+    })
+}
+
+/// The origin a 3xx answer points to, for messages: never the whole URL, whose
+/// path or query may hold a token.
+fn redirect_origin(response: &Response) -> Option<String> {
+    let location = response.headers().get(reqwest::header::LOCATION)?;
+    let to = response.url().join(location.to_str().ok()?).ok()?;
+    Some(to.origin().ascii_serialization())
+}
+
+/// A TLS certificate the client refused, if that is why the call failed. rustls
+/// travels inside `io::Error`s (nested), whose `source()` skips what they wrap,
+/// hence `get_ref` as well as `source`.
+fn certificate_error(e: &reqwest::Error) -> Option<String> {
+    let mut todo: Vec<&(dyn std::error::Error + 'static)> = vec![e];
+    while let Some(err) = todo.pop() {
+        if let Some(tls @ rustls::Error::InvalidCertificate(_)) = err.downcast_ref() {
+            return Some(tls.to_string());
+        }
+        if let Some(inner) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            todo.push(inner);
+        }
+        todo.extend(err.source());
+    }
+    None
+}
+
+/// A 2xx body as the values of the mapped columns (`pointers` and `kinds` in
+/// `api.response` order), or the permanent failure that says why it does not map.
+fn map_answer(
+    body: &[u8],
+    pointers: &[String],
+    kinds: &[ColumnKind],
+) -> Result<Vec<Value>, CallError> {
+    // serde_json stops at 128 levels of nesting, so a hostile body cannot blow the stack.
+    let json: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| CallError::Permanent(format!("answer is not JSON: {e}")))?;
+    pointers
+        .iter()
+        .zip(kinds)
+        .map(|(pointer, kind)| {
+            let found = json
+                .pointer(pointer)
+                .ok_or_else(|| CallError::Permanent(format!("answer has no {pointer}")))?;
+            Value::from_json(found, *kind)
+                .map_err(|why| CallError::Permanent(format!("{pointer}: {why}")))
+        })
+        .collect()
 }
 
 fn status_text(status: StatusCode) -> String {
@@ -280,5 +374,118 @@ mod tests {
         let mut s = String::new();
         push_encoded(&mut s, "12345");
         assert_eq!(s, "12345");
+    }
+
+    mod proptests {
+        use super::*;
+        use proptest::prelude::*;
+        use serde_json::Value as J;
+
+        /// Any JSON document, a few levels deep.
+        fn json() -> impl Strategy<Value = J> {
+            let leaf = prop_oneof![
+                Just(J::Null),
+                any::<bool>().prop_map(J::Bool),
+                any::<i64>().prop_map(J::from),
+                any::<u64>().prop_map(J::from),
+                any::<f64>().prop_map(J::from),
+                "\\PC{0,12}".prop_map(J::String),
+            ];
+            leaf.prop_recursive(4, 32, 6, |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..6).prop_map(J::Array),
+                    proptest::collection::btree_map("[a-z~/0-9]{0,4}", inner, 0..6)
+                        .prop_map(|m| J::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        /// Pointers as `api.response` accepts them: empty or starting with `/`,
+        /// with escapes, indices and odd characters.
+        fn pointer() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just(String::new()),
+                proptest::collection::vec(
+                    "[a-z0-9~/]{0,4}|~0|~1|-|0|00|18446744073709551616",
+                    1..4
+                )
+                .prop_map(|parts| format!("/{}", parts.join("/"))),
+            ]
+        }
+
+        fn kind() -> impl Strategy<Value = ColumnKind> {
+            prop_oneof![
+                Just(ColumnKind::Integer),
+                Just(ColumnKind::Real),
+                Just(ColumnKind::Text),
+                Just(ColumnKind::Bool),
+            ]
+        }
+
+        /// What a failure to map may say: each names the pointer or the reason.
+        fn is_clear(e: &CallError, pointers: &[String]) -> bool {
+            match e {
+                CallError::Permanent(m) => {
+                    m.starts_with("answer is not JSON: ")
+                        || pointers.iter().any(|p| {
+                            m == &format!("answer has no {p}")
+                                || m.starts_with(&format!("{p}: expected "))
+                        })
+                }
+                _ => false,
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Any JSON against any mapping: the values, one per mapped column and
+            /// each of its column's kind, or a permanent failure that says why.
+            #[test]
+            fn any_json_maps_or_fails_permanently(
+                doc in json(),
+                mapping in proptest::collection::vec((pointer(), kind()), 1..5),
+            ) {
+                let (pointers, kinds): (Vec<String>, Vec<ColumnKind>) = mapping.into_iter().unzip();
+                let body = serde_json::to_vec(&doc).unwrap();
+                match map_answer(&body, &pointers, &kinds) {
+                    Ok(values) => {
+                        prop_assert_eq!(values.len(), pointers.len());
+                        for (v, k) in values.iter().zip(&kinds) {
+                            let fits = matches!(
+                                (v, k),
+                                (Value::Null, _)
+                                    | (Value::Integer(_), ColumnKind::Integer)
+                                    | (Value::Real(_), ColumnKind::Real)
+                                    | (Value::Text(_), ColumnKind::Text)
+                                    | (Value::Bool(_), ColumnKind::Bool)
+                            );
+                            prop_assert!(fits, "{v:?} for {k:?}");
+                        }
+                    }
+                    Err(e) => prop_assert!(is_clear(&e, &pointers), "{e:?}"),
+                }
+            }
+
+            /// Any bytes at all: no panic, and what is not JSON says so.
+            #[test]
+            fn any_bytes_map_or_fail_permanently(body in proptest::collection::vec(any::<u8>(), 0..64)) {
+                let pointers = vec!["/title".to_owned()];
+                if let Err(e) = map_answer(&body, &pointers, &[ColumnKind::Text]) {
+                    prop_assert!(is_clear(&e, &pointers), "{e:?}");
+                }
+            }
+        }
+
+        #[test]
+        fn deeply_nested_answers_fail_without_overflowing_the_stack() {
+            let body = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+            let e =
+                map_answer(body.as_bytes(), &["/0".to_owned()], &[ColumnKind::Text]).unwrap_err();
+            assert!(
+                matches!(&e, CallError::Permanent(m) if m.contains("recursion limit")),
+                "{e:?}"
+            );
+        }
     }
 }

@@ -75,6 +75,8 @@ struct Shared {
     tally: Arc<Tally>,
     stop: CancellationToken,
     reason: Mutex<Option<Stop>>,
+    /// Why no call can succeed (`CallError::Fatal`): the run ends with this error.
+    fatal: Mutex<Option<String>>,
     outbox: Arc<checkpoint::Outbox>,
     retry: crate::config::Retry,
 }
@@ -134,6 +136,7 @@ pub async fn execute(job: Job, shutdown: &CancellationToken) -> Result<Stop> {
         tally,
         stop: stop.clone(),
         reason: Mutex::new(None),
+        fatal: Mutex::new(None),
         outbox,
         retry: config.retry.clone(),
     });
@@ -153,6 +156,10 @@ pub async fn execute(job: Job, shutdown: &CancellationToken) -> Result<Stop> {
     let written = writer.await.expect("the checkpoint writer does not panic");
     dispatched?;
     written?;
+    if let Some(why) = shared.fatal.lock().await.take() {
+        // The operator must change something: a usage error, exit 2.
+        return Err(crate::error::usage(why));
+    }
 
     Ok(match reason {
         _ if shutdown.is_cancelled() => Stop::Interrupted,
@@ -240,7 +247,9 @@ async fn work(shared: Arc<Shared>, mut item: Item, _slot: OwnedSemaphorePermit) 
             Err(CallError::Transient {
                 overload: false, ..
             }) => (Signal::Failed, None),
-            Err(CallError::Permanent(_) | CallError::OutOfCredits) => (Signal::Answered, None),
+            Err(CallError::Permanent(_) | CallError::OutOfCredits | CallError::Fatal(_)) => {
+                (Signal::Answered, None)
+            }
         };
         let outage = pacer.observe(&mut ticket, item.seq, signal, retry_after, call.hint);
 
@@ -289,6 +298,11 @@ async fn work(shared: Arc<Shared>, mut item: Item, _slot: OwnedSemaphorePermit) 
                 Tally::bump(&tally.permanent);
                 item.attempts += 1;
                 Resolution::Failed(reason)
+            }
+            Err(CallError::Fatal(why)) => {
+                shared.fatal.lock().await.get_or_insert(why);
+                shared.stop.cancel();
+                return;
             }
             Err(CallError::OutOfCredits) => {
                 tracing::warn!(key = %item.key, "the vendor answered 402: out of credits; stopping");

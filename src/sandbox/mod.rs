@@ -64,12 +64,15 @@ pub struct SandboxOptions {
     #[arg(long)]
     pub ratelimit_headers: bool,
     /// Scripted answer for one key: KEY=KIND, KIND one of 404, 400, 422, malformed,
-    /// oversized, wrong-type, flaky:N, throttle:N, slow:DURATION (repeatable)
+    /// oversized, wrong-type, flaky:N, throttle:N, slow:DURATION, redirect:URL (repeatable)
     #[arg(long = "fault", value_name = "KEY=KIND", value_parser = parse_fault)]
     pub faults: Vec<(String, Fault)>,
     /// Seed of the generator behind --error-rate
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Keep the headers of every call, for tests that check what a client sent
+    #[arg(long)]
+    pub record_headers: bool,
 }
 
 impl Default for SandboxOptions {
@@ -88,6 +91,7 @@ impl Default for SandboxOptions {
             ratelimit_headers: false,
             faults: Vec::new(),
             seed: 1,
+            record_headers: false,
         }
     }
 }
@@ -109,11 +113,13 @@ pub enum Fault {
     Throttle(u32),
     /// The answer comes this much later, on top of --latency.
     Slow(Duration),
+    /// 307 Temporary Redirect to this URL (`{key}` in it is replaced by the key).
+    Redirect(String),
 }
 
 pub fn parse_fault(s: &str) -> Result<(String, Fault), String> {
-    let kinds =
-        "404, 400, 422, malformed, oversized, wrong-type, flaky:N, throttle:N, slow:DURATION";
+    let kinds = "404, 400, 422, malformed, oversized, wrong-type, flaky:N, throttle:N, \
+                 slow:DURATION, redirect:URL";
     let (key, kind) = s
         .split_once('=')
         .ok_or_else(|| format!("`{s}` is not KEY=KIND (KIND: {kinds})"))?;
@@ -134,6 +140,9 @@ pub fn parse_fault(s: &str) -> Result<(String, Fault), String> {
             humantime::parse_duration(d)
                 .map_err(|e| format!("`{s}`: `{d}` is not a duration: {e}"))?,
         ),
+        Some(("redirect", url)) if url.starts_with('/') || url.contains("://") => {
+            Fault::Redirect(url.to_owned())
+        }
         _ => return Err(format!("`{s}`: unknown fault `{kind}` (KIND: {kinds})")),
     };
     if key.is_empty() {
@@ -213,6 +222,8 @@ pub struct Stats {
     pub per_second: Vec<u64>,
     /// 200 answers per key.
     pub per_key_ok: BTreeMap<String, u64>,
+    /// 307 answers from redirect:URL faults.
+    pub redirected: u64,
 }
 
 struct Vendor {
@@ -242,6 +253,8 @@ struct Counters {
     /// Calls seen per faulty key, for flaky:N and throttle:N.
     fault_calls: HashMap<String, u32>,
     rng: u64,
+    /// Every call's headers, with --record-headers.
+    headers_seen: Vec<Vec<(String, String)>>,
 }
 
 /// Decrements the in-flight count however the request ends, client disconnects included.
@@ -424,7 +437,22 @@ fn rate_headers(h: &mut HeaderMap, rate: f64, remaining: u64) {
     );
 }
 
-async fn answer(State(vendor): State<Arc<Vendor>>, Path(key): Path<String>) -> Response {
+async fn answer(
+    State(vendor): State<Arc<Vendor>>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if vendor.opts.record_headers {
+        let seen = headers
+            .iter()
+            .map(|(n, v)| {
+                let value = String::from_utf8_lossy(v.as_bytes()).into_owned();
+                (n.as_str().to_owned(), value)
+            })
+            .collect();
+        let mut c = vendor.state.lock().expect("sandbox lock");
+        c.headers_seen.push(seen);
+    }
     let (verdict, in_flight) = vendor.admit(&key);
     let (fault, remaining, quota) = match verdict {
         Verdict::Refuse(response) => return response,
@@ -473,6 +501,16 @@ async fn answer(State(vendor): State<Arc<Vendor>>, Path(key): Path<String>) -> R
             body["score"] = json!("high");
             axum::Json(body).into_response()
         }
+        Some(Fault::Redirect(url)) => {
+            vendor.count(|s| s.redirected += 1);
+            let to = url.replace("{key}", &key);
+            match HeaderValue::from_str(&to) {
+                Ok(to) => {
+                    (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, to)]).into_response()
+                }
+                Err(_) => status(StatusCode::INTERNAL_SERVER_ERROR, "bad redirect URL"),
+            }
+        }
         Some(Fault::Throttle(_)) | Some(Fault::Slow(_)) | None => {
             vendor.count(|s| {
                 s.ok += 1;
@@ -511,6 +549,15 @@ impl Sandbox {
         let listener = tokio::net::TcpListener::bind(opts.listen).await.with_context(|| {
             format!("cannot listen on {}: is another sandbox running? pick another address with --listen", opts.listen)
         })?;
+        Sandbox::start_on(listener, opts)
+    }
+
+    /// Serves on a listener of the caller's (a TLS one, say; `opts.listen` is
+    /// ignored) in a background task.
+    pub fn start_on<L>(listener: L, opts: SandboxOptions) -> anyhow::Result<Sandbox>
+    where
+        L: axum::serve::Listener<Addr = SocketAddr>,
+    {
         let addr = listener.local_addr()?;
         let now = Instant::now();
         let vendor = Arc::new(Vendor {
@@ -525,6 +572,7 @@ impl Sandbox {
                 credits: opts.credits,
                 fault_calls: HashMap::new(),
                 rng: opts.seed.max(1),
+                headers_seen: Vec::new(),
             }),
             opts,
         });
@@ -562,6 +610,16 @@ impl Sandbox {
             .lock()
             .expect("sandbox lock")
             .stats
+            .clone()
+    }
+
+    /// The headers of every call so far, in arrival order (with `record_headers`).
+    pub fn headers_seen(&self) -> Vec<Vec<(String, String)>> {
+        self.vendor
+            .state
+            .lock()
+            .expect("sandbox lock")
+            .headers_seen
             .clone()
     }
 

@@ -61,4 +61,27 @@ mod tests {
         }
         assert_eq!(Ident::new("people").unwrap().quoted(), "\"people\"");
     }
+
+    mod proptests {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// Whatever a name holds, an accepted one is plain, so its quoted form is
+            /// exactly one identifier: no quote, semicolon, space or comment can
+            /// reach the SQL.
+            #[test]
+            fn any_name_is_refused_or_quoted_as_one_identifier(
+                name in "\\PC{0,70}|[A-Za-z_][A-Za-z0-9_\"; -]{0,70}"
+            ) {
+                if let Ok(ident) = Ident::new(&name) {
+                    prop_assert!(name.len() <= 63);
+                    prop_assert!(name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+                    prop_assert_eq!(ident.quoted(), format!("\"{name}\""));
+                }
+            }
+        }
+    }
 }

@@ -123,6 +123,14 @@ pub struct Store {
     sql: Statements,
     key_kind: ColumnKind,
     mapped: Vec<ColumnKind>,
+    /// The SQLite file and its identity (device, inode) when opened.
+    sqlite_file: Option<(std::path::PathBuf, (u64, u64))>,
+}
+
+/// A file's identity: the same path can come to name another file.
+fn file_id(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 impl Store {
@@ -154,11 +162,13 @@ impl Store {
                 }
                 AnyPoolOptions::new()
                     .max_connections(4)
+                    // One try that waits out the busy timeout, and a retry.
+                    .acquire_timeout(Duration::from_secs(15))
                     .after_connect(|conn, _| {
                         Box::pin(async move {
                             // One writer, readers alongside it (status while a run goes on);
                             // a locked database is waited for, not an error.
-                            conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000;")
+                            conn.execute("PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")
                                 .await?;
                             Ok(())
                         })
@@ -172,8 +182,20 @@ impl Store {
                 .connect(url)
                 .await,
         }
-        .with_context(|| {
-            format!("cannot open the database {shown} (database.url in {})", config.path.display())
+        .map_err(|e| {
+            // sqlx retries a connection whose setup found the file locked until the
+            // pool's timeout, then says only that it timed out.
+            let hint = match (&e, backend) {
+                (sqlx::Error::PoolTimedOut, Backend::Sqlite) => {
+                    ": the database stayed locked by another writer past the 10 s busy \
+                     timeout; let that transaction finish, then rerun"
+                }
+                _ => "",
+            };
+            anyhow::Error::new(e).context(format!(
+                "cannot open the database {shown} (database.url in {}){hint}",
+                config.path.display()
+            ))
         })?;
 
         migrator(backend)
@@ -220,11 +242,26 @@ impl Store {
             )));
         }
 
+        // SQLite goes on writing into a file removed under it (in WAL mode it does
+        // not notice), and those writes are lost: checkpoints check the file first.
+        let sqlite_file = match backend {
+            Backend::Sqlite => {
+                use std::str::FromStr;
+                sqlx::sqlite::SqliteConnectOptions::from_str(url)
+                    .ok()
+                    .map(|o| o.get_filename().to_owned())
+                    .and_then(|path| Some((file_id(&path)?, path)))
+                    .map(|(id, path)| (path, id))
+            }
+            Backend::Postgres => None,
+        };
+
         Ok(Store {
             sql: Statements::new(config, key_kind),
             pool,
             key_kind,
             mapped,
+            sqlite_file,
         })
     }
 
@@ -423,6 +460,16 @@ impl Store {
                 .bind(period.to_owned())
                 .execute(&mut *tx)
                 .await?;
+        }
+        if let Some((path, id)) = &self.sqlite_file
+            && file_id(path) != Some(*id)
+        {
+            // Dropping the transaction rolls it back: nothing of this batch is kept.
+            bail!(
+                "the database file {} was removed or replaced during the run: stopping \
+                 without writing more; put it back and rerun to resume",
+                path.display()
+            );
         }
         tx.commit().await.context("committing a checkpoint")
     }

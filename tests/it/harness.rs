@@ -347,3 +347,95 @@ pub fn assert_exit(out: &Output, code: i32) {
 pub fn read_json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
+
+// ---- helpers for the security, hostile-vendor and database-fault tests ----------
+
+impl TestEnv {
+    /// Rewrites the config file through `edit`, which must change it.
+    pub fn edit_config(&self, edit: impl FnOnce(String) -> String) {
+        let before = std::fs::read_to_string(self.config_path()).unwrap();
+        let after = edit(before.clone());
+        assert_ne!(before, after, "the edit changed nothing");
+        std::fs::write(self.config_path(), after).unwrap();
+    }
+
+    /// Runs freshen to the end with these extra environment variables.
+    pub async fn freshen_with_env(&self, args: &[&str], vars: &[(&str, &str)]) -> Output {
+        let mut cmd = self.command(args);
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        tokio::time::timeout(Duration::from_secs(120), cmd.output())
+            .await
+            .expect("freshen finished within 2 minutes")
+            .expect("freshen started")
+    }
+
+    /// Every row of every table, each value through SQLite's `quote()`, one line a row.
+    pub async fn dump(&self) -> String {
+        let db = self.db().await;
+        let tables: Vec<String> =
+            sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+                .fetch_all(&db)
+                .await
+                .unwrap();
+        let mut out = String::new();
+        for table in tables {
+            let columns: Vec<String> =
+                sqlx::query_scalar("SELECT name FROM pragma_table_info($1) ORDER BY cid")
+                    .bind(&table)
+                    .fetch_all(&db)
+                    .await
+                    .unwrap();
+            let row = columns
+                .iter()
+                .map(|c| format!("quote(\"{c}\")"))
+                .collect::<Vec<_>>()
+                .join(" || '|' || ");
+            let sql = format!("SELECT {row} FROM \"{table}\"");
+            let rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .fetch_all(&db)
+                .await
+                .unwrap();
+            out.push_str(&format!("-- {table}\n"));
+            for r in rows {
+                out.push_str(&r);
+                out.push('\n');
+            }
+        }
+        db.close().await;
+        out
+    }
+
+    /// Rows of the `people` table.
+    pub async fn records_count(&self) -> i64 {
+        let db = self.db().await;
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM people")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        db.close().await;
+        n
+    }
+
+    /// `PRAGMA integrity_check`: "ok" for a sound database file.
+    pub async fn integrity(&self) -> String {
+        let db = self.db().await;
+        let check: String = sqlx::query_scalar("PRAGMA integrity_check")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        db.close().await;
+        check
+    }
+}
+
+/// A second sandbox on a free loopback port, beside the env's own.
+pub async fn another_sandbox(opts: SandboxOptions) -> Sandbox {
+    Sandbox::start(SandboxOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..opts
+    })
+    .await
+    .expect("the sandbox starts")
+}

@@ -4,9 +4,12 @@
 mod answers;
 mod config_errors;
 mod credits;
+mod database_faults;
 mod flow;
 mod harness;
+mod hostile;
 mod lock;
 mod resume;
 mod run;
+mod security;
 mod status;
