@@ -45,6 +45,9 @@ pub enum Command {
     Run(RunArgs),
     /// The current or last run and this period's credits, read from the database
     Status(StatusArgs),
+    /// What a run with these flags would select, cost and take, and where the
+    /// budget would cut it; makes no call to the vendor
+    Estimate(EstimateArgs),
     /// Serve a simulated vendor API on loopback
     Sandbox(SandboxOptions),
     /// The whole job on the embedded default: sample SQLite database, in-process sandbox, `run`
@@ -84,6 +87,20 @@ pub struct RunArgs {
     /// Spend at most N credits on this run, over all its resumes (exit 3 when reached)
     #[arg(long, value_name = "N")]
     pub max_credits: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct EstimateArgs {
+    #[command(flatten)]
+    pub selection: SelectionArgs,
+
+    /// As `run --max-credits`: the run may spend at most N credits
+    #[arg(long, value_name = "N")]
+    pub max_credits: Option<u64>,
+
+    /// Print the estimate as JSON
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Default, Args)]

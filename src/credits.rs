@@ -73,6 +73,9 @@ pub struct Budget {
     outstanding: AtomicI64,
     settled: Notify,
     cost: i64,
+    reserve: i64,
+    /// The vendor's last count of credits left, and when it was seen.
+    vendor: std::sync::Mutex<Option<(i64, Timestamp)>>,
 }
 
 impl Budget {
@@ -82,6 +85,8 @@ impl Budget {
             outstanding: AtomicI64::new(0),
             settled: Notify::new(),
             cost,
+            reserve,
+            vendor: std::sync::Mutex::new(None),
         }
     }
 
@@ -139,6 +144,37 @@ impl Budget {
     pub fn cost(&self) -> i64 {
         self.cost
     }
+
+    /// Reservations not yet settled, in credits.
+    pub fn reserved(&self) -> i64 {
+        self.outstanding.load(Ordering::Acquire) * self.cost
+    }
+
+    /// The vendor counts `left` credits on the account (`credits.remaining_header`),
+    /// as of an answer that has just been settled. Trust the lower count: the
+    /// budget never exceeds what the vendor says is left, less the reserve and the
+    /// calls still out.
+    pub fn vendor_says(&self, left: i64) {
+        // Answers arrive out of order: the lowest count is the latest.
+        {
+            let mut vendor = self.vendor.lock().expect("vendor count lock");
+            if vendor.is_none_or(|(seen, _)| left < seen) {
+                *vendor = Some((left, Timestamp::now()));
+            }
+        }
+        let cap = left - self.reserve - self.reserved();
+        let _ = self
+            .available
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |a| {
+                (cap < a).then_some(cap)
+            });
+        self.settled.notify_waiters();
+    }
+
+    /// The vendor's last count of credits left, and when it was seen.
+    pub fn vendor_count(&self) -> Option<(i64, Timestamp)> {
+        *self.vendor.lock().expect("vendor count lock")
+    }
 }
 
 #[cfg(test)]
@@ -173,6 +209,22 @@ mod tests {
         b.charge();
         b.charge();
         assert!(!b.reserve().await);
+    }
+
+    #[tokio::test]
+    async fn the_vendors_count_binds_when_it_is_the_lower() {
+        let b = Budget::new(1000, 10, 0, 1);
+        assert!(b.reserve().await);
+        b.charge();
+        // The vendor has 60 left (another tool spent from the same account);
+        // 10 stay in reserve and one call is out.
+        assert!(b.reserve().await);
+        b.vendor_says(60);
+        let more = std::iter::from_fn(|| b.try_reserve().then_some(())).count();
+        assert_eq!(more, 49);
+        // A higher count later does not raise the budget back.
+        b.vendor_says(500);
+        assert!(!b.try_reserve());
     }
 
     #[test]

@@ -51,6 +51,9 @@ pub struct Call {
     pub status: Option<u16>,
     pub result: Result<Vec<Value>, CallError>,
     pub hint: Option<QuotaHint>,
+    /// The account's credits left, as the vendor counts them
+    /// (`credits.remaining_header`).
+    pub credits_left: Option<i64>,
 }
 
 /// How a `{column}` placeholder of `api.path` is filled.
@@ -71,6 +74,7 @@ pub struct Vendor {
     max_body: usize,
     timeout: Duration,
     billed: Vec<StatusPattern>,
+    remaining_header: Option<reqwest::header::HeaderName>,
 }
 
 impl Vendor {
@@ -117,6 +121,7 @@ impl Vendor {
             max_body: api.max_body_bytes,
             timeout: api.timeout,
             billed: config.credits.billed_statuses.clone(),
+            remaining_header: config.credits.remaining_header.clone(),
         })
     }
 
@@ -154,16 +159,22 @@ impl Vendor {
                     status: None,
                     result: Err(self.transport_error(&e)),
                     hint: None,
+                    credits_left: None,
                 };
             }
         };
         let status = response.status();
         let hint = quota_hint(response.headers());
+        let credits_left = self.remaining_header.as_ref().and_then(|name| {
+            let value = response.headers().get(name)?.to_str().ok()?;
+            value.trim().parse::<i64>().ok().filter(|n| *n >= 0)
+        });
         let result = self.classify(status, response).await;
         Call {
             status: Some(status.as_u16()),
             result,
             hint,
+            credits_left,
         }
     }
 
@@ -187,18 +198,17 @@ impl Vendor {
                 ),
                 None => status_text(status),
             })),
-            429 => Err(CallError::Throttled { retry_after: hint }),
-            503 if hint.is_some() => Err(CallError::Throttled { retry_after: hint }),
-            402 => Err(CallError::OutOfCredits),
-            500 => Err(CallError::Transient {
-                reason: status_text(status),
-                overload: false,
-            }),
-            408 | 501..=599 => Err(CallError::Transient {
-                reason: status_text(status),
-                overload: true,
-            }),
-            _ => Err(CallError::Permanent(status_text(status))),
+            // A problem document (RFC 9457) whose type is quota-exceeded: the
+            // account is out of credits, whatever the status says.
+            400..=499 if is_problem(&response) => {
+                let body = self.read_body(response).await.unwrap_or_default();
+                if problem_type(&body).is_some_and(|t| t.ends_with("quota-exceeded")) {
+                    Err(CallError::OutOfCredits)
+                } else {
+                    Err(by_status(status, hint))
+                }
+            }
+            _ => Err(by_status(status, hint)),
         }
     }
 
@@ -360,6 +370,42 @@ fn push_encoded(url: &mut String, s: &str) {
         url::form_urlencoded::byte_serialize(s.as_bytes())
             .map(|part| if part == "+" { "%20" } else { part }),
     );
+}
+
+/// The error a non-2xx status means, by the status alone.
+fn by_status(status: StatusCode, retry_after: Option<std::time::Duration>) -> CallError {
+    match status.as_u16() {
+        429 => CallError::Throttled { retry_after },
+        503 if retry_after.is_some() => CallError::Throttled { retry_after },
+        402 => CallError::OutOfCredits,
+        500 => CallError::Transient {
+            reason: status_text(status),
+            overload: false,
+        },
+        408 | 501..=599 => CallError::Transient {
+            reason: status_text(status),
+            overload: true,
+        },
+        _ => CallError::Permanent(status_text(status)),
+    }
+}
+
+fn is_problem(response: &Response) -> bool {
+    response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("application/problem+json"))
+}
+
+/// The `type` member of a problem document, if the body is one.
+fn problem_type(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Problem {
+        #[serde(rename = "type")]
+        kind: Option<String>,
+    }
+    serde_json::from_slice::<Problem>(body).ok()?.kind
 }
 
 #[cfg(test)]

@@ -15,7 +15,6 @@ use crate::credits::Budget;
 use crate::engine::{self, Job, Stop, Tally};
 use crate::pacer::Pacer;
 use crate::progress::{Calls, CreditsSummary, Display, Failure, Summary};
-use crate::selection::Selection;
 use crate::store::{RunRow, Store};
 
 pub async fn run(
@@ -102,12 +101,7 @@ async fn locked(
     display: &Display,
     started: Instant,
 ) -> Result<Exit> {
-    let selection = Selection {
-        ids: args.selection.ids,
-        stale_before: args.selection.stale_before,
-        limit: args.selection.limit,
-        filter: config.source.filter.clone(),
-    };
+    let selection = crate::cmd::selection(args.selection, &config);
 
     let run = match store.latest_run_with(&selection).await? {
         Some(run) if !args.new && run.status == "complete" => {
@@ -158,6 +152,7 @@ async fn locked(
     if let Some(max) = args.max_credits {
         budget = budget.capped(i64::try_from(max).unwrap_or(i64::MAX), run.credits_spent);
     }
+    let budget = Arc::new(budget);
 
     let before = store.item_counts(run.id).await?;
     store.set_status(run.id, "running", false).await?;
@@ -179,7 +174,7 @@ async fn locked(
         config: config.clone(),
         store: store.clone(),
         tally: tally.clone(),
-        budget,
+        budget: budget.clone(),
         run: run.id,
         period: period.clone(),
     };
@@ -193,6 +188,11 @@ async fn locked(
         }
     };
 
+    if let Some((left, seen_at)) = budget.vendor_count() {
+        store
+            .set_vendor_count(&period, left, crate::selection::stamp(seen_at))
+            .await?;
+    }
     let records = store.item_counts(run.id).await?;
     let (status, exit) = match stop {
         Stop::Drained if records.pending == 0 => ("complete", Exit::Complete),

@@ -5,13 +5,14 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::Exit;
+use crate::cmd::PeriodView;
 use crate::config::Config;
 use crate::store::{CallCounts, ItemCounts, Store};
 
 #[derive(Debug, Serialize)]
 struct Status {
     run: Option<RunStatus>,
-    credits: PeriodStatus,
+    credits: PeriodView,
 }
 
 #[derive(Debug, Serialize)]
@@ -25,15 +26,6 @@ struct RunStatus {
     updated_at: String,
     finished_at: Option<String>,
     failures: Vec<(String, String)>,
-}
-
-#[derive(Debug, Serialize)]
-struct PeriodStatus {
-    period: String,
-    allowance: i64,
-    reserve: u64,
-    spent: i64,
-    remaining: i64,
 }
 
 pub async fn status(config: Config, json: bool) -> Result<Exit> {
@@ -52,21 +44,9 @@ pub async fn status(config: Config, json: bool) -> Result<Exit> {
         }),
         None => None,
     };
-    let period = store
-        .period(
-            &config.credits.periods.label_at(jiff::Timestamp::now()),
-            config.credits.allowance,
-        )
-        .await?;
     let status = Status {
         run,
-        credits: PeriodStatus {
-            remaining: period.allowance - period.spent,
-            period: period.period,
-            allowance: period.allowance,
-            reserve: config.credits.reserve,
-            spent: period.spent,
-        },
+        credits: PeriodView::read(&store, &config).await?,
     };
     store.close().await;
 
@@ -102,10 +82,6 @@ pub async fn status(config: Config, json: bool) -> Result<Exit> {
             }
         }
     }
-    let p = &status.credits;
-    println!(
-        "credits {}: {} spent of {} (reserve {}), {} remaining",
-        p.period, p.spent, p.allowance, p.reserve, p.remaining
-    );
+    println!("credits  {}", status.credits.describe());
     Ok(Exit::Complete)
 }

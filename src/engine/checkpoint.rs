@@ -64,6 +64,7 @@ impl Outbox {
 
 /// The writer's task: what it writes, where, and the tokens it obeys.
 pub(super) struct Writer {
+    pub budget: Arc<crate::credits::Budget>,
     pub store: Arc<Store>,
     pub run: i64,
     pub period: String,
@@ -81,6 +82,7 @@ impl Writer {
     pub async fn write(self) -> Result<()> {
         let Writer {
             store,
+            budget,
             run,
             period,
             outbox,
@@ -107,7 +109,10 @@ impl Writer {
                 permanent: now.permanent - written.permanent,
             };
             if !batch.is_empty() || delta != CallCounts::default() {
-                if let Err(e) = store.checkpoint(run, &period, &batch, delta).await {
+                if let Err(e) = store
+                    .checkpoint(run, &period, &batch, delta, budget.reserved())
+                    .await
+                {
                     // Nothing of this batch was written; its items stay pending.
                     outbox.broken.cancel();
                     stop.cancel();

@@ -71,7 +71,7 @@ const FETCH: i64 = 512;
 struct Shared {
     vendor: Vendor,
     pacer: Arc<Pacer>,
-    budget: Budget,
+    budget: Arc<Budget>,
     tally: Arc<Tally>,
     stop: CancellationToken,
     reason: Mutex<Option<Stop>>,
@@ -95,7 +95,7 @@ pub struct Job {
     pub vendor: Vendor,
     pub pacer: Arc<Pacer>,
     pub tally: Arc<Tally>,
-    pub budget: Budget,
+    pub budget: Arc<Budget>,
     pub run: i64,
     pub period: String,
 }
@@ -118,6 +118,7 @@ pub async fn execute(job: Job, shutdown: &CancellationToken) -> Result<Stop> {
     let writer = tokio::spawn(
         checkpoint::Writer {
             store: store.clone(),
+            budget: budget.clone(),
             run,
             period,
             outbox: outbox.clone(),
@@ -239,6 +240,9 @@ async fn work(shared: Arc<Shared>, mut item: Item, _slot: OwnedSemaphorePermit) 
             shared.budget.charge();
         } else {
             shared.budget.release();
+        }
+        if let Some(left) = call.credits_left {
+            shared.budget.vendor_says(left);
         }
         let (signal, retry_after) = match &call.result {
             Ok(_) => (Signal::Success(started.elapsed()), None),

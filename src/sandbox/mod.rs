@@ -115,11 +115,14 @@ pub enum Fault {
     Slow(Duration),
     /// 307 Temporary Redirect to this URL (`{key}` in it is replaced by the key).
     Redirect(String),
+    /// 429 with an RFC 9457 problem body of type quota-exceeded: the account's
+    /// credits are spent, said the way some vendors say it.
+    QuotaExceeded,
 }
 
 pub fn parse_fault(s: &str) -> Result<(String, Fault), String> {
     let kinds = "404, 400, 422, malformed, oversized, wrong-type, flaky:N, throttle:N, \
-                 slow:DURATION, redirect:URL";
+                 slow:DURATION, redirect:URL, quota-exceeded";
     let (key, kind) = s
         .split_once('=')
         .ok_or_else(|| format!("`{s}` is not KEY=KIND (KIND: {kinds})"))?;
@@ -134,6 +137,7 @@ pub fn parse_fault(s: &str) -> Result<(String, Fault), String> {
         None if kind == "malformed" => Fault::Malformed,
         None if kind == "oversized" => Fault::Oversized,
         None if kind == "wrong-type" => Fault::WrongType,
+        None if kind == "quota-exceeded" => Fault::QuotaExceeded,
         Some(("flaky", n)) => Fault::Flaky(count(n)?),
         Some(("throttle", n)) => Fault::Throttle(count(n)?),
         Some(("slow", d)) => Fault::Slow(
@@ -500,6 +504,19 @@ async fn answer(
             let mut body = person(&key);
             body["score"] = json!("high");
             axum::Json(body).into_response()
+        }
+        Some(Fault::QuotaExceeded) => {
+            vendor.count(|s| s.client_errors += 1);
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(header::CONTENT_TYPE, "application/problem+json")],
+                json!({
+                    "type": "https://vendor.example/problems/quota-exceeded",
+                    "title": "monthly quota exceeded"
+                })
+                .to_string(),
+            )
+                .into_response()
         }
         Some(Fault::Redirect(url)) => {
             vendor.count(|s| s.redirected += 1);

@@ -43,6 +43,8 @@ pub struct RunRow {
     pub total: i64,
     pub calls: CallCounts,
     pub credits_spent: i64,
+    /// Credits reserved for calls out, as of the run's last checkpoint.
+    pub reserved: i64,
     pub created_at: String,
     pub updated_at: String,
     pub finished_at: Option<String>,
@@ -116,6 +118,17 @@ pub struct PeriodRow {
     pub period: String,
     pub allowance: i64,
     pub spent: i64,
+    /// The vendor's last count of credits left, and when it was seen.
+    pub vendor_remaining: Option<i64>,
+    pub vendor_seen_at: Option<String>,
+}
+
+/// What past runs of the table cost: for the estimate's retry overhead.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct History {
+    pub credits_spent: i64,
+    pub calls: i64,
+    pub resolved: i64,
 }
 
 pub struct Store {
@@ -316,13 +329,7 @@ impl Store {
             .context("creating the run")?
             .try_get(0)?;
         let plan_sql = self.sql.plan(selection);
-        let mut q = sqlx::query(AssertSqlSafe(plan_sql)).bind(id);
-        for b in binds {
-            q = match b {
-                Bind::Int(i) => q.bind(i),
-                Bind::Text(s) => q.bind(s),
-            };
-        }
+        let q = bind_all(sqlx::query(AssertSqlSafe(plan_sql)).bind(id), binds);
         let total = q
             .execute(&mut *tx)
             .await
@@ -335,6 +342,74 @@ impl Store {
             .await?;
         tx.commit().await.context("committing the plan")?;
         Ok(self.run(id).await?.expect("the run was just inserted"))
+    }
+
+    /// How many records `selection` takes (before `--limit`), and how many its
+    /// `--stale-before` leaves out as already fresh. Reads only.
+    pub async fn count_selection(&self, selection: &Selection) -> Result<(i64, i64)> {
+        let binds = || self.selection_binds(selection);
+        let sql = self.sql.count(selection, false);
+        let selected: i64 = bind_all(sqlx::query(AssertSqlSafe(sql)), binds()?)
+            .fetch_one(&self.pool)
+            .await
+            .context("counting the selected records")?
+            .try_get(0)?;
+        let fresh: i64 = if selection.stale_before.is_some() {
+            let sql = self.sql.count(selection, true);
+            bind_all(sqlx::query(AssertSqlSafe(sql)), binds()?)
+                .fetch_one(&self.pool)
+                .await
+                .context("counting the fresh records")?
+                .try_get(0)?
+        } else {
+            0
+        };
+        Ok((selected, fresh))
+    }
+
+    /// The key and `refreshed_at` of the record at 0-based position `n` of the
+    /// plan's order (stalest first) for `selection`, if there is one.
+    pub async fn nth_stalest(
+        &self,
+        selection: &Selection,
+        n: i64,
+    ) -> Result<Option<(String, Option<String>)>> {
+        let binds = self.selection_binds(selection)?;
+        let sql = self.sql.nth_stalest(selection, binds.len());
+        let row = bind_all(sqlx::query(AssertSqlSafe(sql)), binds)
+            .bind(n)
+            .fetch_optional(&self.pool)
+            .await
+            .context("finding where the budget cuts")?;
+        row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).transpose()
+    }
+
+    /// The key and `refreshed_at` of the `n`th (0-based) pending item of `run`.
+    pub async fn nth_pending(&self, run: i64, n: i64) -> Result<Option<(String, Option<String>)>> {
+        let key: Option<String> = sqlx::query(
+            "SELECT key FROM freshen_items WHERE run_id = $1 AND state = 'pending' \
+             ORDER BY seq LIMIT 1 OFFSET $2",
+        )
+        .bind(run)
+        .bind(n)
+        .fetch_optional(&self.pool)
+        .await
+        .context("finding where the budget cuts")?
+        .map(|r| r.try_get(0))
+        .transpose()?;
+        let Some(key) = key else { return Ok(None) };
+        let q = sqlx::query(AssertSqlSafe(self.sql.refreshed_at_of()));
+        let q = match self.key_kind {
+            ColumnKind::Integer => q.bind(key.parse::<i64>().unwrap_or_default()),
+            _ => q.bind(key.clone()),
+        };
+        let at: Option<String> = q
+            .fetch_optional(&self.pool)
+            .await
+            .context("reading the record at the budget's cut")?
+            .and_then(|r| r.try_get(0).ok())
+            .flatten();
+        Ok(Some((key, at)))
     }
 
     /// The values bound into the plan's WHERE clause, in the order `Statements::plan`
@@ -401,6 +476,7 @@ impl Store {
         period: &str,
         batch: &[Finished],
         calls: CallCounts,
+        reserved: i64,
     ) -> Result<()> {
         let now = now_stamp();
         let mut tx = self.pool.begin().await.context("starting a checkpoint")?;
@@ -449,6 +525,7 @@ impl Store {
             .bind(calls.transient)
             .bind(calls.permanent)
             .bind(charged)
+            .bind(reserved)
             .bind(now)
             .bind(run)
             .execute(&mut *tx)
@@ -539,6 +616,33 @@ impl Store {
             period: r.try_get(0)?,
             allowance: r.try_get(1)?,
             spent: r.try_get(2)?,
+            vendor_remaining: r.try_get(3)?,
+            vendor_seen_at: r.try_get(4)?,
+        })
+    }
+
+    /// Records the vendor's count of credits left for `period`.
+    pub async fn set_vendor_count(&self, period: &str, left: i64, seen_at: String) -> Result<()> {
+        query(&self.sql.set_vendor_count)
+            .bind(left)
+            .bind(seen_at)
+            .bind(period.to_owned())
+            .execute(&self.pool)
+            .await
+            .context("recording the vendor's count of credits")?;
+        Ok(())
+    }
+
+    /// Credits, calls and resolved records of every run of the table so far.
+    pub async fn history(&self) -> Result<History> {
+        let r = query(&self.sql.history)
+            .fetch_one(&self.pool)
+            .await
+            .context("reading past runs")?;
+        Ok(History {
+            credits_spent: r.try_get(0)?,
+            calls: r.try_get(1)?,
+            resolved: r.try_get(2)?,
         })
     }
 
@@ -619,6 +723,16 @@ enum Bind {
 
 type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
 
+fn bind_all(mut q: AnyQuery<'_>, binds: Vec<Bind>) -> AnyQuery<'_> {
+    for b in binds {
+        q = match b {
+            Bind::Int(i) => q.bind(i),
+            Bind::Text(s) => q.bind(s),
+        };
+    }
+    q
+}
+
 fn query(sql: &Arc<str>) -> AnyQuery<'static> {
     sqlx::query(AssertSqlSafe(sql.clone()))
 }
@@ -649,6 +763,7 @@ fn run_row(r: &AnyRow) -> Result<RunRow> {
             permanent: r.try_get("calls_permanent")?,
         },
         credits_spent: r.try_get("credits_spent")?,
+        reserved: r.try_get("reserved")?,
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
         finished_at: r.try_get("finished_at")?,
@@ -689,24 +804,36 @@ async fn table_columns(
 
 /// freshen's migrations, embedded in the binary, for the engine behind the URL.
 fn migrator(backend: Backend) -> Migrator {
-    let files = match backend {
-        Backend::Sqlite => [
+    // (version, name, sqlite, postgres): versions are never reused or renumbered.
+    let all = [
+        (
+            1,
+            "freshen",
             include_str!("../../migrations/sqlite/0001_freshen.sql"),
-            include_str!("../../migrations/sqlite/0002_locks.sql"),
-        ],
-        Backend::Postgres => [
             include_str!("../../migrations/postgres/0001_freshen.sql"),
+        ),
+        (
+            2,
+            "locks",
+            include_str!("../../migrations/sqlite/0002_locks.sql"),
             include_str!("../../migrations/postgres/0002_locks.sql"),
-        ],
-    };
-    let names = ["freshen", "locks"];
-    let migrations = files
+        ),
+        (
+            4,
+            "reserved",
+            include_str!("../../migrations/sqlite/0004_reserved.sql"),
+            include_str!("../../migrations/postgres/0004_reserved.sql"),
+        ),
+    ];
+    let migrations = all
         .into_iter()
-        .zip(names)
-        .enumerate()
-        .map(|(i, (sql, name))| {
+        .map(|(version, name, sqlite, postgres)| {
+            let sql = match backend {
+                Backend::Sqlite => sqlite,
+                Backend::Postgres => postgres,
+            };
             Migration::new(
-                i as i64 + 1,
+                version,
                 Cow::Borrowed(name),
                 MigrationType::Simple,
                 sql.into_sql_str(),

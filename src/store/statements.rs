@@ -23,6 +23,9 @@ pub(super) struct Statements {
     pub failures: Arc<str>,
     pub ensure_period: Arc<str>,
     pub period: Arc<str>,
+    pub set_vendor_count: Arc<str>,
+    /// Credits spent, calls made and records resolved by all runs of the table.
+    pub history: Arc<str>,
     pub take_lock: Arc<str>,
     pub lock_holder: Arc<str>,
     pub heartbeat: Arc<str>,
@@ -35,7 +38,7 @@ pub(super) struct Statements {
 }
 
 const RUN_COLUMNS: &str = "id, selection, status, total, calls_ok, calls_throttled, calls_transient, \
-                           calls_permanent, credits_spent, created_at, updated_at, finished_at";
+                           calls_permanent, credits_spent, reserved, created_at, updated_at, finished_at";
 
 impl Statements {
     pub fn new(config: &Config, key_kind: ColumnKind) -> Statements {
@@ -112,10 +115,11 @@ impl Statements {
             update_record: a(update_record),
             add_run_counts: a("UPDATE freshen_runs SET calls_ok = calls_ok + $1, calls_throttled = calls_throttled + $2, \
                  calls_transient = calls_transient + $3, calls_permanent = calls_permanent + $4, \
-                 credits_spent = credits_spent + $5, updated_at = $6 WHERE id = $7"
+                 credits_spent = credits_spent + $5, reserved = $6, updated_at = $7 WHERE id = $8"
                 .into()),
             charge_period: a("UPDATE freshen_credit_periods SET spent = spent + $1 WHERE period = $2".into()),
-            set_status: a("UPDATE freshen_runs SET status = $1, updated_at = $2, finished_at = $3 WHERE id = $4".into()),
+            set_status: a("UPDATE freshen_runs SET status = $1, updated_at = $2, finished_at = $3, reserved = 0 \
+                 WHERE id = $4".into()),
             item_counts: a("SELECT state, COUNT(*) FROM freshen_items WHERE run_id = $1 GROUP BY state".into()),
             failures: a("SELECT key, reason FROM freshen_items WHERE run_id = $1 AND state = 'failed' \
                  ORDER BY seq LIMIT $2"
@@ -123,7 +127,17 @@ impl Statements {
             ensure_period: a("INSERT INTO freshen_credit_periods (period, allowance, spent) VALUES ($1, $2, 0) \
                  ON CONFLICT (period) DO NOTHING"
                 .into()),
-            period: a("SELECT period, allowance, spent FROM freshen_credit_periods WHERE period = $1".into()),
+            period: a("SELECT period, allowance, spent, vendor_remaining, vendor_seen_at \
+                 FROM freshen_credit_periods WHERE period = $1".into()),
+            set_vendor_count: a("UPDATE freshen_credit_periods SET vendor_remaining = $1, vendor_seen_at = $2 \
+                 WHERE period = $3".into()),
+            history: a(format!(
+                "SELECT COALESCE(SUM(r.credits_spent), 0), \
+                 COALESCE(SUM(r.calls_ok + r.calls_throttled + r.calls_transient + r.calls_permanent), 0), \
+                 (SELECT COUNT(*) FROM freshen_items i JOIN freshen_runs r2 ON r2.id = i.run_id \
+                  WHERE r2.source_table = {table_lit} AND i.state <> 'pending') \
+                 FROM freshen_runs r WHERE r.source_table = {table_lit}"
+            )),
             // One statement takes a free lock or a stale one, and nothing else.
             take_lock: a(format!(
                 "INSERT INTO freshen_locks (name, holder, acquired_at, heartbeat_at) VALUES ({table_lit}, $1, $2, $3) \
@@ -144,12 +158,12 @@ impl Statements {
         }
     }
 
-    /// The set-based plan for `selection`: `$1` is the run id, then the selection's
-    /// values in the order `Store::selection_binds` gives them. Stalest first: never
-    /// refreshed, then oldest `refreshed_at`, then key.
-    pub fn plan(&self, selection: &Selection) -> String {
-        let (table, key, ra) = (&self.table, &self.key, &self.refreshed_at);
-        let mut n = 1;
+    /// The WHERE clause of `selection`, its placeholders numbered from `first` in
+    /// the order `Store::selection_binds` gives the values. With `fresh`, the
+    /// records the ids and filter select but `--stale-before` leaves out.
+    fn selection_where(&self, selection: &Selection, first: usize, fresh: bool) -> String {
+        let (key, ra) = (&self.key, &self.refreshed_at);
+        let mut n = first - 1;
         let mut next = || {
             n += 1;
             format!("${n}")
@@ -167,17 +181,31 @@ impl Statements {
             conds.push(format!("({})", ids.join(" OR ")));
         }
         if selection.stale_before.is_some() {
-            conds.push(format!("({ra} IS NULL OR {ra} < {})", next()));
+            let stale = format!("({ra} IS NULL OR {ra} < {})", next());
+            conds.push(if fresh { format!("NOT {stale}") } else { stale });
         }
         if let Some(filter) = &self.filter {
             conds.push(format!("({filter})"));
         }
-        let where_ = if conds.is_empty() {
+        if conds.is_empty() {
             String::new()
         } else {
             format!(" WHERE {}", conds.join(" AND "))
-        };
-        let order = format!("CASE WHEN {ra} IS NULL THEN 0 ELSE 1 END, {ra}, {key}");
+        }
+    }
+
+    /// Stalest first: never refreshed, then oldest `refreshed_at`, then key.
+    fn stalest_first(&self) -> String {
+        let (key, ra) = (&self.key, &self.refreshed_at);
+        format!("CASE WHEN {ra} IS NULL THEN 0 ELSE 1 END, {ra}, {key}")
+    }
+
+    /// The set-based plan for `selection`: `$1` is the run id, then the selection's
+    /// values. Stalest first.
+    pub fn plan(&self, selection: &Selection) -> String {
+        let (table, key) = (&self.table, &self.key);
+        let where_ = self.selection_where(selection, 2, false);
+        let order = self.stalest_first();
         let limit = selection
             .limit
             .map(|l| format!(" ORDER BY 2 LIMIT {l}"))
@@ -186,6 +214,33 @@ impl Statements {
             "INSERT INTO freshen_items (run_id, seq, key, state, attempts) \
              SELECT $1, ROW_NUMBER() OVER (ORDER BY {order}), CAST({key} AS TEXT), 'pending', 0 \
              FROM {table}{where_}{limit}"
+        )
+    }
+
+    /// How many records `selection` takes (before its `--limit`), or with `fresh`,
+    /// how many its `--stale-before` leaves out as fresh. The selection's values.
+    pub fn count(&self, selection: &Selection, fresh: bool) -> String {
+        let where_ = self.selection_where(selection, 1, fresh);
+        format!("SELECT COUNT(*) FROM {}{where_}", self.table)
+    }
+
+    /// The key and `refreshed_at` of the record at a position of the plan's order:
+    /// the selection's values, then the offset.
+    pub fn nth_stalest(&self, selection: &Selection, binds: usize) -> String {
+        let (table, key, ra) = (&self.table, &self.key, &self.refreshed_at);
+        let where_ = self.selection_where(selection, 1, false);
+        format!(
+            "SELECT CAST({key} AS TEXT), {ra} FROM {table}{where_} ORDER BY {} LIMIT 1 OFFSET ${}",
+            self.stalest_first(),
+            binds + 1
+        )
+    }
+
+    /// `refreshed_at` of one record, by key.
+    pub fn refreshed_at_of(&self) -> String {
+        format!(
+            "SELECT {} FROM {} WHERE {} = $1",
+            self.refreshed_at, self.table, self.key
         )
     }
 }

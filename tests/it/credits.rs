@@ -21,14 +21,9 @@ async fn the_budget_stops_the_run_at_exactly_allowance_less_reserve() {
     env.vendor(SandboxOptions::default()).await;
     env.write_config(&Conf {
         allowance: 1000,
+        reserve: 100,
         ..Conf::default()
     });
-    let text_config = std::fs::read_to_string(env.config_path()).unwrap();
-    std::fs::write(
-        env.config_path(),
-        text_config.replace("allowance = 1000", "allowance = 1000\nreserve = 100"),
-    )
-    .unwrap();
     let summary = env.dir.path().join("summary.json");
 
     let out = env
@@ -136,4 +131,134 @@ async fn max_credits_caps_the_run_over_its_resumes() {
     // Without a cap it finishes.
     assert_exit(&env.freshen(&["run"]).await, 0);
     assert_eq!(env.item_states().await, (1000, 0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_vendors_remaining_count_is_trusted_when_it_is_lower() {
+    let mut env = TestEnv::new(500).await;
+    // The vendor has 80 credits left on the account; freshen's own ledger
+    // thinks 1,000 (another tool spent from the same account).
+    env.vendor(SandboxOptions {
+        credits: Some(80),
+        ..SandboxOptions::default()
+    })
+    .await;
+    env.write_config(&Conf {
+        allowance: 1000,
+        reserve: 10,
+        ..Conf::default()
+    });
+    env.edit_config(|c| {
+        c.replace(
+            "reserve = 10",
+            "reserve = 10\nremaining_header = \"X-Credits-Remaining\"",
+        )
+    });
+    let out = env.freshen(&["run"]).await;
+    assert_exit(&out, 3);
+    let stats = env.sandbox().stats();
+    assert_eq!(
+        stats.payment_required, 0,
+        "stopped before the vendor refused"
+    );
+    let spent = period_spent(&env).await;
+    // 80 left less the 10 in reserve: at most 70, less at most the calls in flight
+    // when the count arrived.
+    assert!((70 - 16..=70).contains(&spent), "spent {spent}");
+    assert_eq!(spent as u64, stats.ok);
+    let db = env.db().await;
+    let vendor: Option<i64> =
+        sqlx::query_scalar("SELECT vendor_remaining FROM freshen_credit_periods")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    db.close().await;
+    assert_eq!(
+        vendor,
+        Some(80 - spent),
+        "the vendor's last count is recorded"
+    );
+    let status = env.freshen(&["status"]).await;
+    assert!(
+        text(&status.stdout).contains(&format!("the vendor counted {} left", 80 - spent)),
+        "{}",
+        text(&status.stdout)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quota_exceeded_problem_stops_the_run_as_out_of_credits() {
+    let mut env = TestEnv::new(200).await;
+    env.vendor(SandboxOptions {
+        faults: vec![("50".into(), Fault::QuotaExceeded)],
+        ..SandboxOptions::default()
+    })
+    .await;
+    env.write_config(&Conf {
+        max_concurrency: 1,
+        ..Conf::default()
+    });
+    let out = env.freshen(&["run"]).await;
+    assert_exit(&out, 3);
+    let (done, failed, pending) = env.item_states().await;
+    assert_eq!(failed, 0, "nothing marked failed");
+    assert_eq!(done + pending, 200);
+    assert!(pending >= 1, "the quota-exceeded record stays pending");
+    let db = env.db().await;
+    let status: String = sqlx::query_scalar("SELECT status FROM freshen_runs")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    db.close().await;
+    assert_eq!(status, "out_of_credits");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mid_run_the_ledger_matches_the_billed_answers_recorded() {
+    let mut env = TestEnv::new(3000).await;
+    env.vendor(SandboxOptions {
+        latency: std::time::Duration::from_millis(5),
+        ..SandboxOptions::default()
+    })
+    .await;
+    env.write_config(&Conf {
+        rate: 400,
+        allowance: 2000,
+        reserve: 100,
+        lock_stale_after: "1s",
+        ..Conf::default()
+    });
+    for _ in 0..3 {
+        let mut child = env.spawn(&["run"]);
+        env.wait_for_calls(env.sandbox().stats().requests + 300)
+            .await;
+        child.kill().await.unwrap();
+        child.wait().await.unwrap();
+        let db = env.db().await;
+        // Every billed answer recorded (the default billed statuses: 2xx and 404;
+        // the sandbox answers 200) is charged, and nothing else.
+        let (spent, done): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT spent FROM freshen_credit_periods), \
+             (SELECT COUNT(*) FROM freshen_items WHERE state = 'done')",
+        )
+        .fetch_one(&db)
+        .await
+        .unwrap();
+        let charged: i64 = sqlx::query_scalar("SELECT SUM(credits_spent) FROM freshen_runs")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        db.close().await;
+        assert_eq!(
+            spent, done,
+            "the period's spent count is the records written"
+        );
+        assert_eq!(charged, done, "the run's own count agrees");
+        assert!(spent <= 1900, "never past allowance less reserve: {spent}");
+        tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
+    }
+    // The last run stops exactly at the budget, still in step.
+    assert_exit(&env.freshen(&["run"]).await, 3);
+    assert_eq!(period_spent(&env).await, 1900);
+    assert_eq!(env.item_states().await.0, 1900);
 }

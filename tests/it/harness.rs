@@ -21,6 +21,7 @@ pub struct Conf {
     pub base_delay: &'static str,
     pub batch_size: usize,
     pub allowance: u64,
+    pub reserve: u64,
     pub headers: &'static str,
     pub max_outage: &'static str,
     pub max_delay: &'static str,
@@ -36,6 +37,7 @@ impl Default for Conf {
             base_delay: "20ms",
             batch_size: 50,
             allowance: 1_000_000,
+            reserve: 0,
             headers: "",
             max_outage: "1m",
             max_delay: "1s",
@@ -186,6 +188,7 @@ interval = "100ms"
 
 [credits]
 allowance = {allowance}
+reserve = {reserve}
 
 [lock]
 stale_after = "{stale}"
@@ -198,6 +201,7 @@ stale_after = "{stale}"
             base_delay = c.base_delay,
             batch = c.batch_size,
             allowance = c.allowance,
+            reserve = c.reserve,
             max_delay = c.max_delay,
             max_outage = c.max_outage,
             stale = c.lock_stale_after,

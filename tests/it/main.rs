@@ -5,6 +5,7 @@ mod answers;
 mod config_errors;
 mod credits;
 mod database_faults;
+mod estimate;
 mod flow;
 mod harness;
 mod hostile;

@@ -1,0 +1,250 @@
+//! `freshen estimate`: what a run with these flags would do, from the database
+//! alone. It makes no call to the vendor.
+//!
+//! The figures are the ones `run` then acts on: the same selection (or the
+//! unfinished run it would resume), the same stalest-first order, the same budget
+//! (the period's allowance less `credits.reserve`, what is spent and what a live
+//! run has reserved, the vendor's own count when it is lower, and `--max-credits`).
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::Exit;
+use crate::cli::EstimateArgs;
+use crate::cmd::{PeriodView, selection};
+use crate::config::Config;
+use crate::store::Store;
+
+#[derive(Debug, Serialize)]
+pub struct Estimate {
+    pub table: String,
+    /// The unfinished run with this selection that `run` would resume.
+    pub resumes_run: Option<i64>,
+    /// Records the run would call for.
+    pub selected: i64,
+    /// Records the ids and filter select that `--stale-before` leaves out.
+    pub skipped_fresh: i64,
+    pub credits: Credits,
+    /// `covered`, or `partial` when the budget reaches only `covered` records.
+    pub verdict: &'static str,
+    pub covered: i64,
+    /// The last record the budget reaches, stalest first, when it does not reach all.
+    pub cut: Option<Cut>,
+    /// Seconds the covered records take at `limits.rate`, with the calls per
+    /// record seen in past runs.
+    pub seconds: f64,
+    pub rate: u32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Credits {
+    pub cost: i64,
+    /// Billed calls per resolved record in past runs, less one.
+    pub retry_overhead: f64,
+    pub needed: i64,
+    /// What this run may spend: the period's available credits, or less with
+    /// `--max-credits`.
+    pub budget: i64,
+    pub period: PeriodView,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Cut {
+    pub key: String,
+    pub refreshed_at: Option<String>,
+}
+
+pub async fn estimate(config: Config, args: EstimateArgs) -> Result<Exit> {
+    let store = Store::connect(&config).await?;
+    let result = compute(&config, &store, args.clone()).await;
+    store.close().await;
+    let estimate = result?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&estimate)?);
+    } else {
+        print!("{}", estimate.render());
+    }
+    Ok(Exit::Complete)
+}
+
+pub async fn compute(config: &Config, store: &Store, args: EstimateArgs) -> Result<Estimate> {
+    let selection = selection(args.selection, config);
+    let resume = store
+        .latest_run_with(&selection)
+        .await?
+        .filter(|r| !matches!(r.status.as_str(), "complete" | "superseded"));
+    let (selected, skipped_fresh) = match &resume {
+        Some(run) => (store.item_counts(run.id).await?.pending, 0),
+        None => {
+            let (count, fresh) = store.count_selection(&selection).await?;
+            let limit = selection
+                .limit
+                .map_or(count, |l| count.min(i64::try_from(l).unwrap_or(i64::MAX)));
+            (limit, fresh)
+        }
+    };
+
+    let history = store.history().await?;
+    let cost = i64::try_from(config.credits.cost).unwrap_or(i64::MAX);
+    // Credits per record as a fraction (spent / resolved), never below the cost:
+    // integer arithmetic, so 110 credits over 100 records is exactly 1.1.
+    let (per_num, per_den) =
+        if history.resolved > 0 && history.credits_spent > history.resolved * cost {
+            (history.credits_spent as i128, history.resolved as i128)
+        } else {
+            (cost as i128, 1)
+        };
+    let retry_overhead = (per_num as f64 / (per_den as f64 * cost.max(1) as f64)) - 1.0;
+    let calls_per_record = if history.resolved > 0 {
+        (history.calls as f64 / history.resolved as f64).max(1.0)
+    } else {
+        1.0
+    };
+    let needed =
+        i64::try_from((selected as i128 * per_num + per_den - 1) / per_den).unwrap_or(i64::MAX);
+
+    let period = PeriodView::read(store, config).await?;
+    let budget = match args.max_credits {
+        Some(max) => {
+            let max = i64::try_from(max).unwrap_or(i64::MAX);
+            let spent_by_run = resume.as_ref().map_or(0, |r| r.credits_spent);
+            period.available.min(max - spent_by_run).max(0)
+        }
+        None => period.available,
+    };
+    let covered = if needed <= budget {
+        selected
+    } else {
+        i64::try_from(budget as i128 * per_den / per_num.max(1))
+            .unwrap_or(i64::MAX)
+            .min(selected)
+    };
+    let cut = if covered < selected && covered > 0 {
+        let found = match &resume {
+            Some(run) => store.nth_pending(run.id, covered - 1).await?,
+            None => store.nth_stalest(&selection, covered - 1).await?,
+        };
+        found.map(|(key, refreshed_at)| Cut { key, refreshed_at })
+    } else {
+        None
+    };
+    let rate = config.limits.rate.get();
+    Ok(Estimate {
+        table: config.source.table.to_string(),
+        resumes_run: resume.map(|r| r.id),
+        selected,
+        skipped_fresh,
+        credits: Credits {
+            cost,
+            retry_overhead,
+            needed,
+            budget,
+            period,
+        },
+        verdict: if covered == selected {
+            "covered"
+        } else {
+            "partial"
+        },
+        covered,
+        cut,
+        seconds: covered as f64 * calls_per_record / f64::from(rate),
+        rate,
+    })
+}
+
+impl Estimate {
+    /// The human report: one fact per line, label first.
+    pub fn render(&self) -> String {
+        let c = &self.credits;
+        let p = &c.period;
+        let mut out = String::new();
+        let mut line = |label: &str, text: String| {
+            out.push_str(&format!("{label:<13}{text}\n"));
+        };
+        line(
+            "estimate",
+            format!(
+                "table `{}`, from the database only: no call to the vendor",
+                self.table
+            ),
+        );
+        let records = match self.resumes_run {
+            Some(run) => format!(
+                "{} pending in unfinished run {run}, which `run` resumes",
+                self.selected
+            ),
+            None if self.skipped_fresh > 0 => format!(
+                "{} selected, {} skipped as already fresh",
+                self.selected, self.skipped_fresh
+            ),
+            None => format!("{} selected", self.selected),
+        };
+        line("records", records);
+        line(
+            "credits",
+            format!(
+                "{} needed: {} per record, +{:.1}% retry overhead seen in past runs",
+                c.needed,
+                c.cost,
+                c.retry_overhead * 100.0
+            ),
+        );
+        let vendor = p
+            .vendor_remaining
+            .map(|v| format!(", vendor counts {v} left"))
+            .unwrap_or_default();
+        line(
+            "period",
+            format!(
+                "from {}: {} allowance, {} spent, {} reserved, {} kept in reserve{vendor}: {} available",
+                p.period, p.allowance, p.spent, p.reserved, p.reserve, p.available
+            ),
+        );
+        if c.budget < p.available {
+            line("budget", format!("{} (--max-credits)", c.budget));
+        }
+        let verdict = if self.verdict == "covered" {
+            format!("covered: the budget reaches all {} records", self.selected)
+        } else {
+            format!("covers {} of {} records", self.covered, self.selected)
+        };
+        line("verdict", verdict);
+        match &self.cut {
+            Some(cut) => line(
+                "budget cut",
+                format!(
+                    "after key {} ({}), stalest first; the rest stays pending",
+                    cut.key,
+                    match &cut.refreshed_at {
+                        Some(at) => format!("refreshed_at {at}"),
+                        None => "never refreshed".to_owned(),
+                    }
+                ),
+            ),
+            None if self.covered == 0 && self.selected > 0 => line(
+                "budget cut",
+                "before the first record: nothing can be spent".to_owned(),
+            ),
+            None => {}
+        }
+        line(
+            "time",
+            format!(
+                "about {} at limits.rate {}/s",
+                human_seconds(self.seconds),
+                self.rate
+            ),
+        );
+        out
+    }
+}
+
+fn human_seconds(s: f64) -> String {
+    let s = s.ceil() as u64;
+    match s {
+        0..=119 => format!("{s} s"),
+        120..=7199 => format!("{} min", s.div_ceil(60)),
+        _ => format!("{:.1} h", s as f64 / 3600.0),
+    }
+}
