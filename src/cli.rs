@@ -87,6 +87,18 @@ pub struct RunArgs {
     /// Spend at most N credits on this run, over all its resumes (exit 3 when reached)
     #[arg(long, value_name = "N")]
     pub max_credits: Option<u64>,
+
+    /// The end-of-month run: refresh the stalest selected records that this
+    /// period's remaining credits (less credits.reserve) pay for. Resumes its own
+    /// unfinished run; once that is complete, the next one plans afresh
+    #[arg(long)]
+    pub spend_remaining: bool,
+
+    /// Spread the calls so the run ends at this time instead of as soon as it can:
+    /// RFC 3339 (`2026-11-30T22:00:00Z`), or a local `2026-11-30 22:00` or
+    /// `2026-11-30` in credits.timezone
+    #[arg(long, value_name = "DATETIME")]
+    pub pace_until: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Args)]

@@ -31,6 +31,28 @@ impl Periods {
         }
     }
 
+    /// A point in time as an operator writes it: RFC 3339 with an offset, or a
+    /// local date-time or date (midnight) in `credits.timezone`.
+    pub fn parse_time(&self, text: &str) -> Result<Timestamp, String> {
+        let text = text.trim();
+        if let Ok(ts) = text.parse::<Timestamp>() {
+            return Ok(ts);
+        }
+        let local = text
+            .parse::<jiff::civil::DateTime>()
+            .or_else(|_| text.parse::<Date>().map(|d| d.at(0, 0, 0, 0)))
+            .map_err(|_| {
+                format!(
+                    "`{text}` is not a time: use RFC 3339 (2026-11-30T22:00:00Z), or a local \
+                     2026-11-30 22:00 or 2026-11-30 in credits.timezone"
+                )
+            })?;
+        local
+            .to_zoned(self.tz.clone())
+            .map(|z| z.timestamp())
+            .map_err(|e| format!("`{text}`: {e}"))
+    }
+
     /// The name of the period `now` falls in.
     pub fn label_at(&self, now: Timestamp) -> String {
         self.start_at(now).strftime("%Y-%m-%d").to_string()
@@ -245,6 +267,16 @@ mod tests {
     fn label(reset_day: i8, tz: &str, at: &str) -> String {
         let periods = Periods::new(reset_day, TimeZone::get(tz).unwrap());
         periods.label_at(at.parse().unwrap())
+    }
+
+    #[test]
+    fn deadlines_parse_as_utc_or_local_time() {
+        let p = Periods::new(1, TimeZone::get("Europe/Paris").unwrap());
+        let at = |s| p.parse_time(s).map(|t| t.to_string());
+        assert_eq!(at("2026-11-30T22:00:00Z").unwrap(), "2026-11-30T22:00:00Z");
+        assert_eq!(at("2026-11-30 23:00").unwrap(), "2026-11-30T22:00:00Z");
+        assert_eq!(at("2026-12-01").unwrap(), "2026-11-30T23:00:00Z");
+        assert!(at("end of month").unwrap_err().contains("RFC 3339"));
     }
 
     #[test]

@@ -98,6 +98,10 @@ pub struct Selection {
     pub limit: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub filter: Option<String>,
+    /// `run --spend-remaining`: the stalest records the period's credits pay for.
+    /// How many is decided when the run is planned.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub spend_remaining: bool,
 }
 
 impl Selection {

@@ -21,6 +21,7 @@ pub fn selection(args: SelectionArgs, config: &Config) -> Selection {
         stale_before: args.stale_before,
         limit: args.limit,
         filter: config.source.filter.clone(),
+        spend_remaining: false,
     }
 }
 

@@ -13,6 +13,7 @@ use crate::cli::RunArgs;
 use crate::config::Config;
 use crate::credits::Budget;
 use crate::engine::{self, Job, Stop, Tally};
+use crate::error::usage;
 use crate::pacer::Pacer;
 use crate::progress::{Calls, CreditsSummary, Display, Failure, Summary};
 use crate::store::{RunRow, Store};
@@ -101,10 +102,37 @@ async fn locked(
     display: &Display,
     started: Instant,
 ) -> Result<Exit> {
-    let selection = crate::cmd::selection(args.selection, &config);
+    let mut selection = crate::cmd::selection(args.selection, &config);
+    selection.spend_remaining = args.spend_remaining;
+    let credits = &config.credits;
+    let deadline = match args.pace_until.as_deref() {
+        Some(text) => {
+            let at = credits
+                .periods
+                .parse_time(text)
+                .map_err(|e| usage(format!("--pace-until: {e}")))?;
+            if at <= jiff::Timestamp::now() {
+                return Err(usage(format!(
+                    "--pace-until {text} is in the past: give a time still to come"
+                )));
+            }
+            Some(at)
+        }
+        None => None,
+    };
+    let period = credits.periods.label_at(jiff::Timestamp::now());
+    let period_row = store.period(&period, credits.allowance).await?;
+    let reserve = i64::try_from(credits.reserve).unwrap_or(i64::MAX);
+    // The lower of freshen's count and the vendor's last one (credits.remaining_header).
+    let available = {
+        let own = period_row.allowance - reserve - period_row.spent;
+        period_row
+            .vendor_remaining
+            .map_or(own, |v| own.min(v - reserve))
+    };
 
     let run = match store.latest_run_with(&selection).await? {
-        Some(run) if !args.new && run.status == "complete" => {
+        Some(run) if !args.new && run.status == "complete" && !selection.spend_remaining => {
             println!(
                 "run {} with this selection is complete ({} records, finished {}); pass --new to start another",
                 run.id,
@@ -113,7 +141,7 @@ async fn locked(
             );
             return Ok(Exit::Complete);
         }
-        Some(run) if !args.new => {
+        Some(run) if !args.new && run.status != "complete" => {
             let pending = store.item_counts(run.id).await?.pending;
             tracing::info!(
                 "resuming run {}: {pending} of {} records pending",
@@ -130,7 +158,31 @@ async fn locked(
                     old.id
                 );
             }
-            let run = store.plan(&selection).await?;
+            let cap = if selection.spend_remaining {
+                let cost = i64::try_from(credits.cost).unwrap_or(i64::MAX);
+                let budget = match args.max_credits {
+                    Some(max) => available.min(i64::try_from(max).unwrap_or(i64::MAX)),
+                    None => available,
+                };
+                let records = (budget / cost).max(0);
+                if records == 0 {
+                    println!(
+                        "nothing to spend: {} credits available in the period from {period} \
+                         (allowance {}, spent {}, reserve {reserve})",
+                        available.max(0),
+                        period_row.allowance,
+                        period_row.spent
+                    );
+                    return Ok(Exit::Budget);
+                }
+                tracing::info!(
+                    "--spend-remaining: {budget} credits pay for the {records} stalest records"
+                );
+                Some(records as u64)
+            } else {
+                None
+            };
+            let run = store.plan(&selection, cap).await?;
             tracing::info!(
                 "planned run {}: {} records, stalest first",
                 run.id,
@@ -140,13 +192,10 @@ async fn locked(
         }
     };
 
-    let period = config.credits.periods.label_at(jiff::Timestamp::now());
-    let credits = &config.credits;
-    let spent = store.period(&period, credits.allowance).await?.spent;
     let mut budget = Budget::new(
-        credits.allowance as i64,
-        credits.reserve as i64,
-        spent,
+        available + reserve + period_row.spent,
+        reserve,
+        period_row.spent,
         credits.cost as i64,
     );
     if let Some(max) = args.max_credits {
@@ -167,6 +216,16 @@ async fn locked(
         pacer.clone(),
         watching.clone(),
     );
+
+    if let Some(deadline) = deadline {
+        tokio::spawn(pace_until(
+            deadline,
+            before.pending,
+            tally.clone(),
+            pacer.clone(),
+            watching.clone(),
+        ));
+    }
 
     let job = Job {
         vendor: Vendor::new(&config, store.mapped_kinds())?,
@@ -247,6 +306,39 @@ async fn locked(
         Stop::Drained => {}
     }
     Ok(exit)
+}
+
+/// `--pace-until`: holds the rate at what the records left need to end at the
+/// deadline, recomputed every second, so a slow patch is made up and the credits
+/// last until then instead of going all at once.
+async fn pace_until(
+    deadline: jiff::Timestamp,
+    pending: i64,
+    tally: Arc<Tally>,
+    pacer: Arc<Pacer>,
+    done: CancellationToken,
+) {
+    tracing::info!("pacing {pending} records to end by {deadline}");
+    // A new rate builds a new (empty) token bucket: change it only when it has
+    // moved by a tenth, so a slow pace is not reset before its next token.
+    let mut set: Option<f64> = None;
+    loop {
+        let resolved = Tally::get(&tally.done) + Tally::get(&tally.failed);
+        let left = (pending as f64 - resolved as f64).max(0.0);
+        let secs = deadline
+            .duration_since(jiff::Timestamp::now())
+            .as_secs_f64();
+        // Past the deadline: as fast as limits.rate allows.
+        let rate = if secs > 1.0 { left / secs } else { f64::MAX };
+        if set.is_none_or(|r| (rate - r).abs() > r * 0.1) {
+            pacer.set_ceiling(rate);
+            set = Some(rate);
+        }
+        tokio::select! {
+            _ = done.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
+    }
 }
 
 async fn failures(store: &Store, run: &RunRow) -> Result<Vec<Failure>> {

@@ -193,7 +193,23 @@ async fn dispatch(
                 _ = shared.stop.cancelled() => return Ok(()),
                 slot = slots.clone().acquire_owned() => slot.expect("never closed"),
             };
-            tracker.spawn(work(shared.clone(), item, slot));
+            // Credits are reserved here, in queue order, so the budget reaches
+            // exactly the stalest records (the cut `estimate` predicts), whatever
+            // order the workers' calls then go out in.
+            let reserved = tokio::select! {
+                biased;
+                _ = shared.stop.cancelled() => return Ok(()),
+                reserved = shared.budget.reserve() => reserved,
+            };
+            if !reserved {
+                shared.halt(Stop::Budget).await;
+                return Ok(());
+            }
+            let hold = Hold {
+                budget: shared.budget.clone(),
+                held: true,
+            };
+            tracker.spawn(work(shared.clone(), item, slot, hold));
         }
     }
 }
@@ -202,7 +218,23 @@ async fn dispatch(
 /// try again without counting an attempt; transient failures wait out a jittered
 /// backoff without holding a concurrency permit, and within the retry budget;
 /// failures while the breaker is open are not attempts; a stop leaves the item pending.
-async fn work(shared: Arc<Shared>, mut item: Item, _slot: OwnedSemaphorePermit) {
+/// A worker's credit reservation: held across unbilled attempts (a 429 costs
+/// nothing, so the retry needs no new one), spent by a billed answer, and given
+/// back if the item ends without one.
+struct Hold {
+    budget: Arc<Budget>,
+    held: bool,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        if self.held {
+            self.budget.release();
+        }
+    }
+}
+
+async fn work(shared: Arc<Shared>, mut item: Item, _slot: OwnedSemaphorePermit, mut hold: Hold) {
     let tally = &shared.tally;
     let pacer = &shared.pacer;
     let mut backoff: Option<Backoff> = None;
@@ -223,14 +255,18 @@ async fn work(shared: Arc<Shared>, mut item: Item, _slot: OwnedSemaphorePermit) 
         if shared.stop.is_cancelled() {
             return;
         }
-        let reserved = tokio::select! {
-            biased;
-            _ = shared.stop.cancelled() => return,
-            reserved = shared.budget.reserve() => reserved,
-        };
-        if !reserved {
-            shared.halt(Stop::Budget).await;
-            return;
+        if !hold.held {
+            // The last attempt was billed: this one needs credits of its own.
+            let reserved = tokio::select! {
+                biased;
+                _ = shared.stop.cancelled() => return,
+                reserved = shared.budget.reserve() => reserved,
+            };
+            if !reserved {
+                shared.halt(Stop::Budget).await;
+                return;
+            }
+            hold.held = true;
         }
         pacer.sending(&mut ticket);
         let started = tokio::time::Instant::now();
@@ -238,8 +274,7 @@ async fn work(shared: Arc<Shared>, mut item: Item, _slot: OwnedSemaphorePermit) 
         if shared.vendor.is_billed(call.status) {
             charged += shared.budget.cost();
             shared.budget.charge();
-        } else {
-            shared.budget.release();
+            hold.held = false;
         }
         if let Some(left) = call.credits_left {
             shared.budget.vendor_says(left);

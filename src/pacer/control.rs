@@ -56,7 +56,10 @@ pub struct Setting {
 
 pub struct Control {
     max_concurrency: f64,
+    /// The rate never exceeded: `limits.rate`, or lower while a run is paced to a
+    /// deadline (`--pace-until`).
     ceiling: f64,
+    configured: f64,
     /// The lowest rate the controller will set: a trickle, never a stop.
     floor: f64,
     concurrency: f64,
@@ -105,6 +108,7 @@ impl Control {
         Control {
             max_concurrency: max,
             ceiling,
+            configured: ceiling,
             floor: (ceiling / 100.0).max(0.1),
             concurrency: max.min(4.0),
             rate: ceiling,
@@ -209,6 +213,19 @@ impl Control {
         self.setting()
     }
 
+    /// Lowers the ceiling below `limits.rate` (or lifts it back, up to it): a run
+    /// spread over time to a deadline. The rate follows at once when it must fall,
+    /// and climbs back by the usual steps when it may rise.
+    pub fn set_ceiling(&mut self, ceiling: f64) -> Setting {
+        self.ceiling = ceiling.clamp(1e-4, self.configured);
+        self.floor = self.floor.min(self.ceiling);
+        self.rate = self.rate.min(self.ceiling);
+        if let Some(stated) = self.stated {
+            self.stated = Some(stated.min(self.configured));
+        }
+        self.setting()
+    }
+
     /// The vendor states its rate (RateLimit-Policy): follow it, under the ceiling.
     pub fn on_stated_rate(&mut self, rate: f64) -> Setting {
         let rate = rate.clamp(self.floor, self.ceiling);
@@ -259,7 +276,7 @@ impl Control {
             .last_rate_step
             .is_none_or(|t| now.duration_since(t) >= self.rtt());
         let holding = self.rate_hold_until.is_some_and(|t| now < t);
-        let top = self.stated.unwrap_or(self.ceiling);
+        let top = self.stated.unwrap_or(self.ceiling).min(self.ceiling);
         if step_due && !holding && self.rate < top {
             let factor = if self.slow_start {
                 2.0
@@ -428,6 +445,34 @@ mod tests {
             rate = c.on_signal(Signal::Success(RTT), now + RTT * i).rate;
         }
         assert!(rate > cut && rate <= 1000.0, "{rate}");
+    }
+
+    #[test]
+    fn a_paced_ceiling_holds_the_rate_down_and_lets_it_back_up() {
+        let mut c = Control::new(16, 200.0);
+        assert_eq!(c.set_ceiling(5.0).rate, 5.0);
+        let t0 = Instant::now();
+        for i in 0..200 {
+            let now = t0 + Duration::from_millis(i * 20);
+            c.on_send(now);
+            c.on_signal(Signal::Success(Duration::from_millis(20)), now);
+        }
+        assert_eq!(
+            c.setting().rate,
+            5.0,
+            "clean answers do not lift it past the ceiling"
+        );
+        c.set_ceiling(1000.0);
+        for i in 200..400 {
+            let now = t0 + Duration::from_millis(i * 20);
+            c.on_send(now);
+            c.on_signal(Signal::Success(Duration::from_millis(20)), now);
+        }
+        assert_eq!(
+            c.setting().rate,
+            200.0,
+            "back up, but never past limits.rate"
+        );
     }
 
     #[test]

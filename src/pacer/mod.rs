@@ -237,6 +237,12 @@ impl Pacer {
         }
     }
 
+    /// Holds the rate at or under `rate` (at most `limits.rate`): `--pace-until`.
+    pub fn set_ceiling(&self, rate: f64) {
+        let setting = self.control.lock().expect("control lock").set_ceiling(rate);
+        self.apply(setting);
+    }
+
     /// Takes one retry from the budget, or returns false when retries already
     /// make up their share of calls.
     pub fn try_retry(&self) -> bool {

@@ -313,7 +313,8 @@ impl Store {
 
     /// Plans a new run: one row in `freshen_runs` and the selected keys snapshotted
     /// into `freshen_items`, stalest first, by one set-based statement, in one transaction.
-    pub async fn plan(&self, selection: &Selection) -> Result<RunRow> {
+    /// Plans a run of `selection`, at most `cap` records of it when given.
+    pub async fn plan(&self, selection: &Selection, cap: Option<u64>) -> Result<RunRow> {
         let binds = self.selection_binds(selection)?;
         let now = now_stamp();
         let mut tx = self
@@ -328,7 +329,7 @@ impl Store {
             .await
             .context("creating the run")?
             .try_get(0)?;
-        let plan_sql = self.sql.plan(selection);
+        let plan_sql = self.sql.plan(selection, cap);
         let q = bind_all(sqlx::query(AssertSqlSafe(plan_sql)).bind(id), binds);
         let total = q
             .execute(&mut *tx)

@@ -202,12 +202,16 @@ impl Statements {
 
     /// The set-based plan for `selection`: `$1` is the run id, then the selection's
     /// values. Stalest first.
-    pub fn plan(&self, selection: &Selection) -> String {
+    /// `cap`, when given, limits the plan further than the selection's `--limit`.
+    pub fn plan(&self, selection: &Selection, cap: Option<u64>) -> String {
         let (table, key) = (&self.table, &self.key);
         let where_ = self.selection_where(selection, 2, false);
         let order = self.stalest_first();
-        let limit = selection
-            .limit
+        let limit = match (selection.limit, cap) {
+            (Some(l), Some(c)) => Some(l.min(c)),
+            (l, c) => l.or(c),
+        };
+        let limit = limit
             .map(|l| format!(" ORDER BY 2 LIMIT {l}"))
             .unwrap_or_default();
         format!(

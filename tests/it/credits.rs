@@ -262,3 +262,96 @@ async fn killed_mid_run_the_ledger_matches_the_billed_answers_recorded() {
     assert_eq!(period_spent(&env).await, 1900);
     assert_eq!(env.item_states().await.0, 1900);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spend_remaining_refreshes_the_stalest_records_the_credits_pay_for() {
+    let mut env = TestEnv::new(500).await;
+    env.vendor(SandboxOptions::default()).await;
+    env.write_config(&Conf {
+        allowance: 300,
+        reserve: 50,
+        ..Conf::default()
+    });
+    let out = env.freshen(&["run", "--spend-remaining"]).await;
+    assert_exit(&out, 0);
+    assert_eq!(env.sandbox().stats().requests, 250);
+    assert_eq!(period_spent(&env).await, 250);
+    let db = env.db().await;
+    let (total, last_seq): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT total FROM freshen_runs), \
+         (SELECT MAX(seq) FROM freshen_items WHERE state = 'done')",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(
+        (total, last_seq),
+        (250, 250),
+        "the 250 stalest, planned and done"
+    );
+    db.close().await;
+
+    // Spent out: the next start spends nothing and says so.
+    let out = env.freshen(&["run", "--spend-remaining"]).await;
+    assert_exit(&out, 3);
+    assert!(
+        text(&out.stdout).contains("nothing to spend"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(env.sandbox().stats().requests, 250);
+
+    // More credits (a new period, or a bigger allowance): a new run, on the
+    // records the first one did not reach.
+    let db = env.db().await;
+    sqlx::query("UPDATE freshen_credit_periods SET allowance = 500")
+        .execute(&db)
+        .await
+        .unwrap();
+    db.close().await;
+    assert_exit(&env.freshen(&["run", "--spend-remaining"]).await, 0);
+    assert_eq!(env.sandbox().stats().requests, 450);
+    let db = env.db().await;
+    let written_twice: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM people WHERE writes > 1")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    db.close().await;
+    assert_eq!(
+        written_twice, 0,
+        "the second run took the records still stalest"
+    );
+    assert_eq!(period_spent(&env).await, 450);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pace_until_spreads_the_calls_to_the_deadline() {
+    let mut env = TestEnv::new(30).await;
+    env.vendor(SandboxOptions::default()).await;
+    env.write_config(&Conf {
+        rate: 1000,
+        ..Conf::default()
+    });
+    let past = env.freshen(&["run", "--pace-until", "2020-01-01"]).await;
+    assert_exit(&past, 2);
+    assert!(
+        text(&past.stderr).contains("--pace-until"),
+        "{}",
+        text(&past.stderr)
+    );
+    assert!(
+        text(&past.stderr).contains("in the past"),
+        "{}",
+        text(&past.stderr)
+    );
+
+    let deadline = (jiff::Timestamp::now() + jiff::SignedDuration::from_secs(4)).to_string();
+    assert_exit(&env.freshen(&["run", "--pace-until", &deadline]).await, 0);
+    let arrivals = env.sandbox().timeline().arrivals;
+    assert_eq!(arrivals.len(), 30);
+    // Unpaced, 30 calls at 1000/s take a few milliseconds; paced, they spread
+    // over most of the 4 s.
+    let span = *arrivals.last().unwrap() - arrivals[0];
+    assert!(span.as_secs_f64() > 2.0, "30 calls over {span:?}");
+    assert_eq!(env.item_states().await, (30, 0, 0));
+}
