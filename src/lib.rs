@@ -90,6 +90,9 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<Exit> {
 /// Logs go to stderr, through the progress bars; the first call in a process wins.
 fn init_logging(filter: &str, display: &Display) {
     use std::io::IsTerminal;
+    // PostgreSQL's notices ("relation already exists, skipping" from the
+    // migrations) are not news.
+    let filter = format!("{filter},sqlx::postgres::notice=warn");
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()

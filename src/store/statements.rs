@@ -132,8 +132,9 @@ impl Statements {
             set_vendor_count: a("UPDATE freshen_credit_periods SET vendor_remaining = $1, vendor_seen_at = $2 \
                  WHERE period = $3".into()),
             history: a(format!(
-                "SELECT COALESCE(SUM(r.credits_spent), 0), \
-                 COALESCE(SUM(r.calls_ok + r.calls_throttled + r.calls_transient + r.calls_permanent), 0), \
+                "SELECT CAST(COALESCE(SUM(r.credits_spent), 0) AS BIGINT), \
+                 CAST(COALESCE(SUM(r.calls_ok + r.calls_throttled + r.calls_transient \
+                   + r.calls_permanent), 0) AS BIGINT), \
                  (SELECT COUNT(*) FROM freshen_items i JOIN freshen_runs r2 ON r2.id = i.run_id \
                   WHERE r2.source_table = {table_lit} AND i.state <> 'pending') \
                  FROM freshen_runs r WHERE r.source_table = {table_lit}"
@@ -234,7 +235,11 @@ impl Statements {
         let (table, key, ra) = (&self.table, &self.key, &self.refreshed_at);
         let where_ = self.selection_where(selection, 1, false);
         format!(
-            "SELECT CAST({key} AS TEXT), {ra} FROM {table}{where_} ORDER BY {} LIMIT 1 OFFSET ${}",
+            // Aliased: PostgreSQL resolves ORDER BY names against the output
+            // columns first, and `CAST(id AS TEXT)` would be called `id`, so the
+            // key would sort as text.
+            "SELECT CAST({key} AS TEXT) AS freshen_key, {ra} AS freshen_refreshed_at \
+             FROM {table}{where_} ORDER BY {} LIMIT 1 OFFSET ${}",
             self.stalest_first(),
             binds + 1
         )

@@ -244,10 +244,11 @@ async fn killed_mid_run_the_ledger_matches_the_billed_answers_recorded() {
         .fetch_one(&db)
         .await
         .unwrap();
-        let charged: i64 = sqlx::query_scalar("SELECT SUM(credits_spent) FROM freshen_runs")
-            .fetch_one(&db)
-            .await
-            .unwrap();
+        let charged: i64 =
+            sqlx::query_scalar("SELECT CAST(SUM(credits_spent) AS BIGINT) FROM freshen_runs")
+                .fetch_one(&db)
+                .await
+                .unwrap();
         db.close().await;
         assert_eq!(
             spent, done,

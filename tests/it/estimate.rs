@@ -9,13 +9,22 @@ use crate::harness::{Conf, TestEnv, assert_exit, text};
 /// others on a day of 2026 that depends on the key.
 async fn known_ages(env: &TestEnv) {
     let db = env.db().await;
-    sqlx::query(
-        "UPDATE people SET refreshed_at = CASE WHEN id % 4 = 0 THEN NULL \
-         ELSE printf('2026-%02d-%02dT08:00:00Z', 1 + id % 9, 1 + id % 28) END",
-    )
-    .execute(&db)
-    .await
-    .unwrap();
+    let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM people")
+        .fetch_all(&db)
+        .await
+        .unwrap();
+    let mut tx = db.begin().await.unwrap();
+    for id in ids {
+        let at =
+            (id % 4 != 0).then(|| format!("2026-{:02}-{:02}T08:00:00Z", 1 + id % 9, 1 + id % 28));
+        sqlx::query("UPDATE people SET refreshed_at = $1 WHERE id = $2")
+            .bind(at)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
     db.close().await;
 }
 
@@ -43,8 +52,9 @@ async fn the_estimate_calls_nothing_and_the_run_bears_it_out() {
     assert_eq!(env.sandbox().stats().requests, 0, "no call to the vendor");
     let db = env.db().await;
     let (stale, fresh): (i64, i64) = sqlx::query_as(
-        "SELECT SUM(refreshed_at IS NULL OR refreshed_at < '2026-06-01T00:00:00Z'), \
-                SUM(refreshed_at >= '2026-06-01T00:00:00Z') FROM people",
+        "SELECT COUNT(CASE WHEN refreshed_at IS NULL OR refreshed_at < '2026-06-01T00:00:00Z' \
+                THEN 1 END), \
+                COUNT(CASE WHEN refreshed_at >= '2026-06-01T00:00:00Z' THEN 1 END) FROM people",
     )
     .fetch_one(&db)
     .await

@@ -1,14 +1,22 @@
 //! The test environment (after fd's `TestEnv`): a temporary directory with a
-//! config file and a seeded SQLite database, the in-process sandbox as the vendor,
-//! and the real `freshen` binary run with a cleared environment.
+//! config file and a seeded database, the in-process sandbox as the vendor, and
+//! the real `freshen` binary run with a cleared environment.
+//!
+//! The database is SQLite (a file in the directory), or with
+//! `FRESHEN_TEST_DATABASE=postgres` a fresh PostgreSQL database per test on
+//! `FRESHEN_TEST_POSTGRES` (default `postgres://postgres@127.0.0.1:5432`),
+//! dropped when the test ends. A test that needs PostgreSQL and cannot reach it
+//! fails.
 
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use freshen::sandbox::{Sandbox, SandboxOptions};
+use sqlx::AnyPool;
+use sqlx::any::AnyPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
-use sqlx::{Executor, Row};
+use sqlx::{Connection, Executor, Row};
 use tempfile::TempDir;
 use tokio::process::{Child, Command};
 
@@ -49,6 +57,81 @@ impl Default for Conf {
 pub struct TestEnv {
     pub dir: TempDir,
     pub sandbox: Option<Sandbox>,
+    /// The PostgreSQL database of this test, when the suite runs on PostgreSQL.
+    pg: Option<PgDatabase>,
+}
+
+/// Which database the suite runs on: `FRESHEN_TEST_DATABASE`.
+pub fn on_postgres() -> bool {
+    match std::env::var("FRESHEN_TEST_DATABASE").as_deref() {
+        Err(_) | Ok("" | "sqlite") => false,
+        Ok("postgres") => true,
+        Ok(other) => panic!("FRESHEN_TEST_DATABASE={other}: use sqlite or postgres"),
+    }
+}
+
+fn postgres_server() -> String {
+    std::env::var("FRESHEN_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+/// A database created for one test and dropped after it.
+struct PgDatabase {
+    name: String,
+}
+
+impl PgDatabase {
+    async fn create() -> PgDatabase {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let name = format!(
+            "freshen_test_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let admin = format!("{}/postgres", postgres_server());
+        let mut conn = sqlx::PgConnection::connect(&admin)
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL at {admin} is needed by this test: {e}"));
+        conn.execute(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name}"
+        )))
+        .await
+        .unwrap();
+        conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+        PgDatabase { name }
+    }
+
+    fn url(&self) -> String {
+        format!("{}/{}", postgres_server(), self.name)
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        // Drop is synchronous and may run inside the test's runtime: drop the
+        // database from a thread with a runtime of its own.
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let admin = format!("{}/postgres", postgres_server());
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
+                    let _ = conn
+                        .execute(sqlx::AssertSqlSafe(format!(
+                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                        )))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
 }
 
 impl TestEnv {
@@ -56,10 +139,34 @@ impl TestEnv {
     /// update of `refreshed_at` is counted in a `writes` column by a trigger, so a test
     /// can prove each record was written exactly once.
     pub async fn new(records: u64) -> TestEnv {
-        let env = TestEnv {
-            dir: tempfile::tempdir().expect("a temp dir"),
-            sandbox: None,
-        };
+        let env = TestEnv::empty().await;
+        if env.pg.is_some() {
+            // The same sample as `demo`'s, and the same write counter.
+            let db = env.db().await;
+            db.execute(
+                "CREATE TABLE people (id BIGINT PRIMARY KEY, name TEXT NOT NULL, title TEXT, \
+                 company TEXT, score BIGINT, refreshed_at TEXT, writes BIGINT NOT NULL DEFAULT 0);
+                 CREATE FUNCTION count_writes() RETURNS trigger LANGUAGE plpgsql AS
+                   $$ BEGIN NEW.writes := OLD.writes + 1; RETURN NEW; END $$;
+                 CREATE TRIGGER count_writes BEFORE UPDATE OF refreshed_at ON people
+                   FOR EACH ROW EXECUTE FUNCTION count_writes();",
+            )
+            .await
+            .unwrap();
+            sqlx::query(
+                "INSERT INTO people (id, name, refreshed_at) \
+                 SELECT i, 'Person ' || i, CASE WHEN i % 3 = 0 THEN NULL ELSE \
+                   '2026-' || lpad((1 + i % 10)::text, 2, '0') || '-' \
+                   || lpad((1 + i % 28)::text, 2, '0') || 'T08:00:00Z' END \
+                 FROM generate_series(1, $1) AS i",
+            )
+            .bind(records as i64)
+            .execute(&db)
+            .await
+            .unwrap();
+            db.close().await;
+            return env;
+        }
         assert!(
             freshen::cmd::demo::create_sample(&env.db_url(), records)
                 .await
@@ -77,23 +184,39 @@ impl TestEnv {
         env
     }
 
-    /// A directory whose `people` table has text keys, as given.
-    pub async fn with_text_keys(keys: &[&str]) -> TestEnv {
-        let env = TestEnv {
+    /// A directory (and, on PostgreSQL, an empty database) with no table yet.
+    async fn empty() -> TestEnv {
+        let pg = if on_postgres() {
+            Some(PgDatabase::create().await)
+        } else {
+            None
+        };
+        TestEnv {
             dir: tempfile::tempdir().expect("a temp dir"),
             sandbox: None,
-        };
-        let options = SqliteConnectOptions::new()
-            .filename(env.db_path())
-            .create_if_missing(true);
-        let db = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options)
-            .await
-            .unwrap();
+            pg,
+        }
+    }
+
+    /// A directory whose `people` table has text keys, as given.
+    pub async fn with_text_keys(keys: &[&str]) -> TestEnv {
+        let env = TestEnv::empty().await;
+        if env.pg.is_none() {
+            let options = SqliteConnectOptions::new()
+                .filename(env.db_path())
+                .create_if_missing(true);
+            SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(options)
+                .await
+                .unwrap()
+                .close()
+                .await;
+        }
+        let db = env.db().await;
         db.execute(
-            "CREATE TABLE people (id TEXT PRIMARY KEY, title TEXT, company TEXT, score INTEGER, \
-             refreshed_at TEXT, writes INTEGER NOT NULL DEFAULT 0)",
+            "CREATE TABLE people (id TEXT PRIMARY KEY, title TEXT, company TEXT, score BIGINT, \
+             refreshed_at TEXT, writes BIGINT NOT NULL DEFAULT 0)",
         )
         .await
         .unwrap();
@@ -113,7 +236,31 @@ impl TestEnv {
     }
 
     pub fn db_url(&self) -> String {
-        format!("sqlite://{}", self.db_path().display())
+        match &self.pg {
+            Some(pg) => pg.url(),
+            None => format!("sqlite://{}", self.db_path().display()),
+        }
+    }
+
+    /// Everything the database holds, as bytes: the SQLite file and its WAL, or a
+    /// `pg_dump` of the test's PostgreSQL database.
+    pub fn database_bytes(&self) -> Vec<u8> {
+        match &self.pg {
+            Some(pg) => {
+                let out = std::process::Command::new("pg_dump")
+                    .arg(pg.url())
+                    .output()
+                    .expect("pg_dump runs");
+                assert!(out.status.success(), "{}", text(&out.stderr));
+                out.stdout
+            }
+            None => {
+                let mut bytes = std::fs::read(self.db_path()).unwrap();
+                bytes
+                    .extend(std::fs::read(self.dir.path().join("test.db-wal")).unwrap_or_default());
+                bytes
+            }
+        }
     }
 
     pub fn config_path(&self) -> PathBuf {
@@ -242,7 +389,19 @@ stale_after = "{stale}"
         self.command(args).spawn().expect("freshen started")
     }
 
-    pub async fn db(&self) -> SqlitePool {
+    /// A connection to the test's database, whichever it is.
+    pub async fn db(&self) -> AnyPool {
+        sqlx::any::install_default_drivers();
+        AnyPoolOptions::new()
+            .max_connections(1)
+            .connect(&self.db_url())
+            .await
+            .unwrap()
+    }
+
+    /// The test's SQLite database, for tests of SQLite itself.
+    pub async fn sqlite_db(&self) -> SqlitePool {
+        assert!(self.pg.is_none(), "this test is about SQLite");
         let options = SqliteConnectOptions::new()
             .filename(self.db_path())
             .busy_timeout(Duration::from_secs(10));
@@ -264,8 +423,9 @@ stale_after = "{stale}"
     pub async fn try_item_states(&self) -> Result<(i64, i64, i64), sqlx::Error> {
         let db = self.db().await;
         let row = sqlx::query(
-            "SELECT COALESCE(SUM(state = 'done'), 0), COALESCE(SUM(state = 'failed'), 0), \
-             COALESCE(SUM(state = 'pending'), 0) FROM freshen_items \
+            "SELECT COUNT(CASE WHEN state = 'done' THEN 1 END), \
+             COUNT(CASE WHEN state = 'failed' THEN 1 END), \
+             COUNT(CASE WHEN state = 'pending' THEN 1 END) FROM freshen_items \
              WHERE run_id = (SELECT MAX(id) FROM freshen_runs)",
         )
         .fetch_one(&db)
@@ -377,7 +537,7 @@ impl TestEnv {
 
     /// Every row of every table, each value through SQLite's `quote()`, one line a row.
     pub async fn dump(&self) -> String {
-        let db = self.db().await;
+        let db = self.sqlite_db().await;
         let tables: Vec<String> =
             sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
                 .fetch_all(&db)
@@ -424,7 +584,7 @@ impl TestEnv {
 
     /// `PRAGMA integrity_check`: "ok" for a sound database file.
     pub async fn integrity(&self) -> String {
-        let db = self.db().await;
+        let db = self.sqlite_db().await;
         let check: String = sqlx::query_scalar("PRAGMA integrity_check")
             .fetch_one(&db)
             .await

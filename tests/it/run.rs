@@ -153,8 +153,7 @@ async fn secrets_from_the_environment_never_leave_the_process() {
         .output()
         .await
         .unwrap();
-    let db_bytes = std::fs::read(env.db_path()).unwrap();
-    let wal = std::fs::read(env.dir.path().join("test.db-wal")).unwrap_or_default();
+    let db_bytes = env.database_bytes();
 
     for (what, bytes) in [
         ("stdout", &out.stdout),
@@ -162,7 +161,6 @@ async fn secrets_from_the_environment_never_leave_the_process() {
         ("status", &status.stdout),
         ("summary", &std::fs::read(&summary).unwrap()),
         ("database", &db_bytes),
-        ("wal", &wal),
     ] {
         assert!(
             !text(bytes).contains(secret),
