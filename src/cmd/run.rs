@@ -182,11 +182,13 @@ async fn locked(
             } else {
                 None
             };
+            let planning = Instant::now();
             let run = store.plan(&selection, cap).await?;
             tracing::info!(
-                "planned run {}: {} records, stalest first",
+                "planned run {}: {} records, stalest first, in {:.2} s",
                 run.id,
-                run.total
+                run.total,
+                planning.elapsed().as_secs_f64()
             );
             run
         }

@@ -10,6 +10,7 @@ mod ident;
 mod statements;
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -481,33 +482,50 @@ impl Store {
     ) -> Result<()> {
         let now = now_stamp();
         let mut tx = self.pool.begin().await.context("starting a checkpoint")?;
+        // Two statements per chunk, whatever its size: one resolves the items
+        // (only those still pending, so nothing is written twice), one writes the
+        // records whose items it resolved. Per-record statements cost a round
+        // trip to the database (to SQLite's worker thread) each.
         let mut charged = 0;
-        for f in batch {
-            let (state, reason) = match &f.resolution {
-                Resolution::Done(_) => ("done", None),
-                Resolution::Failed(reason) => ("failed", Some(reason.as_str())),
-            };
-            let claimed = query(&self.sql.resolve_item)
-                .bind(state)
-                .bind(i64::from(f.attempts))
-                .bind(reason.map(str::to_owned))
+        let per_record = 1 + self.mapped.len();
+        let chunk = (MAX_BINDS / per_record.max(4)).max(1);
+        for part in batch.chunks(chunk) {
+            let mut q = sqlx::query(AssertSqlSafe(self.sql.resolve_items(part.len())))
                 .bind(now.clone())
-                .bind(run)
-                .bind(f.seq)
-                .execute(&mut *tx)
+                .bind(run);
+            for f in part {
+                let (state, reason) = match &f.resolution {
+                    Resolution::Done(_) => ("done", None),
+                    Resolution::Failed(reason) => ("failed", Some(reason.clone())),
+                };
+                q = q
+                    .bind(f.seq)
+                    .bind(state)
+                    .bind(i64::from(f.attempts))
+                    .bind(reason);
+            }
+            let claimed: HashSet<i64> = q
+                .fetch_all(&mut *tx)
                 .await
-                .with_context(|| format!("checkpointing the item of key {}", f.key))?
-                .rows_affected();
-            if claimed == 0 {
+                .context("checkpointing a batch of items")?
+                .iter()
+                .map(|r| r.try_get::<i64, _>(0))
+                .collect::<Result<_, _>>()?;
+            let mut done = Vec::with_capacity(part.len());
+            for f in part.iter().filter(|f| claimed.contains(&f.seq)) {
+                charged += f.charged;
+                if let Resolution::Done(values) = &f.resolution {
+                    done.push((f, values));
+                }
+            }
+            if done.is_empty() {
                 continue;
             }
-            charged += f.charged;
-            if let Resolution::Done(values) = &f.resolution {
-                let mut q = query(&self.sql.update_record);
-                for (value, kind) in values.iter().zip(&self.mapped) {
-                    q = bind_value(q, value, *kind);
-                }
-                q = q.bind(now.clone());
+            let mut q = sqlx::query(AssertSqlSafe(
+                self.sql.update_records(done.len(), &self.mapped),
+            ))
+            .bind(now.clone());
+            for (f, values) in &done {
                 q =
                     match self.key_kind {
                         ColumnKind::Integer => q.bind(f.key.parse::<i64>().with_context(|| {
@@ -515,10 +533,13 @@ impl Store {
                         })?),
                         _ => q.bind(f.key.clone()),
                     };
-                q.execute(&mut *tx)
-                    .await
-                    .with_context(|| format!("writing the record of key {}", f.key))?;
+                for (value, kind) in values.iter().zip(&self.mapped) {
+                    q = bind_value(q, value, *kind);
+                }
             }
+            q.execute(&mut *tx)
+                .await
+                .context("writing a batch of records")?;
         }
         query(&self.sql.add_run_counts)
             .bind(calls.ok)
@@ -716,6 +737,10 @@ impl Store {
         self.pool.close().await;
     }
 }
+
+/// Values bound into one statement at most: under SQLite's limit (32,766) and
+/// PostgreSQL's (65,535).
+const MAX_BINDS: usize = 30_000;
 
 enum Bind {
     Int(i64),

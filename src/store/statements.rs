@@ -14,8 +14,6 @@ pub(super) struct Statements {
     pub insert_run: Arc<str>,
     pub set_total: Arc<str>,
     pub pending_after: Arc<str>,
-    pub resolve_item: Arc<str>,
-    pub update_record: Arc<str>,
     pub add_run_counts: Arc<str>,
     pub charge_period: Arc<str>,
     pub set_status: Arc<str>,
@@ -30,6 +28,9 @@ pub(super) struct Statements {
     pub lock_holder: Arc<str>,
     pub heartbeat: Arc<str>,
     pub unlock: Arc<str>,
+    /// The mapped columns, quoted, in `api.response` order.
+    mapped: Vec<String>,
+    key_kind: ColumnKind,
     /// For the plan: `FROM table` and the key as text.
     table: String,
     key: String,
@@ -78,21 +79,6 @@ impl Statements {
             )
         };
 
-        let mut sets: Vec<String> = config
-            .api
-            .response
-            .iter()
-            .enumerate()
-            .map(|(i, m)| format!("{} = ${}", m.column.quoted(), i + 1))
-            .collect();
-        let n = sets.len();
-        sets.push(format!("{refreshed_at} = ${}", n + 1));
-        let update_record = format!(
-            "UPDATE {table} SET {} WHERE {key} = ${}",
-            sets.join(", "),
-            n + 2
-        );
-
         let a: fn(String) -> Arc<str> = Arc::from;
         Statements {
             latest_run_with: a(format!(
@@ -109,10 +95,6 @@ impl Statements {
             )),
             set_total: a("UPDATE freshen_runs SET total = $1 WHERE id = $2".into()),
             pending_after: a(pending_after),
-            resolve_item: a("UPDATE freshen_items SET state = $1, attempts = $2, reason = $3, updated_at = $4 \
-                 WHERE run_id = $5 AND seq = $6 AND state = 'pending'"
-                .into()),
-            update_record: a(update_record),
             add_run_counts: a("UPDATE freshen_runs SET calls_ok = calls_ok + $1, calls_throttled = calls_throttled + $2, \
                  calls_transient = calls_transient + $3, calls_permanent = calls_permanent + $4, \
                  credits_spent = credits_spent + $5, reserved = $6, updated_at = $7 WHERE id = $8"
@@ -152,6 +134,8 @@ impl Statements {
                 "UPDATE freshen_locks SET heartbeat_at = $1 WHERE name = {table_lit} AND holder = $2"
             )),
             unlock: a(format!("DELETE FROM freshen_locks WHERE name = {table_lit} AND holder = $1")),
+            mapped: config.api.response.iter().map(|m| m.column.quoted()).collect(),
+            key_kind,
             table,
             key,
             refreshed_at,
@@ -251,5 +235,74 @@ impl Statements {
             "SELECT {} FROM {} WHERE {} = $1",
             self.refreshed_at, self.table, self.key
         )
+    }
+
+    /// Resolves `rows` items in one statement, each only while still pending:
+    /// `$1` updated_at, `$2` the run, then per item its seq, state, attempts and
+    /// reason. Returns the seqs it resolved.
+    pub fn resolve_items(&self, rows: usize) -> String {
+        let values = values_rows(rows, 3, &["BIGINT", "TEXT", "BIGINT", "TEXT"]);
+        format!(
+            "WITH v (seq, state, attempts, reason) AS (VALUES {values}) \
+             UPDATE freshen_items SET state = v.state, attempts = v.attempts, reason = v.reason, \
+             updated_at = $1 FROM v \
+             WHERE freshen_items.run_id = $2 AND freshen_items.seq = v.seq \
+             AND freshen_items.state = 'pending' RETURNING freshen_items.seq"
+        )
+    }
+
+    /// Writes `rows` records in one statement: `$1` refreshed_at, then per record
+    /// its key and the mapped columns' values, each cast to the column's kind.
+    pub fn update_records(&self, rows: usize, kinds: &[ColumnKind]) -> String {
+        let mut types = vec![sql_type(self.key_kind)];
+        types.extend(kinds.iter().map(|k| sql_type(*k)));
+        let values = values_rows(rows, 2, &types);
+        let names: Vec<String> = (0..self.mapped.len()).map(|i| format!("c{i}")).collect();
+        let mut sets: Vec<String> = self
+            .mapped
+            .iter()
+            .zip(&names)
+            .map(|(column, name)| format!("{column} = v.{name}"))
+            .collect();
+        sets.push(format!("{} = $1", self.refreshed_at));
+        format!(
+            "WITH v (k, {}) AS (VALUES {values}) UPDATE {table} SET {} FROM v \
+             WHERE {table}.{key} = v.k",
+            names.join(", "),
+            sets.join(", "),
+            table = self.table,
+            key = self.key,
+        )
+    }
+}
+
+/// `rows` rows of `CAST($n AS type)` placeholders, numbered from `first`.
+fn values_rows(rows: usize, first: usize, types: &[&str]) -> String {
+    let mut n = first;
+    let mut out = String::with_capacity(rows * types.len() * 24);
+    for r in 0..rows {
+        if r > 0 {
+            out.push_str(", ");
+        }
+        out.push('(');
+        for (i, t) in types.iter().enumerate() {
+            if i > 0 {
+                out.push_str(", ");
+            }
+            out.push_str(&format!("CAST(${n} AS {t})"));
+            n += 1;
+        }
+        out.push(')');
+    }
+    out
+}
+
+/// The type a value of this kind is cast to, understood by SQLite and PostgreSQL.
+fn sql_type(kind: ColumnKind) -> &'static str {
+    match kind {
+        ColumnKind::Integer => "BIGINT",
+        ColumnKind::Real => "DOUBLE PRECISION",
+        ColumnKind::Text => "TEXT",
+        ColumnKind::Bool => "BOOLEAN",
     }
 }
