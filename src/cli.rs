@@ -113,6 +113,10 @@ pub struct EstimateArgs {
     /// Print the estimate as JSON
     #[arg(long)]
     pub json: bool,
+
+    /// Do not ask the vendor's account endpoint (credits.remaining_url)
+    #[arg(long)]
+    pub offline: bool,
 }
 
 #[derive(Debug, Clone, Default, Args)]
@@ -120,6 +124,10 @@ pub struct StatusArgs {
     /// Print the status as JSON
     #[arg(long)]
     pub json: bool,
+
+    /// Do not ask the vendor's account endpoint (credits.remaining_url)
+    #[arg(long)]
+    pub offline: bool,
 }
 
 #[derive(Debug, Clone, Default, Args)]

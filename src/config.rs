@@ -162,6 +162,8 @@ struct FileCredits {
     #[serde(default = "default_billed")]
     billed_statuses: Vec<String>,
     remaining_header: Option<String>,
+    remaining_url: Option<String>,
+    remaining_pointer: Option<String>,
 }
 
 fn default_period() -> String {
@@ -258,6 +260,9 @@ pub struct Credits {
     pub cost: u64,
     pub billed_statuses: Vec<StatusPattern>,
     pub remaining_header: Option<HeaderName>,
+    /// The vendor's account endpoint and the JSON pointer to the credits left in
+    /// its answer, for `estimate` and `status`.
+    pub remaining_url: Option<(String, String)>,
 }
 
 /// `billed_statuses` entries: an exact status (`404`) or a class (`2xx`).
@@ -580,6 +585,47 @@ impl Config {
             })
             .transpose()?;
 
+        let remaining_url = match (raw.credits.remaining_url, raw.credits.remaining_pointer) {
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(key_err(
+                    "credits.remaining_pointer",
+                    "needs credits.remaining_url".into(),
+                ));
+            }
+            (Some(_), None) => {
+                return Err(key_err(
+                    "credits.remaining_url",
+                    "needs credits.remaining_pointer, the JSON pointer to the count in its answer \
+                     (e.g. \"/credits/remaining\")"
+                        .into(),
+                ));
+            }
+            (Some(url), Some(pointer)) => {
+                let url = if url.starts_with('/') {
+                    format!("{}{url}", base.as_str().trim_end_matches('/'))
+                } else {
+                    url
+                };
+                match Url::parse(&url) {
+                    Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+                    _ => {
+                        return Err(key_err(
+                            "credits.remaining_url",
+                            format!("`{url}` is not an http(s) URL or a path starting with /"),
+                        ));
+                    }
+                }
+                if !(pointer.is_empty() || pointer.starts_with('/')) {
+                    return Err(key_err(
+                        "credits.remaining_pointer",
+                        format!("`{pointer}` is not a JSON pointer: it starts with /"),
+                    ));
+                }
+                Some((url, pointer))
+            }
+        };
+
         let lock_stale_after = duration("lock.stale_after", &raw.lock.stale_after)?;
         if lock_stale_after < Duration::from_secs(1) {
             return Err(key_err("lock.stale_after", "must be at least 1s".into()));
@@ -611,6 +657,7 @@ impl Config {
                 cost: raw.credits.cost,
                 billed_statuses,
                 remaining_header,
+                remaining_url,
             },
             lock_stale_after,
         })

@@ -77,7 +77,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<Exit> {
     let config = || Config::load(&cli.config, cli.database_url.as_deref());
     match cli.command {
         Command::Run(args) => cmd::run::run(config()?, args, shutdown, &display).await,
-        Command::Status(args) => cmd::status::status(config()?, args.json).await,
+        Command::Status(args) => cmd::status::status(config()?, args).await,
         Command::Estimate(args) => cmd::estimate::estimate(config()?, args).await,
         Command::Demo(args) => cmd::demo::demo(config()?, args, shutdown, &display).await,
         Command::Sandbox(opts) => {

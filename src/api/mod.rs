@@ -212,6 +212,48 @@ impl Vendor {
         }
     }
 
+    /// Asks the vendor's account endpoint (`credits.remaining_url`) for the credits
+    /// left: an unbilled GET with the configured headers, the count at `pointer`.
+    pub async fn credits_left(&self, url: &str, pointer: &str) -> anyhow::Result<i64> {
+        use anyhow::{Context, bail};
+        // The origin only: the URL's query may hold a key.
+        let origin = url::Url::parse(url)
+            .map(|u| u.origin().ascii_serialization())
+            .unwrap_or_default();
+        let response = self
+            .client
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", self.transport_error(&e)))
+            .with_context(|| format!("asking {origin} (credits.remaining_url)"))?;
+        let status = response.status();
+        if !status.is_success() {
+            bail!(
+                "credits.remaining_url answered {}; check the URL and the API credentials",
+                status_text(status)
+            );
+        }
+        let body = self
+            .read_body(response)
+            .await
+            .map_err(|e| anyhow::anyhow!("credits.remaining_url: {e}"))?;
+        let json: serde_json::Value =
+            serde_json::from_slice(&body).context("credits.remaining_url did not answer JSON")?;
+        let found = json.pointer(pointer).with_context(|| {
+            format!("credits.remaining_pointer {pointer} is not in the account endpoint's answer")
+        })?;
+        match found
+            .as_i64()
+            .or_else(|| found.as_f64().map(|f| f.floor() as i64))
+        {
+            Some(n) => Ok(n),
+            None => bail!(
+                "credits.remaining_pointer {pointer} points at {found}, not a number of credits"
+            ),
+        }
+    }
+
     /// Reads the body up to `api.max_body_bytes` (after decompression, so a gzip
     /// bomb is cut off too).
     async fn read_body(&self, mut response: Response) -> Result<Vec<u8>, CallError> {

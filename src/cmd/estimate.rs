@@ -1,5 +1,6 @@
 //! `freshen estimate`: what a run with these flags would do, from the database
-//! alone. It makes no call to the vendor.
+//! alone. It makes no billed call: at most one to the vendor's account endpoint
+//! (`credits.remaining_url`), which `--offline` skips.
 //!
 //! The figures are the ones `run` then acts on: the same selection (or the
 //! unfinished run it would resume), the same stalest-first order, the same budget
@@ -68,6 +69,7 @@ pub async fn estimate(config: Config, args: EstimateArgs) -> Result<Exit> {
 }
 
 pub async fn compute(config: &Config, store: &Store, args: EstimateArgs) -> Result<Estimate> {
+    crate::cmd::ask_vendor(config, store, args.offline).await?;
     let selection = selection(args.selection, config);
     let resume = store
         .latest_run_with(&selection)

@@ -25,6 +25,34 @@ pub fn selection(args: SelectionArgs, config: &Config) -> Selection {
     }
 }
 
+/// With `credits.remaining_url` (and not `--offline`), asks the vendor's account
+/// endpoint for the credits left and records the count with this period. If the
+/// vendor cannot say, a warning, and the database's figures stand.
+pub async fn ask_vendor(config: &Config, store: &Store, offline: bool) -> Result<()> {
+    let Some((url, pointer)) = &config.credits.remaining_url else {
+        return Ok(());
+    };
+    if offline {
+        return Ok(());
+    }
+    let label = config.credits.periods.label_at(jiff::Timestamp::now());
+    store.period(&label, config.credits.allowance).await?;
+    let vendor = crate::api::Vendor::new(config, store.mapped_kinds())?;
+    match vendor.credits_left(url, pointer).await {
+        Ok(left) => {
+            store
+                .set_vendor_count(
+                    &label,
+                    left,
+                    crate::selection::stamp(jiff::Timestamp::now()),
+                )
+                .await?
+        }
+        Err(e) => eprintln!("warning: {e:#}; the figures below use the database's last count"),
+    }
+    Ok(())
+}
+
 /// This period's credits as the database knows them, for `status` and `estimate`.
 #[derive(Debug, Clone, Serialize)]
 pub struct PeriodView {

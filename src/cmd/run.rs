@@ -120,6 +120,9 @@ async fn locked(
         }
         None => None,
     };
+    // The vendor's own count first, if it has an account endpoint: an old count
+    // would hold the budget down (or up) wrongly.
+    crate::cmd::ask_vendor(&config, &store, false).await?;
     let period = credits.periods.label_at(jiff::Timestamp::now());
     let period_row = store.period(&period, credits.allowance).await?;
     let reserve = i64::try_from(credits.reserve).unwrap_or(i64::MAX);

@@ -5,6 +5,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::Exit;
+use crate::cli::StatusArgs;
 use crate::cmd::PeriodView;
 use crate::config::Config;
 use crate::store::{CallCounts, ItemCounts, Store};
@@ -28,8 +29,10 @@ struct RunStatus {
     failures: Vec<(String, String)>,
 }
 
-pub async fn status(config: Config, json: bool) -> Result<Exit> {
+pub async fn status(config: Config, args: StatusArgs) -> Result<Exit> {
+    let json = args.json;
     let store = Store::connect(&config).await?;
+    crate::cmd::ask_vendor(&config, &store, args.offline).await?;
     let run = match store.latest_run().await? {
         Some(run) => Some(RunStatus {
             records: store.item_counts(run.id).await?,

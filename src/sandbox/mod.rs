@@ -228,6 +228,8 @@ pub struct Stats {
     pub per_key_ok: BTreeMap<String, u64>,
     /// 307 answers from redirect:URL faults.
     pub redirected: u64,
+    /// Calls to the account endpoint, /v1/account (unbilled).
+    pub account: u64,
 }
 
 struct Vendor {
@@ -548,6 +550,20 @@ async fn answer(
     response
 }
 
+/// The account endpoint: the credits left, as `{"credits": {"remaining": N}}`
+/// (404 without `--credits`). Unbilled, like a real vendor's.
+async fn account(State(vendor): State<Arc<Vendor>>) -> Response {
+    let mut c = vendor.state.lock().expect("sandbox lock");
+    c.stats.account += 1;
+    match c.credits {
+        Some(n) => axum::Json(json!({"credits": {"remaining": n}})).into_response(),
+        None => status(
+            StatusCode::NOT_FOUND,
+            "no credit account (start with --credits)",
+        ),
+    }
+}
+
 async fn stats(State(vendor): State<Arc<Vendor>>) -> axum::Json<Stats> {
     axum::Json(vendor.state.lock().expect("sandbox lock").stats.clone())
 }
@@ -596,6 +612,7 @@ impl Sandbox {
         let app = Router::new()
             .route("/v1/people/{key}", get(answer).post(answer))
             .route("/_sandbox/stats", get(stats))
+            .route("/v1/account", get(account))
             .with_state(vendor.clone());
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();

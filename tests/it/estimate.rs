@@ -173,3 +173,53 @@ async fn the_human_estimate_reads_at_a_glance() {
         insta::assert_snapshot!("max_credits", capped);
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_account_endpoint_is_asked_unbilled_unless_offline() {
+    let mut env = TestEnv::new(50).await;
+    env.vendor(SandboxOptions {
+        credits: Some(30),
+        ..SandboxOptions::default()
+    })
+    .await;
+    env.write_config(&Conf {
+        allowance: 1000,
+        ..Conf::default()
+    });
+    env.edit_config(|c| {
+        c.replace(
+            "reserve = 0",
+            "reserve = 0\nremaining_url = \"/v1/account\"",
+        )
+    });
+    let out = env.freshen(&["estimate"]).await;
+    assert_exit(&out, 2);
+    assert!(
+        text(&out.stderr).contains("credits.remaining_pointer"),
+        "{}",
+        text(&out.stderr)
+    );
+    env.edit_config(|c| {
+        c.replace(
+            "remaining_url = \"/v1/account\"",
+            "remaining_url = \"/v1/account\"\nremaining_pointer = \"/credits/remaining\"",
+        )
+    });
+
+    let e = estimate_json(&env, &["--offline"]).await;
+    assert_eq!(env.sandbox().stats().account, 0, "--offline asks nothing");
+    assert_eq!(e["credits"]["period"]["available"], 1000);
+
+    let e = estimate_json(&env, &[]).await;
+    let stats = env.sandbox().stats();
+    assert_eq!((stats.requests, stats.account), (0, 1), "one unbilled call");
+    assert_eq!(e["credits"]["period"]["vendor_remaining"], 30);
+    assert_eq!(e["credits"]["period"]["available"], 30, "the lower count");
+    assert_eq!(e["covered"], 30);
+    assert_eq!(e["verdict"], "partial");
+
+    // The run trusts it too: 30 billed calls, and no 402.
+    assert_exit(&env.freshen(&["run"]).await, 3);
+    let stats = env.sandbox().stats();
+    assert_eq!((stats.ok, stats.payment_required), (30, 0));
+}
