@@ -49,6 +49,37 @@ async fn the_budget_stops_the_run_at_exactly_allowance_less_reserve() {
     let out = env.freshen(&["run"]).await;
     assert_exit(&out, 3);
     assert_eq!(env.sandbox().stats().requests, 900);
+
+    // The next period: moving the reset day to today starts a period today, with
+    // a fresh allowance, and the same run resumes the rest.
+    let today = jiff::Timestamp::now()
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .day();
+    let reset = if today == 1 { 2 } else { today };
+    env.edit_config(|c| {
+        c.replace(
+            "reserve = 100",
+            &format!("reserve = 100\nreset_day = {reset}"),
+        )
+    });
+    let out = env.freshen(&["run"]).await;
+    assert_exit(&out, 3);
+    assert_eq!(env.sandbox().stats().requests, 1800);
+    assert_eq!(env.item_states().await, (1800, 0, 3200), "run 1 resumed");
+    let db = env.db().await;
+    let periods: Vec<i64> =
+        sqlx::query_scalar("SELECT spent FROM freshen_credit_periods ORDER BY period")
+            .fetch_all(&db)
+            .await
+            .unwrap();
+    let runs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM freshen_runs")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    db.close().await;
+    assert_eq!(periods.iter().sum::<i64>(), 1800);
+    assert!(periods.iter().all(|p| *p == 900), "{periods:?}");
+    assert_eq!(runs, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
