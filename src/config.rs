@@ -376,6 +376,16 @@ impl Config {
             ));
         }
 
+        // A filter is one condition. A `;` would end the plan's statement and start
+        // another (SQLite runs both): refused, whatever it is for.
+        if let Some(filter) = &raw.source.filter
+            && filter.contains(';')
+        {
+            return Err(key_err(
+                "source.filter",
+                "is one SQL condition (`score IS NULL`): a `;` is not allowed in it".into(),
+            ));
+        }
         let ident = |key: &str, v: &str| Ident::new(v).map_err(|m| key_err(key, m));
         let source = Source {
             table: ident("source.table", &raw.source.table)?,
@@ -767,6 +777,18 @@ mod tests {
 
     fn err(text: &str) -> String {
         format!("{:#}", parse_with(text, &[]).unwrap_err())
+    }
+
+    #[test]
+    fn a_filter_with_a_second_statement_is_refused() {
+        let text = SHIPPED.replace(
+            "[source]\n",
+            "[source]\nfilter = \"1 = 1; DROP TABLE people\"\n",
+        );
+        assert_ne!(text, SHIPPED);
+        let err = err(&text);
+        assert!(err.contains("source.filter"), "{err}");
+        assert!(err.contains("`;`"), "{err}");
     }
 
     #[test]
