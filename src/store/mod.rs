@@ -168,12 +168,18 @@ impl Store {
         } else {
             Backend::Postgres
         };
+        const SQLITE_SETUP: &str =
+            "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;";
+        let mut sqlite_url = url.to_owned();
+        if create && !sqlite_url.contains("mode=") {
+            sqlite_url.push_str(if sqlite_url.contains('?') {
+                "&mode=rwc"
+            } else {
+                "?mode=rwc"
+            });
+        }
         let pool = match backend {
             Backend::Sqlite => {
-                let mut url = url.to_owned();
-                if create && !url.contains("mode=") {
-                    url.push_str(if url.contains('?') { "&mode=rwc" } else { "?mode=rwc" });
-                }
                 AnyPoolOptions::new()
                     .max_connections(4)
                     // One try that waits out the busy timeout, and a retry.
@@ -182,35 +188,58 @@ impl Store {
                         Box::pin(async move {
                             // One writer, readers alongside it (status while a run goes on);
                             // a locked database is waited for, not an error.
-                            conn.execute("PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")
-                                .await?;
+                            conn.execute(SQLITE_SETUP).await?;
                             Ok(())
                         })
                     })
-                    .connect(&url)
+                    .connect(&sqlite_url)
                     .await
             }
-            Backend::Postgres => AnyPoolOptions::new()
-                .max_connections(8)
-                .acquire_timeout(Duration::from_secs(30))
-                .connect(url)
-                .await,
-        }
-        .map_err(|e| {
-            // sqlx retries a connection whose setup found the file locked until the
-            // pool's timeout, then says only that it timed out.
-            let hint = match (&e, backend) {
-                (sqlx::Error::PoolTimedOut, Backend::Sqlite) => {
-                    ": the database stayed locked by another writer past the 10 s busy \
-                     timeout; let that transaction finish, then rerun"
-                }
-                _ => "",
-            };
-            anyhow::Error::new(e).context(format!(
-                "cannot open the database {shown} (database.url in {}){hint}",
-                config.path.display()
-            ))
-        })?;
+            Backend::Postgres => {
+                AnyPoolOptions::new()
+                    .max_connections(8)
+                    .acquire_timeout(Duration::from_secs(30))
+                    .connect(url)
+                    .await
+            }
+        };
+        let pool = match pool {
+            Ok(pool) => pool,
+            Err(e) => {
+                // sqlx retries a connection whose setup failed until the pool's
+                // timeout, then says only that it timed out: one connection made
+                // by hand tells why.
+                let why = match (&e, backend) {
+                    (sqlx::Error::PoolTimedOut, Backend::Sqlite) => {
+                        let probe = async {
+                            let mut conn =
+                                <sqlx::AnyConnection as sqlx::Connection>::connect(&sqlite_url)
+                                    .await?;
+                            conn.execute(SQLITE_SETUP).await.map(|_| ())
+                        };
+                        match tokio::time::timeout(Duration::from_secs(12), probe).await {
+                            Ok(Err(sqlx::Error::Database(db)))
+                                if db.message().contains("readonly") =>
+                            {
+                                ": the file is read-only to this process; freshen writes the \
+                                 results and its own tables there, so give its user write access \
+                                 to the file and its directory"
+                                    .to_owned()
+                            }
+                            Ok(Err(other)) => format!(": {other}"),
+                            _ => ": the database stayed locked by another writer past the 10 s \
+                                  busy timeout; let that transaction finish, then rerun"
+                                .to_owned(),
+                        }
+                    }
+                    _ => String::new(),
+                };
+                return Err(anyhow::Error::new(e).context(format!(
+                    "cannot open the database {shown} (database.url in {}){why}",
+                    config.path.display()
+                )));
+            }
+        };
 
         migrator(backend)
             .run(&pool)

@@ -254,3 +254,37 @@ async fn a_database_locked_mid_run_past_the_busy_timeout_stops_without_writing_h
     assert_eq!(env.item_states().await, (400, 0, 0));
     nothing_half_written(&env).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_database_is_reported_as_read_only() {
+    // The run is made as `nobody`, to whom the database (root's, 0644) is
+    // read-only. (A file made read-only under a running process cannot be had:
+    // its open descriptors keep writing, and a read-only remount is refused
+    // while files are open for writing.)
+    let env = slow_env(20).await;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    for entry in std::fs::read_dir(env.dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let out = tokio::process::Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_freshen"))
+        .arg("run")
+        .arg("--config")
+        .arg(env.config_path())
+        .env_clear()
+        .output()
+        .await
+        .expect("setpriv runs (util-linux)");
+    assert_exit(&out, 1);
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("read-only to this process"), "{stderr}");
+    assert!(
+        !stderr.contains("locked"),
+        "not mistaken for a lock: {stderr}"
+    );
+    assert_eq!(env.sandbox().stats().requests, 0);
+    assert_eq!(env.integrity().await, "ok");
+}
