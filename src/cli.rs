@@ -49,6 +49,9 @@ pub enum Command {
     Sandbox(SandboxOptions),
     /// The whole job on the embedded default: sample SQLite database, in-process sandbox, `run`
     Demo(DemoArgs),
+    /// What happened in a run: one self-contained HTML page (summary, rate, throttles and
+    /// outages over time, concurrency, credits, failures by reason), or JSON
+    Report(ReportArgs),
 }
 
 /// Which records a run covers. Without any flag: every record of `source.table`
@@ -106,4 +109,19 @@ pub struct DemoArgs {
     /// Write the final summary as JSON to this file
     #[arg(long, value_name = "PATH")]
     pub summary_json: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct ReportArgs {
+    /// The run to report on (default: the table's latest run)
+    #[arg(long, value_name = "N")]
+    pub run: Option<i64>,
+
+    /// Write the HTML report to this file
+    #[arg(long, value_name = "PATH")]
+    pub out: Option<PathBuf>,
+
+    /// Print the report's figures as JSON (summary, samples, failures by reason)
+    #[arg(long)]
+    pub json: bool,
 }

@@ -17,7 +17,9 @@
 //! - [`store`]: *how it is kept*: every SQL statement, SQLite and PostgreSQL alike.
 //! - [`record`]: column kinds and the typed values written into them.
 //! - [`credits`]: periods and the reservation count.
+//! - [`report`]: `freshen report`, a run's HTML page or JSON.
 //! - [`progress`]: the bar, the periodic log line, the summary.
+//! - [`timeline`]: the run's samples over time, written while it works.
 //! - [`sandbox`]: the simulated vendor of the demo, the tests and the benchmarks.
 //! - [`error`]: the errors that decide an exit code, and the `Secret` type.
 
@@ -31,9 +33,11 @@ pub mod error;
 pub mod pacer;
 pub mod progress;
 pub mod record;
+pub mod report;
 pub mod sandbox;
 pub mod selection;
 pub mod store;
+pub mod timeline;
 
 use anyhow::Result;
 use tokio_util::sync::CancellationToken;
@@ -79,6 +83,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<Exit> {
         Command::Run(args) => cmd::run::run(config()?, args, shutdown, &display).await,
         Command::Status(args) => cmd::status::status(config()?, args.json).await,
         Command::Demo(args) => cmd::demo::demo(config()?, args, shutdown, &display).await,
+        Command::Report(args) => report::report(config()?, args).await,
         Command::Sandbox(opts) => {
             sandbox::serve(opts, shutdown.cancelled_owned()).await?;
             Ok(Exit::Complete)

@@ -183,8 +183,17 @@ async fn locked(
         run: run.id,
         period: period.clone(),
     };
+    let sampler = crate::timeline::Sampler::start(
+        store.clone(),
+        run.id,
+        f64::from(config.limits.rate.get()),
+        tally.clone(),
+        job.pacer.clone(),
+    );
+
     let outcome = engine::execute(job, &shutdown).await;
     watching.cancel();
+    sampler.finish().await;
     let stop = match outcome {
         Ok(stop) => stop,
         Err(e) => {

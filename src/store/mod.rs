@@ -7,6 +7,7 @@
 //! Every value goes in as a bound parameter.
 
 mod ident;
+mod samples;
 mod statements;
 
 use std::borrow::Cow;
@@ -24,6 +25,7 @@ use crate::record::{ColumnKind, Value};
 use crate::selection::{IdSpec, Selection, stamp};
 
 pub use ident::Ident;
+pub use samples::{FailureGroup, Sample};
 use statements::Statements;
 
 /// Which engine is behind the URL: the SQL is shared, the migrations and a few
@@ -689,24 +691,36 @@ async fn table_columns(
 
 /// freshen's migrations, embedded in the binary, for the engine behind the URL.
 fn migrator(backend: Backend) -> Migrator {
-    let files = match backend {
-        Backend::Sqlite => [
+    // (version, name, sqlite, postgres): versions are never reused or renumbered.
+    let all = [
+        (
+            1,
+            "freshen",
             include_str!("../../migrations/sqlite/0001_freshen.sql"),
-            include_str!("../../migrations/sqlite/0002_locks.sql"),
-        ],
-        Backend::Postgres => [
             include_str!("../../migrations/postgres/0001_freshen.sql"),
+        ),
+        (
+            2,
+            "locks",
+            include_str!("../../migrations/sqlite/0002_locks.sql"),
             include_str!("../../migrations/postgres/0002_locks.sql"),
-        ],
-    };
-    let names = ["freshen", "locks"];
-    let migrations = files
+        ),
+        (
+            3,
+            "timeline",
+            include_str!("../../migrations/sqlite/0003_timeline.sql"),
+            include_str!("../../migrations/postgres/0003_timeline.sql"),
+        ),
+    ];
+    let migrations = all
         .into_iter()
-        .zip(names)
-        .enumerate()
-        .map(|(i, (sql, name))| {
+        .map(|(version, name, sqlite, postgres)| {
+            let sql = match backend {
+                Backend::Sqlite => sqlite,
+                Backend::Postgres => postgres,
+            };
             Migration::new(
-                i as i64 + 1,
+                version,
                 Cow::Borrowed(name),
                 MigrationType::Simple,
                 sql.into_sql_str(),
