@@ -87,6 +87,12 @@ pub struct RunArgs {
     /// Spend at most N credits on this run, over all its resumes (exit 3 when reached)
     #[arg(long, value_name = "N")]
     pub max_credits: Option<u64>,
+
+    /// Keep this file in Prometheus' text format (node_exporter's textfile collector):
+    /// records, calls, credits, the last run's exit code and end time; rewritten
+    /// whole every 5 s and at exit
+    #[arg(long, value_name = "PATH")]
+    pub metrics_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Args)]
@@ -109,6 +115,23 @@ pub struct DemoArgs {
     /// Write the final summary as JSON to this file
     #[arg(long, value_name = "PATH")]
     pub summary_json: Option<PathBuf>,
+
+    /// As `run --metrics-file`: keep this file in Prometheus' text format
+    #[arg(long, value_name = "PATH")]
+    pub metrics_file: Option<PathBuf>,
+
+    /// The simulated vendor's real rate limit, calls/s (default: limits.rate); set it
+    /// under limits.rate to watch freshen learn it from 429s
+    #[arg(long, value_name = "N")]
+    pub vendor_rate: Option<f64>,
+
+    /// Take the simulated vendor down this long after it starts, e.g. `6s`
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, requires = "outage")]
+    pub outage_at: Option<std::time::Duration>,
+
+    /// How long the simulated vendor stays down, e.g. `3s`
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, requires = "outage_at")]
+    pub outage: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Clone, Default, Args)]

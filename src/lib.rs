@@ -20,6 +20,7 @@
 //! - [`report`]: `freshen report`, a run's HTML page or JSON.
 //! - [`progress`]: the bar, the periodic log line, the summary.
 //! - [`timeline`]: the run's samples over time, written while it works.
+//! - [`metrics`]: `--metrics-file`, Prometheus' text format for cron's runs.
 //! - [`sandbox`]: the simulated vendor of the demo, the tests and the benchmarks.
 //! - [`error`]: the errors that decide an exit code, and the `Secret` type.
 
@@ -30,6 +31,7 @@ pub mod config;
 pub mod credits;
 pub mod engine;
 pub mod error;
+pub mod metrics;
 pub mod pacer;
 pub mod progress;
 pub mod record;

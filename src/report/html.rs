@@ -162,7 +162,7 @@ td.keys {{ font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 
 footer {{ color: #8c959f; font-size: 12px; margin-top: 24px; }}
 </style></head><body><main>
 <h1>Run {run} <span style="color:#59636e;font-weight:400">of table <code>{table}</code></span><span class="badge" style="background:{color}">{status}</span></h1>
-<p class="sub">Selection {selection} · created {created} · {ended}</p>
+<p class="sub">Selection: {selection} · created {created} · {ended}</p>
 "#,
         title = escape(&title),
         run = r.run,
@@ -276,7 +276,7 @@ fn cards(h: &mut String, r: &Report, placed: &[Placed]) {
     };
     let _ = write!(
         h,
-        r#"<div class="card"><div class="k">Pace</div><div class="v">{mean} <span style="font-size:14px;color:#59636e">calls/s</span></div><div class="d">peak {peak}/s of {ceiling}/s ceiling · over {active}<br>paused {paused} · vendor down {outage}</div></div>"#,
+        r#"<div class="card"><div class="k">Pace</div><div class="v">{mean} <span style="font-size:14px;color:#59636e">calls/s</span></div><div class="d">peak {peak}/s · ceiling {ceiling}/s<br>{active} working · paused {paused} · vendor down {outage}</div></div>"#,
         mean = num(mean),
         peak = num(peak),
         ceiling = num(ceiling),
@@ -317,7 +317,7 @@ fn rate_chart(h: &mut String, r: &Report, placed: &[Placed]) {
         .iter()
         .map(|p| p.s.rate.max(p.s.paced_rate))
         .fold(ceiling, f64::max);
-    let f = Frame::new(WIDTH - 22.0, 300.0, t1, top * 1.05);
+    let f = Frame::new(WIDTH - 22.0, 280.0, t1, top * 1.05);
     h.push_str(r#"<div class="panel">"#);
     legend(
         h,
@@ -380,7 +380,7 @@ fn concurrency_chart(h: &mut String, r: &Report, placed: &[Placed]) {
         .iter()
         .map(|p| (p.s.concurrency as f64).max(p.s.in_flight))
         .fold(max, f64::max);
-    let f = Frame::new(WIDTH - 22.0, 200.0, t1, top * 1.05);
+    let f = Frame::new(WIDTH - 22.0, 180.0, t1, top * 1.05);
     h.push_str(r#"<div class="panel">"#);
     legend(
         h,
@@ -462,7 +462,7 @@ fn credits_panel(h: &mut String, r: &Report, placed: &[Placed]) {
         } else {
             total_run as f64
         };
-        let f = Frame::new(WIDTH - 50.0, 170.0, t1, top.max(1.0) * 1.05);
+        let f = Frame::new(WIDTH - 50.0, 140.0, t1, top.max(1.0) * 1.05);
         h.push_str(r#"<div style="margin-top:8px;color:#59636e;font-size:13px">Credits spent by this run over time</div>"#);
         f.open(h, "credits spent by this run over time");
         f.axes(h, |v| int(v.round() as i64));
