@@ -93,6 +93,10 @@ pub struct RunArgs {
     /// whole every 5 s and at exit
     #[arg(long, value_name = "PATH")]
     pub metrics_file: Option<PathBuf>,
+
+    /// How often --metrics-file is rewritten while the run works (tests use it)
+    #[arg(long, hide = true, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub metrics_every: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Clone, Default, Args)]

@@ -94,8 +94,15 @@ impl Metrics {
         Ok(Arc::new(metrics))
     }
 
-    /// Rewrites the file every [`EVERY`] from the live counters, until `stop`.
-    pub fn watch(self: &Arc<Self>, live: Live, tally: Arc<Tally>, stop: CancellationToken) {
+    /// Rewrites the file every `every` ([`EVERY`] unless a test says otherwise)
+    /// from the live counters, until `stop`.
+    pub fn watch(
+        self: &Arc<Self>,
+        live: Live,
+        every: Duration,
+        tally: Arc<Tally>,
+        stop: CancellationToken,
+    ) {
         let metrics = self.clone();
         tokio::spawn(async move {
             let mut warned = false;
@@ -134,7 +141,7 @@ impl Metrics {
                 }
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(EVERY) => {}
+                    _ = tokio::time::sleep(every.max(Duration::from_millis(10))) => {}
                 }
             }
         });

@@ -219,7 +219,8 @@ async fn locked(
             allowance: credits.allowance as i64,
             period_spent: spent,
         };
-        m.watch(live, tally.clone(), watching.clone());
+        let every = args.metrics_every.unwrap_or(crate::metrics::EVERY);
+        m.watch(live, every, tally.clone(), watching.clone());
     }
     let sampler = crate::timeline::Sampler::start(
         store.clone(),
