@@ -192,7 +192,8 @@ async fn sample(
         window.outage |= g.breaker_open;
 
         let now = Instant::now();
-        let due = now.duration_since(window.started) >= interval_after(written);
+        // Half a poll early rather than a whole poll late.
+        let due = now.duration_since(window.started) + POLL / 2 >= interval_after(written);
         if due || last {
             let counts = Counts::now(&tally);
             // Strictly increasing, so samples order as they were taken.

@@ -75,7 +75,7 @@ fn place(samples: &[Sample]) -> Vec<Placed<'_>> {
             let start = (s.at_ms - s.interval_ms - t0) as f64 / 1000.0;
             let end = (s.at_ms - t0) as f64 / 1000.0;
             let slack = (2.0 * s.interval_ms as f64 / 1000.0).max(2.0);
-            let after_gap = start > prev_end + slack;
+            let after_gap = prev_end.is_finite() && start > prev_end + slack;
             prev_end = end;
             Placed {
                 s,
@@ -264,7 +264,7 @@ fn cards(h: &mut String, r: &Report, placed: &[Placed]) {
     );
     let _ = write!(
         h,
-        r#"<div class="card"><div class="k">Credits</div><div class="v">{spent}</div><div class="d">spent by this run<br>{left} left in the period from {period}</div></div>"#,
+        r#"<div class="card"><div class="k">Credits</div><div class="v">{spent}</div><div class="d">spent by this run<br>{left} left in period {period}</div></div>"#,
         spent = int(r.credits.spent),
         left = int(r.credits.remaining),
         period = escape(&r.credits.period),
@@ -276,7 +276,7 @@ fn cards(h: &mut String, r: &Report, placed: &[Placed]) {
     };
     let _ = write!(
         h,
-        r#"<div class="card"><div class="k">Pace</div><div class="v">{mean} <span style="font-size:14px;color:#59636e">calls/s</span></div><div class="d">peak {peak}/s · ceiling {ceiling}/s<br>{active} working · paused {paused} · vendor down {outage}</div></div>"#,
+        r#"<div class="card"><div class="k">Pace</div><div class="v">{mean} <span style="font-size:14px;color:#59636e">calls/s</span></div><div class="d">peak {peak}/s · ceiling {ceiling}/s<br>{active} working · paused {paused} · outage {outage}</div></div>"#,
         mean = num(mean),
         peak = num(peak),
         ceiling = num(ceiling),
@@ -558,6 +558,7 @@ mod tests {
             s(60_000, true),
         ];
         let placed = place(&samples);
+        assert!(!placed[0].after_gap && !placed[1].after_gap);
         assert!(placed[3].after_gap);
         assert_eq!(segments(&placed, |p| vec![(p.end, 0.0)]).len(), 2);
         assert_eq!(spans(&placed, |s| s.paused), vec![(0.0, 2.0), (59.0, 60.0)]);
