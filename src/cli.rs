@@ -52,6 +52,9 @@ pub enum Command {
     Sandbox(SandboxOptions),
     /// The whole job on the embedded default: sample SQLite database, in-process sandbox, `run`
     Demo(DemoArgs),
+    /// What happened in a run: one self-contained HTML page (summary, rate, throttles and
+    /// outages over time, concurrency, credits, failures by reason), or JSON
+    Report(ReportArgs),
 }
 
 /// Which records a run covers. Without any flag: every record of `source.table`
@@ -87,6 +90,16 @@ pub struct RunArgs {
     /// Spend at most N credits on this run, over all its resumes (exit 3 when reached)
     #[arg(long, value_name = "N")]
     pub max_credits: Option<u64>,
+
+    /// Keep this file in Prometheus' text format (node_exporter's textfile collector):
+    /// records, calls, credits, the last run's exit code and end time; rewritten
+    /// whole every 5 s and at exit
+    #[arg(long, value_name = "PATH")]
+    pub metrics_file: Option<PathBuf>,
+
+    /// How often --metrics-file is rewritten while the run works (tests use it)
+    #[arg(long, hide = true, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub metrics_every: Option<std::time::Duration>,
 
     /// The end-of-month run: refresh the stalest selected records that this
     /// period's remaining credits (less credits.reserve) pay for. Resumes its own
@@ -143,4 +156,36 @@ pub struct DemoArgs {
     /// Write the final summary as JSON to this file
     #[arg(long, value_name = "PATH")]
     pub summary_json: Option<PathBuf>,
+
+    /// As `run --metrics-file`: keep this file in Prometheus' text format
+    #[arg(long, value_name = "PATH")]
+    pub metrics_file: Option<PathBuf>,
+
+    /// The simulated vendor's real rate limit, calls/s (default: limits.rate); set it
+    /// under limits.rate to watch freshen learn it from 429s
+    #[arg(long, value_name = "N")]
+    pub vendor_rate: Option<f64>,
+
+    /// Take the simulated vendor down this long after it starts, e.g. `6s`
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, requires = "outage")]
+    pub outage_at: Option<std::time::Duration>,
+
+    /// How long the simulated vendor stays down, e.g. `3s`
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, requires = "outage_at")]
+    pub outage: Option<std::time::Duration>,
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct ReportArgs {
+    /// The run to report on (default: the table's latest run)
+    #[arg(long, value_name = "N")]
+    pub run: Option<i64>,
+
+    /// Write the HTML report to this file
+    #[arg(long, value_name = "PATH")]
+    pub out: Option<PathBuf>,
+
+    /// Print the report's figures as JSON (summary, samples, failures by reason)
+    #[arg(long)]
+    pub json: bool,
 }

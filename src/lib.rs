@@ -17,7 +17,10 @@
 //! - [`store`]: *how it is kept*: every SQL statement, SQLite and PostgreSQL alike.
 //! - [`record`]: column kinds and the typed values written into them.
 //! - [`credits`]: periods and the reservation count.
+//! - [`report`]: `freshen report`, a run's HTML page or JSON.
 //! - [`progress`]: the bar, the periodic log line, the summary.
+//! - [`timeline`]: the run's samples over time, written while it works.
+//! - [`metrics`]: `--metrics-file`, Prometheus' text format for cron's runs.
 //! - [`sandbox`]: the simulated vendor of the demo, the tests and the benchmarks.
 //! - [`error`]: the errors that decide an exit code, and the `Secret` type.
 
@@ -28,12 +31,15 @@ pub mod config;
 pub mod credits;
 pub mod engine;
 pub mod error;
+pub mod metrics;
 pub mod pacer;
 pub mod progress;
 pub mod record;
+pub mod report;
 pub mod sandbox;
 pub mod selection;
 pub mod store;
+pub mod timeline;
 
 use anyhow::Result;
 use tokio_util::sync::CancellationToken;
@@ -80,6 +86,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<Exit> {
         Command::Status(args) => cmd::status::status(config()?, args).await,
         Command::Estimate(args) => cmd::estimate::estimate(config()?, args).await,
         Command::Demo(args) => cmd::demo::demo(config()?, args, shutdown, &display).await,
+        Command::Report(args) => report::report(config()?, args).await,
         Command::Sandbox(opts) => {
             sandbox::serve(opts, shutdown.cancelled_owned()).await?;
             Ok(Exit::Complete)

@@ -50,7 +50,11 @@ pub async fn demo(
     // A realistic vendor: the configured rate, a little latency, a sprinkle of errors.
     let sandbox = Sandbox::start(SandboxOptions {
         listen,
-        rate: f64::from(config.limits.rate.get()),
+        rate: args
+            .vendor_rate
+            .unwrap_or_else(|| f64::from(config.limits.rate.get())),
+        outage_start: args.outage_at,
+        outage: args.outage.unwrap_or_default(),
         burst: config.limits.burst.get().max(10),
         latency: Duration::from_millis(20),
         error_rate: 0.01,
@@ -62,6 +66,7 @@ pub async fn demo(
     let run = RunArgs {
         new: args.new,
         summary_json: args.summary_json,
+        metrics_file: args.metrics_file,
         ..RunArgs::default()
     };
     let exit = super::run::run(config, run, shutdown, display).await;

@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::credits::Budget;
 use crate::engine::{self, Job, Stop, Tally};
 use crate::error::usage;
+use crate::metrics::{Live, Metrics};
 use crate::pacer::Pacer;
 use crate::progress::{Calls, CreditsSummary, Display, Failure, Summary};
 use crate::store::{RunRow, Store};
@@ -52,7 +53,31 @@ pub async fn run(
         stale_after / 4,
         stop.clone(),
     ));
-    let result = locked(config, store.clone(), args, stop, display, started).await;
+    // After the lock: the file belongs to the run that holds it.
+    let begun = args
+        .metrics_file
+        .as_deref()
+        .map(|path| Metrics::begin(path, config.source.table.as_str()))
+        .transpose();
+    let (metrics, result) = match begun {
+        Ok(m) => (
+            m.clone(),
+            locked(
+                config.clone(),
+                store.clone(),
+                args,
+                stop,
+                display,
+                started,
+                m,
+            )
+            .await,
+        ),
+        Err(e) => (None, Err(e)),
+    };
+    if let Some(m) = &metrics {
+        m.finish(&store, &config, &result).await;
+    }
     heartbeat.abort();
     if let Err(e) = store.unlock(&holder).await {
         tracing::warn!("{e:#}; the lock goes stale and is taken over after lock.stale_after");
@@ -101,6 +126,7 @@ async fn locked(
     shutdown: CancellationToken,
     display: &Display,
     started: Instant,
+    metrics: Option<Arc<Metrics>>,
 ) -> Result<Exit> {
     let mut selection = crate::cmd::selection(args.selection, &config);
     selection.spend_remaining = args.spend_remaining;
@@ -242,8 +268,30 @@ async fn locked(
         run: run.id,
         period: period.clone(),
     };
+    if let Some(m) = &metrics {
+        let live = Live {
+            run: run.id,
+            before,
+            calls: run.calls,
+            credits: run.credits_spent,
+            period: period.clone(),
+            allowance: credits.allowance as i64,
+            period_spent: period_row.spent,
+        };
+        let every = args.metrics_every.unwrap_or(crate::metrics::EVERY);
+        m.watch(live, every, tally.clone(), watching.clone());
+    }
+    let sampler = crate::timeline::Sampler::start(
+        store.clone(),
+        run.id,
+        f64::from(config.limits.rate.get()),
+        tally.clone(),
+        job.pacer.clone(),
+    );
+
     let outcome = engine::execute(job, &shutdown).await;
     watching.cancel();
+    sampler.finish().await;
     let stop = match outcome {
         Ok(stop) => stop,
         Err(e) => {

@@ -119,6 +119,10 @@ impl Writer {
                     return Err(e);
                 }
                 written = now;
+                let charged: i64 = batch.iter().map(|f| f.charged).sum();
+                tally
+                    .credits
+                    .fetch_add(charged.max(0) as u64, std::sync::atomic::Ordering::Relaxed);
                 outbox.free.add_permits(batch.len());
             }
             if last {

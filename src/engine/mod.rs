@@ -54,6 +54,8 @@ pub struct Tally {
     /// Items resolved (done or failed) by this process.
     pub done: AtomicU64,
     pub failed: AtomicU64,
+    /// Credits charged by this process, as checkpointed.
+    pub credits: AtomicU64,
 }
 
 impl Tally {

@@ -140,6 +140,11 @@ impl Control {
         }
     }
 
+    /// Calls sent and not yet answered.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
     /// A round trip as the controller measures time: the smoothed latency, at least 10 ms.
     fn rtt(&self) -> Duration {
         self.srtt

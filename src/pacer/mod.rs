@@ -64,6 +64,10 @@ pub struct Gauges {
     pub concurrency: usize,
     pub rate: f64,
     pub breaker_open: bool,
+    /// Calls sent and not yet answered.
+    pub in_flight: usize,
+    /// A pause (a throttle, or a `remaining=0` reset) holds every worker.
+    pub paused: bool,
 }
 
 impl Pacer {
@@ -254,6 +258,8 @@ impl Pacer {
             concurrency: self.limit.size(),
             rate: self.gate.rate(),
             breaker_open: self.breaker.is_open(),
+            in_flight: self.control.lock().expect("control lock").in_flight(),
+            paused: self.is_paused(),
         }
     }
 }

@@ -7,6 +7,7 @@
 //! Every value goes in as a bound parameter.
 
 mod ident;
+mod samples;
 mod statements;
 
 use std::borrow::Cow;
@@ -25,6 +26,7 @@ use crate::record::{ColumnKind, Value};
 use crate::selection::{IdSpec, Selection, stamp};
 
 pub use ident::Ident;
+pub use samples::{FailureGroup, Sample};
 use statements::Statements;
 
 /// Which engine is behind the URL: the SQL is shared, the migrations and a few
@@ -226,7 +228,9 @@ impl Store {
                                  to the file and its directory"
                                     .to_owned()
                             }
-                            Ok(Err(other)) => format!(": {other}"),
+                            Ok(Err(other)) if !other.to_string().contains("locked") => {
+                                format!(": {other}")
+                            }
                             _ => ": the database stayed locked by another writer past the 10 s \
                                   busy timeout; let that transaction finish, then rerun"
                                 .to_owned(),
@@ -872,6 +876,12 @@ fn migrator(backend: Backend) -> Migrator {
             "locks",
             include_str!("../../migrations/sqlite/0002_locks.sql"),
             include_str!("../../migrations/postgres/0002_locks.sql"),
+        ),
+        (
+            3,
+            "timeline",
+            include_str!("../../migrations/sqlite/0003_timeline.sql"),
+            include_str!("../../migrations/postgres/0003_timeline.sql"),
         ),
         (
             4,

@@ -10,6 +10,7 @@ mod flow;
 mod harness;
 mod hostile;
 mod lock;
+mod report;
 mod resume;
 mod run;
 mod security;
