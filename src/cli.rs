@@ -80,8 +80,14 @@ pub struct RunArgs {
     pub selection: SelectionArgs,
 
     /// Start a new run even if an unfinished run with the same selection exists
-    #[arg(long)]
+    #[arg(long, conflicts_with = "join")]
     pub new: bool,
+
+    /// Work the run of this selection together with other `run --join` processes,
+    /// on this host or others (PostgreSQL): the first plans it, each claims small
+    /// batches of records, and all share limits.rate and the credits
+    #[arg(long)]
+    pub join: bool,
 
     /// Write the final summary as JSON to this file
     #[arg(long, value_name = "PATH")]
@@ -110,7 +116,7 @@ pub struct RunArgs {
     /// Spread the calls so the run ends at this time instead of as soon as it can:
     /// RFC 3339 (`2026-11-30T22:00:00Z`), or a local `2026-11-30 22:00` or
     /// `2026-11-30` in credits.timezone
-    #[arg(long, value_name = "DATETIME")]
+    #[arg(long, value_name = "DATETIME", conflicts_with = "join")]
     pub pace_until: Option<String>,
 }
 

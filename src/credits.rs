@@ -5,12 +5,15 @@
 //! into a charge, written in the same checkpoint transaction as the record; an
 //! unbilled one releases it.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use jiff::civil::Date;
 use jiff::tz::TimeZone;
 use jiff::{Timestamp, Zoned};
 use tokio::sync::Notify;
+
+use crate::fleet::Fleet;
 
 /// How credit periods are cut: monthly, from `credits.reset_day` (clamped to the
 /// month's length, so a reset on the 31st falls on February's last day) at
@@ -98,6 +101,9 @@ pub struct Budget {
     reserve: i64,
     /// The vendor's last count of credits left, and when it was seen.
     vendor: std::sync::Mutex<Option<(i64, Timestamp)>>,
+    /// A worker of a joined run: `available` is what the shared budget granted
+    /// this worker, and more is asked for when it runs out.
+    shared: Option<Arc<Fleet>>,
 }
 
 impl Budget {
@@ -109,6 +115,17 @@ impl Budget {
             cost,
             reserve,
             vendor: std::sync::Mutex::new(None),
+            shared: None,
+        }
+    }
+
+    /// A worker of a joined run: every credit comes from the run's shared
+    /// budget in the database, through `fleet`.
+    pub fn shared(fleet: Arc<Fleet>, reserve: i64, cost: i64) -> Budget {
+        Budget {
+            available: AtomicI64::new(0),
+            shared: Some(fleet),
+            ..Budget::new(0, reserve, 0, cost)
         }
     }
 
@@ -130,8 +147,32 @@ impl Budget {
             if self.try_reserve() {
                 return true;
             }
+            let mut others_hold = false;
+            if let Some(fleet) = &self.shared {
+                let _turn = fleet.asking().await;
+                if self.try_reserve() {
+                    return true;
+                }
+                match fleet.grant().await {
+                    Ok(grant) if grant.granted > 0 => {
+                        self.available.fetch_add(grant.granted, Ordering::AcqRel);
+                        continue;
+                    }
+                    Ok(grant) => others_hold = grant.others > 0,
+                    Err(e) => {
+                        tracing::warn!("{e:#}; asking again in 1 s");
+                        others_hold = true;
+                    }
+                }
+            }
             if self.outstanding.load(Ordering::Acquire) == 0 {
-                return false;
+                if !others_hold {
+                    return false;
+                }
+                // Other workers' reservations may come back (an unbilled answer,
+                // a worker that stops): ask again shortly.
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                continue;
             }
             settled.await;
         }

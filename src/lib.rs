@@ -17,6 +17,8 @@
 //! - [`store`]: *how it is kept*: every SQL statement, SQLite and PostgreSQL alike.
 //! - [`record`]: column kinds and the typed values written into them.
 //! - [`credits`]: periods and the reservation count.
+//! - [`fleet`]: what the workers of a joined run (`run --join`) share: claims,
+//!   the rate, the credits.
 //! - [`report`]: `freshen report`, a run's HTML page or JSON.
 //! - [`progress`]: the bar, the periodic log line, the summary.
 //! - [`timeline`]: the run's samples over time, written while it works.
@@ -31,6 +33,7 @@ pub mod config;
 pub mod credits;
 pub mod engine;
 pub mod error;
+pub mod fleet;
 pub mod metrics;
 pub mod pacer;
 pub mod progress;
@@ -98,8 +101,9 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<Exit> {
 fn init_logging(filter: &str, display: &Display) {
     use std::io::IsTerminal;
     // PostgreSQL's notices ("relation already exists, skipping" from the
-    // migrations) are not news.
-    let filter = format!("{filter},sqlx::postgres::notice=warn");
+    // migrations) are not news, nor is each dead connection the pool drops
+    // while the database is away (freshen says what it does about that).
+    let filter = format!("{filter},sqlx::postgres::notice=warn,sqlx::pool=warn");
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()

@@ -80,13 +80,22 @@ impl PeriodView {
         let reserve = i64::try_from(credits.reserve).unwrap_or(i64::MAX);
         // A run's reservations count only while it is alive: a killed run's
         // last checkpoint says nothing about calls now.
+        let stale_ms = i64::try_from(config.lock_stale_after.as_millis()).unwrap_or(i64::MAX);
         let reserved = match (store.latest_run().await?, store.lock_holder().await?) {
             (Some(run), Some(lock))
-                if run.status == "running"
-                    && lock.heartbeat_age_s
-                        < i64::try_from(config.lock_stale_after.as_secs()).unwrap_or(i64::MAX) =>
+                if run.status == "running" && lock.heartbeat_age_s * 1000 < stale_ms =>
             {
-                run.reserved
+                let workers = store.workers(run.id).await?;
+                if workers.is_empty() {
+                    run.reserved
+                } else {
+                    // A joined run: what its live workers hold.
+                    workers
+                        .iter()
+                        .filter(|w| w.heartbeat_age_ms < stale_ms)
+                        .map(|w| w.reserved)
+                        .sum()
+                }
             }
             _ => 0,
         };

@@ -14,10 +14,12 @@ use crate::config::Config;
 use crate::credits::Budget;
 use crate::engine::{self, Job, Stop, Tally};
 use crate::error::usage;
+use crate::fleet::{Fleet, Joined};
 use crate::metrics::{Live, Metrics};
 use crate::pacer::Pacer;
 use crate::progress::{Calls, CreditsSummary, Display, Failure, Summary};
-use crate::store::{RunRow, Store};
+use crate::selection::Selection;
+use crate::store::{Backend, PeriodRow, RunRow, Store};
 
 pub async fn run(
     config: Config,
@@ -28,10 +30,27 @@ pub async fn run(
     let started = Instant::now();
     let config = Arc::new(config);
     let store = Arc::new(Store::connect(&config).await?);
+    if args.join && store.backend() != Backend::Postgres {
+        store.close().await;
+        return Err(usage(format!(
+            "--join needs PostgreSQL: the workers of a run share it through the database's \
+             row locks, and database.url in {} is SQLite; run without --join, or move the \
+             table to PostgreSQL",
+            config.path.display()
+        )));
+    }
+    let mut selection = crate::cmd::selection(args.selection.clone(), &config);
+    selection.spend_remaining = args.spend_remaining;
 
     // One run at a time per table: a cron run that starts while the last one is
-    // still going must not work the same queue.
-    let holder = holder_name();
+    // still going must not work the same queue. The workers of a joined run
+    // share one holder name, and with it the lock.
+    let worker = holder_name();
+    let holder = if args.join {
+        format!("the workers of `run --join` {}", selection.canonical())
+    } else {
+        worker.clone()
+    };
     let stale_after = config.lock_stale_after;
     if let Err(other) = store.lock(&holder, stale_after).await? {
         eprintln!(
@@ -53,6 +72,11 @@ pub async fn run(
         stale_after / 4,
         stop.clone(),
     ));
+    let who_joined = args.join;
+    let who = Who {
+        worker: worker.clone(),
+        join: args.join,
+    };
     // After the lock: the file belongs to the run that holds it.
     let begun = args
         .metrics_file
@@ -63,13 +87,17 @@ pub async fn run(
         Ok(m) => (
             m.clone(),
             locked(
-                config.clone(),
-                store.clone(),
+                Locked {
+                    config: config.clone(),
+                    store: store.clone(),
+                    selection,
+                    who,
+                    started,
+                    metrics: m,
+                },
                 args,
                 stop,
                 display,
-                started,
-                m,
             )
             .await,
         ),
@@ -79,7 +107,16 @@ pub async fn run(
         m.finish(&store, &config, &result).await;
     }
     heartbeat.abort();
-    if let Err(e) = store.unlock(&holder).await {
+    let unlocked = if who_joined {
+        // The last worker out releases the lock; the others leave it to it.
+        store
+            .unlock_if_last(&holder, &worker, stale_after)
+            .await
+            .map(|_| ())
+    } else {
+        store.unlock(&holder).await
+    };
+    if let Err(e) = unlocked {
         tracing::warn!("{e:#}; the lock goes stale and is taken over after lock.stale_after");
     }
     store.close().await;
@@ -96,8 +133,26 @@ fn holder_name() -> String {
     format!("{host}:{}", std::process::id())
 }
 
+/// This process: its name, and whether it is one of a joined run's workers.
+struct Who {
+    worker: String,
+    join: bool,
+}
+
+/// What the run proper works with, once the lock is held.
+struct Locked {
+    config: Arc<Config>,
+    store: Arc<Store>,
+    selection: Selection,
+    who: Who,
+    started: Instant,
+    metrics: Option<Arc<Metrics>>,
+}
+
 /// Refreshes the lock's heartbeat; if another run took the lock over (this one
-/// looked dead: suspended, or cut off from the database), stops this one.
+/// looked dead: suspended, or cut off from the database), stops this one. The
+/// workers of a joined run share the lock: if the last one out released it as
+/// this one came in, it is taken again.
 async fn keep_lock(
     store: Arc<Store>,
     holder: String,
@@ -106,7 +161,14 @@ async fn keep_lock(
 ) {
     loop {
         tokio::time::sleep(every).await;
-        match store.heartbeat(&holder).await {
+        let kept = match store.heartbeat(&holder).await {
+            Ok(false) => store
+                .lock(&holder, every * 4)
+                .await
+                .map(|taken| taken.is_ok()),
+            kept => kept,
+        };
+        match kept {
             Ok(true) => {}
             Ok(false) => {
                 tracing::error!("another run took over the lock of this table: stopping");
@@ -120,16 +182,19 @@ async fn keep_lock(
 
 /// The run proper, under the lock.
 async fn locked(
-    config: Arc<Config>,
-    store: Arc<Store>,
+    locked: Locked,
     args: RunArgs,
     shutdown: CancellationToken,
     display: &Display,
-    started: Instant,
-    metrics: Option<Arc<Metrics>>,
 ) -> Result<Exit> {
-    let mut selection = crate::cmd::selection(args.selection, &config);
-    selection.spend_remaining = args.spend_remaining;
+    let Locked {
+        config,
+        store,
+        selection,
+        who,
+        started,
+        metrics,
+    } = locked;
     let credits = &config.credits;
     let deadline = match args.pace_until.as_deref() {
         Some(text) => {
@@ -160,79 +225,72 @@ async fn locked(
             .map_or(own, |v| own.min(v - reserve))
     };
 
-    let run = match store.latest_run_with(&selection).await? {
-        Some(run) if !args.new && run.status == "complete" && !selection.spend_remaining => {
-            println!(
-                "run {} with this selection is complete ({} records, finished {}); pass --new to start another",
-                run.id,
-                run.total,
-                run.finished_at.as_deref().unwrap_or("-")
-            );
-            return Ok(Exit::Complete);
-        }
-        Some(run) if !args.new && run.status != "complete" => {
-            let pending = store.item_counts(run.id).await?.pending;
-            tracing::info!(
-                "resuming run {}: {pending} of {} records pending",
-                run.id,
-                run.total
-            );
-            run
-        }
-        previous => {
-            if let Some(old) = previous.filter(|r| r.status != "complete") {
-                store.set_status(old.id, "superseded", true).await?;
-                tracing::info!(
-                    "run {} left unfinished: superseded by a new run (--new)",
-                    old.id
-                );
-            }
-            let cap = if selection.spend_remaining {
-                let cost = i64::try_from(credits.cost).unwrap_or(i64::MAX);
-                let budget = match args.max_credits {
-                    Some(max) => available.min(i64::try_from(max).unwrap_or(i64::MAX)),
-                    None => available,
-                };
-                let records = (budget / cost).max(0);
-                if records == 0 {
-                    println!(
-                        "nothing to spend: {} credits available in the period from {period} \
-                         (allowance {}, spent {}, reserve {reserve})",
-                        available.max(0),
-                        period_row.allowance,
-                        period_row.spent
-                    );
-                    return Ok(Exit::Budget);
-                }
-                tracing::info!(
-                    "--spend-remaining: {budget} credits pay for the {records} stalest records"
-                );
-                Some(records as u64)
-            } else {
-                None
-            };
-            let planning = Instant::now();
-            let run = store.plan(&selection, cap).await?;
-            tracing::info!(
-                "planned run {}: {} records, stalest first, in {:.2} s",
-                run.id,
-                run.total,
-                planning.elapsed().as_secs_f64()
-            );
-            run
-        }
+    // The workers of a joined run start together: the first plans, the others
+    // find its run.
+    let planning = match who.join {
+        true => Some(store.planning_lock().await?),
+        false => None,
+    };
+    let funds = Funds {
+        period: &period,
+        row: &period_row,
+        available,
+        reserve,
+        cost: i64::try_from(credits.cost).unwrap_or(i64::MAX),
+    };
+    let chosen = choose_run(&store, &selection, &args, &funds).await;
+    if let Some(conn) = planning {
+        store.planning_unlock(conn).await?;
+    }
+    let run = match chosen? {
+        Ok(run) => run,
+        Err(exit) => return Ok(exit),
     };
 
-    let mut budget = Budget::new(
-        available + reserve + period_row.spent,
-        reserve,
-        period_row.spent,
-        credits.cost as i64,
-    );
-    if let Some(max) = args.max_credits {
-        budget = budget.capped(i64::try_from(max).unwrap_or(i64::MAX), run.credits_spent);
-    }
-    let budget = Arc::new(budget);
+    let cost = i64::try_from(credits.cost).unwrap_or(i64::MAX);
+    let max_credits = args
+        .max_credits
+        .map(|m| i64::try_from(m).unwrap_or(i64::MAX));
+    let fleet = if who.join {
+        store.join_fleet(run.id, &who.worker).await?;
+        let fleet = Arc::new(Fleet::new(
+            store.clone(),
+            Joined {
+                worker: who.worker.clone(),
+                run: run.id,
+                stale_after: config.lock_stale_after,
+                rate: f64::from(config.limits.rate.get()),
+                burst: config.limits.burst.get(),
+                period: period.clone(),
+                period_limit: available + period_row.spent,
+                run_limit: max_credits,
+                cost,
+                want: cost.saturating_mul(i64::from(config.limits.max_concurrency.get())),
+            },
+        ));
+        tracing::info!("worker {} joins run {}", who.worker, run.id);
+        Some(fleet)
+    } else {
+        // Alone on the run: claims left by the workers of an earlier `--join`
+        // mean nothing now.
+        store.clear_leases(run.id).await?;
+        None
+    };
+    let budget = Arc::new(match &fleet {
+        Some(fleet) => Budget::shared(fleet.clone(), reserve, cost),
+        None => {
+            let budget = Budget::new(
+                available + reserve + period_row.spent,
+                reserve,
+                period_row.spent,
+                cost,
+            );
+            match max_credits {
+                Some(max) => budget.capped(max, run.credits_spent),
+                None => budget,
+            }
+        }
+    });
 
     let before = store.item_counts(run.id).await?;
     store.set_status(run.id, "running", false).await?;
@@ -258,7 +316,12 @@ async fn locked(
         ));
     }
 
+    if let Some(fleet) = &fleet {
+        tokio::spawn(fleet.clone().heartbeat(watching.clone()));
+    }
     let job = Job {
+        worker: who.worker.clone(),
+        fleet: fleet.clone(),
         vendor: Vendor::new(&config, store.mapped_kinds())?,
         pacer,
         config: config.clone(),
@@ -292,10 +355,23 @@ async fn locked(
     let outcome = engine::execute(job, &shutdown).await;
     watching.cancel();
     sampler.finish().await;
+    // A worker of a joined run gives back the items it claimed and did not
+    // finish, and its unspent credits; the others may still be at work.
+    let others = match &fleet {
+        Some(fleet) => {
+            store.leave_fleet(run.id, &fleet.worker).await?;
+            store
+                .other_live_workers(run.id, &fleet.worker, fleet.stale_after)
+                .await?
+        }
+        None => 0,
+    };
     let stop = match outcome {
         Ok(stop) => stop,
         Err(e) => {
-            let _ = store.set_status(run.id, "error", false).await;
+            if others == 0 {
+                let _ = store.set_status(run.id, "error", false).await;
+            }
             return Err(e);
         }
     };
@@ -308,6 +384,16 @@ async fn locked(
     let records = store.item_counts(run.id).await?;
     let (status, exit) = match stop {
         Stop::Drained if records.pending == 0 => ("complete", Exit::Complete),
+        // This worker stops; the run goes on with the others.
+        _ if others > 0 && records.pending > 0 => (
+            "running",
+            match stop {
+                Stop::Drained => Exit::Complete,
+                Stop::Interrupted => Exit::Interrupted,
+                Stop::Budget | Stop::OutOfCredits => Exit::Budget,
+                Stop::Outage => Exit::Outage,
+            },
+        ),
         // Items added back while draining (cannot happen in one process, but the
         // database is the truth): the next run resumes them.
         Stop::Drained => ("stopped", Exit::Complete),
@@ -358,7 +444,97 @@ async fn locked(
         ),
         Stop::Drained => {}
     }
+    if others > 0 && records.pending > 0 {
+        println!(
+            "this worker leaves; {others} other worker(s) of run {} go on",
+            run.id
+        );
+    }
     Ok(exit)
+}
+
+/// The period's credits, as the run's plan sees them.
+struct Funds<'a> {
+    period: &'a str,
+    row: &'a PeriodRow,
+    /// What the run may spend: allowance less reserve and spent (or the vendor's
+    /// lower count).
+    available: i64,
+    reserve: i64,
+    cost: i64,
+}
+
+/// The run to work: the unfinished one with this selection, or a new plan; or
+/// the exit to take when there is nothing to do.
+async fn choose_run(
+    store: &Store,
+    selection: &Selection,
+    args: &RunArgs,
+    funds: &Funds<'_>,
+) -> Result<Result<RunRow, Exit>> {
+    Ok(Ok(match store.latest_run_with(selection).await? {
+        Some(run) if !args.new && run.status == "complete" && !selection.spend_remaining => {
+            println!(
+                "run {} with this selection is complete ({} records, finished {}); pass --new to start another",
+                run.id,
+                run.total,
+                run.finished_at.as_deref().unwrap_or("-")
+            );
+            return Ok(Err(Exit::Complete));
+        }
+        Some(run) if !args.new && run.status != "complete" => {
+            let pending = store.item_counts(run.id).await?.pending;
+            tracing::info!(
+                "resuming run {}: {pending} of {} records pending",
+                run.id,
+                run.total
+            );
+            run
+        }
+        previous => {
+            if let Some(old) = previous.filter(|r| r.status != "complete") {
+                store.set_status(old.id, "superseded", true).await?;
+                tracing::info!(
+                    "run {} left unfinished: superseded by a new run (--new)",
+                    old.id
+                );
+            }
+            let cap = if selection.spend_remaining {
+                let budget = match args.max_credits {
+                    Some(max) => funds.available.min(i64::try_from(max).unwrap_or(i64::MAX)),
+                    None => funds.available,
+                };
+                let records = (budget / funds.cost).max(0);
+                if records == 0 {
+                    println!(
+                        "nothing to spend: {} credits available in the period from {} \
+                     (allowance {}, spent {}, reserve {})",
+                        funds.available.max(0),
+                        funds.period,
+                        funds.row.allowance,
+                        funds.row.spent,
+                        funds.reserve
+                    );
+                    return Ok(Err(Exit::Budget));
+                }
+                tracing::info!(
+                    "--spend-remaining: {budget} credits pay for the {records} stalest records"
+                );
+                Some(records as u64)
+            } else {
+                None
+            };
+            let planned = Instant::now();
+            let run = store.plan(selection, cap).await?;
+            tracing::info!(
+                "planned run {}: {} records, stalest first, in {:.2} s",
+                run.id,
+                run.total,
+                planned.elapsed().as_secs_f64()
+            );
+            run
+        }
+    }))
 }
 
 /// `--pace-until`: holds the rate at what the records left need to end at the

@@ -8,7 +8,7 @@ use crate::Exit;
 use crate::cli::StatusArgs;
 use crate::cmd::PeriodView;
 use crate::config::Config;
-use crate::store::{CallCounts, ItemCounts, Store};
+use crate::store::{CallCounts, ItemCounts, Store, WorkerRow};
 
 #[derive(Debug, Serialize)]
 struct Status {
@@ -27,6 +27,16 @@ struct RunStatus {
     updated_at: String,
     finished_at: Option<String>,
     failures: Vec<(String, String)>,
+    /// The workers of a joined run (`run --join`), live or not.
+    workers: Vec<WorkerView>,
+}
+
+#[derive(Debug, Serialize)]
+struct WorkerView {
+    #[serde(flatten)]
+    row: WorkerRow,
+    /// Its heartbeat is fresher than lock.stale_after: its claims hold.
+    live: bool,
 }
 
 pub async fn status(config: Config, args: StatusArgs) -> Result<Exit> {
@@ -35,6 +45,16 @@ pub async fn status(config: Config, args: StatusArgs) -> Result<Exit> {
     crate::cmd::ask_vendor(&config, &store, args.offline).await?;
     let run = match store.latest_run().await? {
         Some(run) => Some(RunStatus {
+            workers: store
+                .workers(run.id)
+                .await?
+                .into_iter()
+                .map(|row| WorkerView {
+                    live: row.heartbeat_age_ms
+                        < i64::try_from(config.lock_stale_after.as_millis()).unwrap_or(i64::MAX),
+                    row,
+                })
+                .collect(),
             records: store.item_counts(run.id).await?,
             failures: store.failures(run.id, 10).await?,
             selection: serde_json::from_str(&run.selection).unwrap_or_default(),
@@ -80,6 +100,22 @@ pub async fn status(config: Config, args: StatusArgs) -> Result<Exit> {
                 r.updated_at,
                 r.finished_at.as_deref().unwrap_or("-")
             );
+            for w in &r.workers {
+                let w_ = &w.row;
+                println!(
+                    "  worker   {} {}: {} records claimed, {} credits reserved, heartbeat {:.1} s ago{}",
+                    w_.worker,
+                    if w.live { "live" } else { "gone" },
+                    w_.leases,
+                    w_.reserved,
+                    w_.heartbeat_age_ms as f64 / 1000.0,
+                    if w.live {
+                        ""
+                    } else {
+                        " (its claims are free for the others)"
+                    }
+                );
+            }
             for (key, reason) in &r.failures {
                 println!("  failed   {key}: {reason}");
             }

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Tally;
 use crate::config::Checkpoint;
-use crate::store::{CallCounts, Finished, Store};
+use crate::store::{CallCounts, Finished, Ledger, Store};
 
 pub(super) struct Outbox {
     results: Mutex<Vec<Finished>>,
@@ -68,9 +68,13 @@ pub(super) struct Writer {
     pub store: Arc<Store>,
     pub run: i64,
     pub period: String,
+    pub worker: String,
+    pub joined: bool,
     pub outbox: Arc<Outbox>,
     pub settings: Checkpoint,
     pub tally: Arc<Tally>,
+    /// How long a lost database connection is waited for (`retry.max_outage`).
+    pub reconnect_for: std::time::Duration,
     /// Cancelled by the writer on a database error: the run stops.
     pub stop: CancellationToken,
     /// Cancelled by the engine once every worker has finished.
@@ -85,12 +89,21 @@ impl Writer {
             budget,
             run,
             period,
+            worker,
+            joined,
             outbox,
             settings,
             tally,
+            reconnect_for,
             stop,
             done,
         } = self;
+        let ledger = Ledger {
+            run,
+            period: &period,
+            worker: &worker,
+            joined,
+        };
         let mut written = CallCounts::default();
         let mut tick = tokio::time::interval(settings.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -109,14 +122,34 @@ impl Writer {
                 permanent: now.permanent - written.permanent,
             };
             if !batch.is_empty() || delta != CallCounts::default() {
-                if let Err(e) = store
-                    .checkpoint(run, &period, &batch, delta, budget.reserved())
+                let mut lost: Option<tokio::time::Instant> = None;
+                while let Err(e) = store
+                    .checkpoint(&ledger, &batch, delta, budget.reserved())
                     .await
                 {
+                    // The connection went away (a database restart, say): nothing
+                    // of this batch was written. Keep it and write it once the
+                    // database is back; meanwhile the outbox stays full, so
+                    // workers finishing calls wait and no new call goes out.
+                    let since = *lost.get_or_insert_with(tokio::time::Instant::now);
+                    if crate::store::is_disconnect(&e) && since.elapsed() < reconnect_for {
+                        tracing::warn!(
+                            "{e:#}: the database is unreachable; holding {} results and trying again",
+                            batch.len()
+                        );
+                        tokio::time::sleep(RECONNECT_EVERY).await;
+                        continue;
+                    }
                     // Nothing of this batch was written; its items stay pending.
                     outbox.broken.cancel();
                     stop.cancel();
                     return Err(e);
+                }
+                if let Some(since) = lost {
+                    tracing::info!(
+                        "the database is back after {:.1} s; the held results are written",
+                        since.elapsed().as_secs_f64()
+                    );
                 }
                 written = now;
                 let charged: i64 = batch.iter().map(|f| f.charged).sum();
@@ -131,6 +164,9 @@ impl Writer {
         }
     }
 }
+
+/// How often a lost database is tried again.
+pub(super) const RECONNECT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn counts(tally: &Tally) -> CallCounts {
     let n = |c| Tally::get(c) as i64;

@@ -26,6 +26,7 @@ use tokio_util::task::TaskTracker;
 use crate::api::{CallError, Vendor};
 use crate::config::Config;
 use crate::credits::Budget;
+use crate::fleet::Fleet;
 use crate::pacer::{Backoff, Outage, Pacer, Signal};
 use crate::store::{Finished, Item, Resolution, Store};
 
@@ -81,6 +82,8 @@ struct Shared {
     fatal: Mutex<Option<String>>,
     outbox: Arc<checkpoint::Outbox>,
     retry: crate::config::Retry,
+    /// A worker of a joined run: the shared rate and pause.
+    fleet: Option<Arc<Fleet>>,
 }
 
 impl Shared {
@@ -100,6 +103,10 @@ pub struct Job {
     pub budget: Arc<Budget>,
     pub run: i64,
     pub period: String,
+    /// This process, as the claimant of the items it works (`host:pid`).
+    pub worker: String,
+    /// With `--join`: the run's other workers share the queue, rate and credits.
+    pub fleet: Option<Arc<Fleet>>,
 }
 
 /// Works the run's pending items until none is left or something stops it.
@@ -113,6 +120,8 @@ pub async fn execute(job: Job, shutdown: &CancellationToken) -> Result<Stop> {
         budget,
         run,
         period,
+        worker,
+        fleet,
     } = job;
     let stop = shutdown.child_token();
     let outbox = Arc::new(checkpoint::Outbox::new(config.checkpoint.batch_size.get()));
@@ -123,9 +132,12 @@ pub async fn execute(job: Job, shutdown: &CancellationToken) -> Result<Stop> {
             budget: budget.clone(),
             run,
             period,
+            worker,
+            joined: fleet.is_some(),
             outbox: outbox.clone(),
             settings: config.checkpoint.clone(),
             tally: tally.clone(),
+            reconnect_for: config.retry.max_outage,
             stop: stop.clone(),
             done: workers_done.clone(),
         }
@@ -142,6 +154,7 @@ pub async fn execute(job: Job, shutdown: &CancellationToken) -> Result<Stop> {
         fatal: Mutex::new(None),
         outbox,
         retry: config.retry.clone(),
+        fleet,
     });
 
     // Workers in existence at once: those calling plus those waiting out a backoff
@@ -183,7 +196,7 @@ async fn dispatch(
         let items = tokio::select! {
             biased;
             _ = shared.stop.cancelled() => return Ok(()),
-            items = store.pending_after(run, after, FETCH) => items?,
+            items = reconnecting(|| next_items(store, run, after, shared), &shared.retry) => items?,
         };
         let Some(last) = items.last() else {
             return Ok(());
@@ -215,6 +228,52 @@ async fn dispatch(
         }
     }
 }
+
+/// The next items to work, in queue order; none when the run has none left.
+/// Alone on a run: the pending items after `after`. A worker of a joined run
+/// claims a small batch no live worker holds, and while others hold the rest,
+/// waits: if one of them dies, its items come back to the queue.
+async fn next_items(store: &Store, run: i64, after: i64, shared: &Shared) -> Result<Vec<Item>> {
+    let Some(fleet) = &shared.fleet else {
+        return store.pending_after(run, after, FETCH).await;
+    };
+    loop {
+        let claimed = store
+            .claim(run, &fleet.worker, fleet.stale_after, CLAIM)
+            .await?;
+        if !claimed.is_empty() {
+            return Ok(claimed);
+        }
+        if store.item_counts(run).await?.pending == 0 {
+            return Ok(claimed);
+        }
+        tokio::time::sleep(CLAIM_POLL).await;
+    }
+}
+
+/// Runs `op` until it does not fail for a lost database connection, or the
+/// database has been gone `retry.max_outage`.
+async fn reconnecting<T, F: Future<Output = Result<T>>>(
+    mut op: impl FnMut() -> F,
+    retry: &crate::config::Retry,
+) -> Result<T> {
+    let started = tokio::time::Instant::now();
+    loop {
+        match op().await {
+            Err(e) if crate::store::is_disconnect(&e) && started.elapsed() < retry.max_outage => {
+                tracing::warn!("{e:#}: the database is unreachable; trying again");
+                tokio::time::sleep(checkpoint::RECONNECT_EVERY).await;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// Items a worker of a joined run claims at once: small, so the others get
+/// work too and a dead worker strands few.
+const CLAIM: i64 = 32;
+/// How often a worker with nothing to claim looks again while others hold items.
+const CLAIM_POLL: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// One item, from its first call to its result: throttled answers pause everyone and
 /// try again without counting an attempt; transient failures wait out a jittered
@@ -254,6 +313,20 @@ async fn work(shared: Arc<Shared>, mut item: Item, _slot: OwnedSemaphorePermit, 
                 return;
             }
         };
+        if let Some(fleet) = &shared.fleet {
+            // The table's shared bucket: all workers together keep to the rate.
+            tokio::select! {
+                biased;
+                _ = shared.stop.cancelled() => return,
+                _ = fleet.token(pacer) => {}
+            }
+            // A throttle another worker saw may have come with the token.
+            tokio::select! {
+                biased;
+                _ = shared.stop.cancelled() => return,
+                _ = pacer.wait_pause() => {}
+            }
+        }
         if shared.stop.is_cancelled() {
             return;
         }
@@ -293,6 +366,9 @@ async fn work(shared: Arc<Shared>, mut item: Item, _slot: OwnedSemaphorePermit, 
             }
         };
         let outage = pacer.observe(&mut ticket, item.seq, signal, retry_after, call.hint);
+        if let (Some(fleet), Signal::Throttled) = (&shared.fleet, signal) {
+            fleet.pause_all(retry_after.unwrap_or(shared.retry.base_delay));
+        }
 
         let resolution = match call.result {
             Ok(values) => {

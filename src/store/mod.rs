@@ -6,6 +6,7 @@
 //! the statements that use them are built once, at connect time, in [`Statements`].
 //! Every value goes in as a bound parameter.
 
+mod fleet;
 mod ident;
 mod samples;
 mod statements;
@@ -25,6 +26,7 @@ use crate::error::usage;
 use crate::record::{ColumnKind, Value};
 use crate::selection::{IdSpec, Selection, stamp};
 
+pub use fleet::{Grant, GrantRequest, PaceGrant, WorkerRow};
 pub use ident::Ident;
 pub use samples::{FailureGroup, Sample};
 use statements::Statements;
@@ -106,6 +108,17 @@ pub struct Finished {
     pub charged: i64,
 }
 
+/// Where a checkpoint writes: the run, the credit period, and the worker
+/// writing (whose claims it may resolve; `joined` when it is one of a
+/// `--join` run's workers, whose credit reservation lives in the database).
+#[derive(Debug, Clone, Copy)]
+pub struct Ledger<'a> {
+    pub run: i64,
+    pub period: &'a str,
+    pub worker: &'a str,
+    pub joined: bool,
+}
+
 /// Who holds a table's run lock.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct LockHolder {
@@ -136,6 +149,9 @@ pub struct History {
 
 pub struct Store {
     pool: AnyPool,
+    backend: Backend,
+    /// `source.table`: names the table's lock and shared pace.
+    table: String,
     sql: Statements,
     key_kind: ColumnKind,
     mapped: Vec<ColumnKind>,
@@ -304,12 +320,18 @@ impl Store {
         };
 
         Ok(Store {
+            backend,
+            table: config.source.table.as_str().to_owned(),
             sql: Statements::new(config, key_kind),
             pool,
             key_kind,
             mapped,
             sqlite_file,
         })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     /// The kinds of the mapped columns, in `api.response` order.
@@ -485,20 +507,7 @@ impl Store {
             .fetch_all(&self.pool)
             .await
             .context("reading pending items")?;
-        rows.iter()
-            .map(|r| {
-                let params = (3..r.len()).map(|i| {
-                    r.try_get::<Option<String>, _>(i)
-                        .map(Option::unwrap_or_default)
-                });
-                Ok(Item {
-                    seq: r.try_get(0)?,
-                    key: r.try_get(1)?,
-                    attempts: u32::try_from(r.try_get::<i64, _>(2)?).unwrap_or(u32::MAX),
-                    params: params.collect::<Result<_, _>>()?,
-                })
-            })
-            .collect()
+        rows.iter().map(item_row).collect()
     }
 
     /// Writes one batch of results in one transaction: each record's mapped columns
@@ -507,12 +516,17 @@ impl Store {
     /// is never written twice.
     pub async fn checkpoint(
         &self,
-        run: i64,
-        period: &str,
+        at: &Ledger<'_>,
         batch: &[Finished],
         calls: CallCounts,
         reserved: i64,
     ) -> Result<()> {
+        let Ledger {
+            run,
+            period,
+            worker,
+            joined,
+        } = *at;
         let now = now_stamp();
         let mut tx = self.pool.begin().await.context("starting a checkpoint")?;
         // Two statements per chunk, whatever its size: one resolves the items
@@ -525,7 +539,8 @@ impl Store {
         for part in batch.chunks(chunk) {
             let mut q = sqlx::query(AssertSqlSafe(self.sql.resolve_items(part.len())))
                 .bind(now.clone())
-                .bind(run);
+                .bind(run)
+                .bind(worker.to_owned());
             for f in part {
                 let (state, reason) = match &f.resolution {
                     Resolution::Done(_) => ("done", None),
@@ -544,9 +559,12 @@ impl Store {
                 .iter()
                 .map(|r| r.try_get::<i64, _>(0))
                 .collect::<Result<_, _>>()?;
+            // Every billed answer is charged, written or not: the vendor billed it.
+            // (An answer is not written when another worker of a joined run took
+            // the item over, after this one's heartbeat went stale.)
+            charged += part.iter().map(|f| f.charged).sum::<i64>();
             let mut done = Vec::with_capacity(part.len());
             for f in part.iter().filter(|f| claimed.contains(&f.seq)) {
-                charged += f.charged;
                 if let Resolution::Done(values) = &f.resolution {
                     done.push((f, values));
                 }
@@ -592,6 +610,11 @@ impl Store {
                 .bind(period.to_owned())
                 .execute(&mut *tx)
                 .await?;
+            if joined {
+                // The charge was this worker's reservation: it moves from reserved
+                // to spent in one transaction, so the fleet's sum never dips.
+                fleet::settle(&mut tx, worker, charged).await?;
+            }
         }
         if let Some((path, id)) = &self.sqlite_file
             && file_id(path) != Some(*id)
@@ -771,6 +794,29 @@ impl Store {
     }
 }
 
+/// Whether `e` says the database could not be reached or dropped the connection
+/// (a restart, `pg_terminate_backend`, a network cut), rather than refused the
+/// statement: worth waiting for and trying again, as nothing was committed
+/// (the transaction either reached COMMIT and was acknowledged, or is rolled back).
+pub fn is_disconnect(e: &anyhow::Error) -> bool {
+    e.chain()
+        .any(|cause| match cause.downcast_ref::<sqlx::Error>() {
+            Some(
+                sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::Protocol(_)
+                | sqlx::Error::WorkerCrashed,
+            ) => true,
+            // Class 08 (connection exception), 57P01-57P03 (admin shutdown, crash
+            // shutdown, cannot connect now).
+            Some(sqlx::Error::Database(db)) => db
+                .code()
+                .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+            _ => false,
+        })
+}
+
 /// Values bound into one statement at most: under SQLite's limit (32,766) and
 /// PostgreSQL's (65,535).
 const MAX_BINDS: usize = 30_000;
@@ -794,6 +840,25 @@ fn bind_all(mut q: AnyQuery<'_>, binds: Vec<Bind>) -> AnyQuery<'_> {
 
 fn query(sql: &Arc<str>) -> AnyQuery<'static> {
     sqlx::query(AssertSqlSafe(sql.clone()))
+}
+
+/// A statement built here from checked parts (no user value in its text).
+fn query_text(sql: impl Into<String>) -> AnyQuery<'static> {
+    sqlx::query(AssertSqlSafe(sql.into()))
+}
+
+/// A queued item: seq, key, attempts, then the path's other columns as text.
+fn item_row(r: &AnyRow) -> Result<Item> {
+    let params = (3..r.len()).map(|i| {
+        r.try_get::<Option<String>, _>(i)
+            .map(Option::unwrap_or_default)
+    });
+    Ok(Item {
+        seq: r.try_get(0)?,
+        key: r.try_get(1)?,
+        attempts: u32::try_from(r.try_get::<i64, _>(2)?).unwrap_or(u32::MAX),
+        params: params.collect::<Result<_, _>>()?,
+    })
 }
 
 fn bind_value<'q>(q: AnyQuery<'q>, value: &Value, kind: ColumnKind) -> AnyQuery<'q> {
@@ -888,6 +953,12 @@ fn migrator(backend: Backend) -> Migrator {
             "reserved",
             include_str!("../../migrations/sqlite/0004_reserved.sql"),
             include_str!("../../migrations/postgres/0004_reserved.sql"),
+        ),
+        (
+            5,
+            "fleet",
+            include_str!("../../migrations/sqlite/0005_fleet.sql"),
+            include_str!("../../migrations/postgres/0005_fleet.sql"),
         ),
     ];
     let migrations = all

@@ -14,6 +14,10 @@ pub(super) struct Statements {
     pub insert_run: Arc<str>,
     pub set_total: Arc<str>,
     pub pending_after: Arc<str>,
+    /// `--join`: claims the next pending items no live worker holds.
+    pub claim: Arc<str>,
+    /// Forgets every claim on a run's pending items (a run without `--join`).
+    pub clear_leases: Arc<str>,
     pub add_run_counts: Arc<str>,
     pub charge_period: Arc<str>,
     pub set_status: Arc<str>,
@@ -37,6 +41,10 @@ pub(super) struct Statements {
     refreshed_at: String,
     filter: Option<String>,
 }
+
+/// The database clock in Unix milliseconds (PostgreSQL): the workers of a
+/// joined run may be on hosts whose clocks disagree.
+pub(super) const NOW_MS: &str = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)";
 
 const RUN_COLUMNS: &str = "id, selection, status, total, calls_ok, calls_throttled, calls_transient, \
                            calls_permanent, credits_spent, reserved, created_at, updated_at, finished_at";
@@ -79,6 +87,35 @@ impl Statements {
             )
         };
 
+        let claim = {
+            let item_key = match key_kind {
+                ColumnKind::Integer => "CAST(c.key AS BIGINT)",
+                _ => "c.key",
+            };
+            let (cols, join): (String, String) = if params.is_empty() {
+                (String::new(), String::new())
+            } else {
+                (
+                    params
+                        .iter()
+                        .map(|c| format!(", CAST(t.{c} AS TEXT)"))
+                        .collect(),
+                    format!(" JOIN {table} t ON t.{key} = {item_key}"),
+                )
+            };
+            // PostgreSQL only (`--join`): SKIP LOCKED lets workers claim side by
+            // side; an item whose claimant's heartbeat is stale is free again.
+            format!(
+                "WITH c AS (UPDATE freshen_items SET lease_owner = $2 \
+                 WHERE run_id = $1 AND seq IN (SELECT seq FROM freshen_items \
+                 WHERE run_id = $1 AND state = 'pending' AND (lease_owner IS NULL OR lease_owner \
+                 NOT IN (SELECT worker FROM freshen_workers WHERE heartbeat_at >= {NOW_MS} - $3)) \
+                 ORDER BY seq LIMIT $4 FOR UPDATE SKIP LOCKED) \
+                 RETURNING seq, key, attempts) \
+                 SELECT c.seq, c.key, c.attempts{cols} FROM c{join} ORDER BY c.seq"
+            )
+        };
+
         let a: fn(String) -> Arc<str> = Arc::from;
         Statements {
             latest_run_with: a(format!(
@@ -95,6 +132,10 @@ impl Statements {
             )),
             set_total: a("UPDATE freshen_runs SET total = $1 WHERE id = $2".into()),
             pending_after: a(pending_after),
+            claim: a(claim),
+            clear_leases: a("UPDATE freshen_items SET lease_owner = NULL \
+                 WHERE run_id = $1 AND state = 'pending' AND lease_owner IS NOT NULL"
+                .into()),
             add_run_counts: a("UPDATE freshen_runs SET calls_ok = calls_ok + $1, calls_throttled = calls_throttled + $2, \
                  calls_transient = calls_transient + $3, calls_permanent = calls_permanent + $4, \
                  credits_spent = credits_spent + $5, reserved = $6, updated_at = $7 WHERE id = $8"
@@ -121,11 +162,13 @@ impl Statements {
                   WHERE r2.source_table = {table_lit} AND i.state <> 'pending') \
                  FROM freshen_runs r WHERE r.source_table = {table_lit}"
             )),
-            // One statement takes a free lock or a stale one, and nothing else.
+            // One statement takes a free lock, a stale one, or the holder's own
+            // (the workers of a joined run share one holder name), and nothing else.
             take_lock: a(format!(
                 "INSERT INTO freshen_locks (name, holder, acquired_at, heartbeat_at) VALUES ({table_lit}, $1, $2, $3) \
                  ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, acquired_at = excluded.acquired_at, \
-                 heartbeat_at = excluded.heartbeat_at WHERE freshen_locks.heartbeat_at < $4"
+                 heartbeat_at = excluded.heartbeat_at \
+                 WHERE freshen_locks.heartbeat_at < $4 OR freshen_locks.holder = excluded.holder"
             )),
             lock_holder: a(format!(
                 "SELECT holder, acquired_at, heartbeat_at FROM freshen_locks WHERE name = {table_lit}"
@@ -237,17 +280,20 @@ impl Statements {
         )
     }
 
-    /// Resolves `rows` items in one statement, each only while still pending:
-    /// `$1` updated_at, `$2` the run, then per item its seq, state, attempts and
-    /// reason. Returns the seqs it resolved.
+    /// Resolves `rows` items in one statement, each only while still pending and
+    /// not claimed by another worker: `$1` updated_at, `$2` the run, `$3` this
+    /// worker, then per item its seq, state, attempts and reason. Returns the seqs
+    /// it resolved.
     pub fn resolve_items(&self, rows: usize) -> String {
-        let values = values_rows(rows, 3, &["BIGINT", "TEXT", "BIGINT", "TEXT"]);
+        let values = values_rows(rows, 4, &["BIGINT", "TEXT", "BIGINT", "TEXT"]);
         format!(
             "WITH v (seq, state, attempts, reason) AS (VALUES {values}) \
              UPDATE freshen_items SET state = v.state, attempts = v.attempts, reason = v.reason, \
              updated_at = $1 FROM v \
              WHERE freshen_items.run_id = $2 AND freshen_items.seq = v.seq \
-             AND freshen_items.state = 'pending' RETURNING freshen_items.seq"
+             AND freshen_items.state = 'pending' \
+             AND (freshen_items.lease_owner IS NULL OR freshen_items.lease_owner = $3) \
+             RETURNING freshen_items.seq"
         )
     }
 

@@ -139,7 +139,22 @@ impl TestEnv {
     /// update of `refreshed_at` is counted in a `writes` column by a trigger, so a test
     /// can prove each record was written exactly once.
     pub async fn new(records: u64) -> TestEnv {
-        let env = TestEnv::empty().await;
+        TestEnv::seeded(records, on_postgres()).await
+    }
+
+    /// As [`TestEnv::new`], on PostgreSQL whatever `FRESHEN_TEST_DATABASE` says:
+    /// for what only PostgreSQL does (`run --join`, dropped connections).
+    pub async fn new_postgres(records: u64) -> TestEnv {
+        TestEnv::seeded(records, true).await
+    }
+
+    /// As [`TestEnv::new`], on SQLite whatever `FRESHEN_TEST_DATABASE` says.
+    pub async fn new_sqlite(records: u64) -> TestEnv {
+        TestEnv::seeded(records, false).await
+    }
+
+    async fn seeded(records: u64, postgres: bool) -> TestEnv {
+        let env = TestEnv::empty_on(postgres).await;
         if env.pg.is_some() {
             // The same sample as `demo`'s, and the same write counter.
             let db = env.db().await;
@@ -186,7 +201,11 @@ impl TestEnv {
 
     /// A directory (and, on PostgreSQL, an empty database) with no table yet.
     async fn empty() -> TestEnv {
-        let pg = if on_postgres() {
+        TestEnv::empty_on(on_postgres()).await
+    }
+
+    async fn empty_on(postgres: bool) -> TestEnv {
+        let pg = if postgres {
             Some(PgDatabase::create().await)
         } else {
             None

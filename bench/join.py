@@ -1,0 +1,119 @@
+#!/usr/bin/env python3
+"""Several workers on one run: `freshen run --join` with 1 worker, then 3.
+
+`freshen sandbox` runs in its own process with a rate limit (429 over it) and a
+latency; each worker may have `max_concurrency` calls in flight, so one worker
+alone is held back by latency (about max_concurrency / latency calls per second)
+and several together reach the vendor's limit, which they must share, not
+exceed. One row per worker count, each on a fresh PostgreSQL database:
+
+  records/s     records done over the wall time, first start to last exit
+  calls/s       calls the sandbox saw over the same time; limit: its rate
+  peak/s        the most calls the sandbox saw in one second (limit + burst at most)
+  throttled     429s as a share of all calls
+  written       records whose refreshed_at was set (must equal N)
+
+Usage: python3 bench/join.py [--records 6000] [--workers 1 3] [--rate 400]
+                             [--conc 8] [--latency 50ms] [--bin target/release/freshen]
+Build first: cargo build --release. PostgreSQL: postgres://postgres@127.0.0.1:5432
+(a database `freshen_bench` is created and dropped).
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import tempfile
+import time
+import urllib.request
+
+from speed import CONFIG, PG_SERVER, ROOT, free_port, psql, wait_for
+
+BURST = 20
+
+
+def seed(records):
+    psql("postgres", "DROP DATABASE IF EXISTS freshen_bench WITH (FORCE)")
+    psql("postgres", "CREATE DATABASE freshen_bench")
+    psql("freshen_bench", "CREATE TABLE people (id BIGINT PRIMARY KEY, name TEXT NOT NULL, title TEXT, "
+                          "company TEXT, score BIGINT, refreshed_at TEXT)")
+    psql("freshen_bench", f"INSERT INTO people (id, name) SELECT i, 'Person ' || i FROM generate_series(1, {records}) i")
+
+
+def written():
+    out = subprocess.run(["psql", "-tA", f"{PG_SERVER}/freshen_bench", "-c",
+                          "SELECT COUNT(*) FROM people WHERE refreshed_at IS NOT NULL AND title IS NOT NULL"],
+                         check=True, capture_output=True, text=True)
+    return int(out.stdout.strip())
+
+
+def run(binary, workers, records, rate, conc, latency):
+    seed(records)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            port = free_port()
+            config = os.path.join(tmp, "config.toml")
+            with open(config, "w") as f:
+                # The config states the vendor's real limit: the workers share it.
+                f.write(CONFIG.format(url=f"{PG_SERVER}/freshen_bench", port=port, conc=conc)
+                        .replace("rate = 1000000", f"rate = {rate}\nburst = {BURST // 2}"))
+            sandbox = subprocess.Popen([binary, "sandbox", "--listen", f"127.0.0.1:{port}",
+                                        "--rate", str(rate), "--burst", str(BURST), "--latency", latency],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                wait_for(port)
+                start = time.monotonic()
+                procs = [subprocess.Popen([binary, "run", "--join", "--config", config, "--log", "warn"],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                         for _ in range(workers)]
+                for p in procs:
+                    _, err = p.communicate()
+                    if p.returncode != 0:
+                        raise SystemExit(f"a worker exited {p.returncode}: {err}")
+                wall = time.monotonic() - start
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_sandbox/stats") as r:
+                    stats = json.load(r)
+            finally:
+                sandbox.terminate()
+                sandbox.wait()
+            n_written = written()
+    finally:
+        psql("postgres", "DROP DATABASE IF EXISTS freshen_bench WITH (FORCE)")
+    calls = stats["requests"]
+    # Whole seconds only: the first and last are partial.
+    busy = stats["per_second"][1:-1] or stats["per_second"]
+    return {
+        "workers": workers,
+        "records": records,
+        "wall": wall,
+        "rate": records / wall,
+        "calls_rate": calls / wall,
+        "peak": max(busy),
+        "throttled": stats["throttled"] / max(calls, 1),
+        "written": n_written,
+    }
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bin", default=os.path.join(ROOT, "target", "release", "freshen"))
+    p.add_argument("--records", type=int, default=6000)
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 3])
+    p.add_argument("--rate", type=int, default=400, help="the vendor's limit, and limits.rate")
+    p.add_argument("--conc", type=int, default=8, help="limits.max_concurrency of each worker")
+    p.add_argument("--latency", default="50ms")
+    args = p.parse_args()
+    if not os.path.exists(args.bin):
+        raise SystemExit(f"{args.bin} not found: run `cargo build --release` first, or pass --bin")
+    print(f"vendor: {args.rate}/s (burst {BURST}), {args.latency} latency; each worker: "
+          f"max_concurrency {args.conc}; {args.records} records")
+    print(f"{'workers':>7} {'wall s':>7} {'records/s':>10} {'calls/s':>8} {'limit':>6} {'peak/s':>7} "
+          f"{'throttled':>10} {'written':>8}")
+    for workers in args.workers:
+        r = run(args.bin, workers, args.records, args.rate, args.conc, args.latency)
+        print(f"{r['workers']:>7} {r['wall']:>7.1f} {r['rate']:>10.0f} {r['calls_rate']:>8.0f} {args.rate:>6} "
+              f"{r['peak']:>7} {r['throttled']:>10.2%} {r['written']:>8}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+//! One worker of a joined run (`freshen run --join`, PostgreSQL): what it shares
+//! with the run's other workers, through the database.
+//!
+//! - Items: claimed a small batch at a time (`FOR UPDATE SKIP LOCKED`); a claim
+//!   lasts while the worker's heartbeat is fresh, so a dead worker's items go
+//!   back to the queue after `lock.stale_after`.
+//! - Rate: one token bucket per table at `limits.rate`, kept in the database as
+//!   a theoretical arrival time and taken a few tokens at a time, so the sum of
+//!   all workers' calls stays within the rate and its burst. A throttle seen by
+//!   one worker pauses all of them.
+//! - Credits: one budget, granted to workers a few calls' worth at a time and
+//!   counted in the database (see `Store::grant_credits`); a worker that finds it
+//!   spent waits while other live workers hold reservations that may come back.
+//!
+//! Each worker keeps its own adaptive concurrency and circuit breaker: they
+//! answer to what its own calls see.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::pacer::Pacer;
+use crate::store::{Grant, GrantRequest, Store};
+
+/// Time the shared bucket is asked for at once: a few tokens per round trip.
+const PACE_BLOCK: Duration = Duration::from_millis(50);
+
+pub struct Fleet {
+    store: Arc<Store>,
+    /// `host:pid`.
+    pub worker: String,
+    pub run: i64,
+    pub stale_after: Duration,
+    interval_us: i64,
+    burst: i64,
+    block: i64,
+    /// Tokens taken from the shared bucket, by the time each falls due.
+    tokens: Mutex<VecDeque<Instant>>,
+    credits: GrantRequest,
+    /// One request for credits at a time.
+    asking: Mutex<()>,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet")
+            .field("worker", &self.worker)
+            .field("run", &self.run)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The worker's share of the run, as `run` sets it up.
+pub struct Joined {
+    pub worker: String,
+    pub run: i64,
+    pub stale_after: Duration,
+    pub rate: f64,
+    pub burst: u32,
+    pub period: String,
+    pub period_limit: i64,
+    pub run_limit: Option<i64>,
+    pub cost: i64,
+    /// Credits asked for at once.
+    pub want: i64,
+}
+
+impl Fleet {
+    pub fn new(store: Arc<Store>, j: Joined) -> Fleet {
+        let interval_us = (1e6 / j.rate.max(1e-3)).round().max(1.0) as i64;
+        let block = (PACE_BLOCK.as_secs_f64() * j.rate).ceil().clamp(1.0, 256.0) as i64;
+        Fleet {
+            store,
+            credits: GrantRequest {
+                worker: j.worker.clone(),
+                run: j.run,
+                period: j.period,
+                period_limit: j.period_limit,
+                run_limit: j.run_limit,
+                cost: j.cost,
+                want: j.want.max(j.cost),
+                stale_after: j.stale_after,
+            },
+            worker: j.worker,
+            run: j.run,
+            stale_after: j.stale_after,
+            interval_us,
+            burst: i64::from(j.burst.max(1)),
+            block,
+            tokens: Mutex::new(VecDeque::new()),
+            asking: Mutex::new(()),
+        }
+    }
+
+    /// Waits for the next token of the shared bucket. While the database cannot
+    /// be reached, waits for it (the caller's stop token ends the wait).
+    pub async fn token(&self, pacer: &Pacer) {
+        let due = {
+            let mut tokens = self.tokens.lock().await;
+            if tokens.is_empty() {
+                let grant = loop {
+                    match self
+                        .store
+                        .pace(self.block, self.interval_us, self.burst)
+                        .await
+                    {
+                        Ok(grant) => break grant,
+                        Err(e) => {
+                            tracing::warn!("{e:#}; trying again in 1 s");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                };
+                if grant.paused_us > 0 {
+                    pacer.pause(Duration::from_micros(grant.paused_us as u64));
+                }
+                let now = Instant::now();
+                for i in 0..self.block {
+                    let offset = grant.first_us + i * self.interval_us;
+                    tokens.push_back(now + Duration::from_micros(offset.max(0) as u64));
+                }
+            }
+            tokens.pop_front().expect("just filled")
+        };
+        tokio::time::sleep_until(due).await;
+    }
+
+    /// A throttle seen by this worker holds every worker of the table.
+    pub fn pause_all(self: &Arc<Self>, pause: Duration) {
+        let fleet = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = fleet.store.pause_fleet(pause).await {
+                tracing::warn!("{e:#}");
+            }
+        });
+    }
+
+    /// The turn to ask for credits: one request at a time, and the caller checks
+    /// its local grant again once it has the turn.
+    pub async fn asking(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.asking.lock().await
+    }
+
+    /// Asks the run's shared budget for credits; the caller holds the turn from
+    /// [`Fleet::asking`].
+    pub async fn grant(&self) -> Result<Grant> {
+        self.store.grant_credits(&self.credits).await
+    }
+
+    /// Keeps the worker's heartbeat (and so its claims) fresh until `stop`.
+    pub async fn heartbeat(self: Arc<Self>, stop: CancellationToken) {
+        let every = (self.stale_after / 4).max(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            match self.store.worker_heartbeat(&self.worker).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    // The row is gone (deleted by hand?): enter again, with nothing reserved.
+                    tracing::warn!("this worker's row in freshen_workers was gone: joining again");
+                    if let Err(e) = self.store.join_fleet(self.run, &self.worker).await {
+                        tracing::warn!("{e:#}");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("{e:#}; the claims of this worker lapse if it stays cut off")
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! Several workers on one run (`run --join`), and a run that loses its database
+//! connections: PostgreSQL only, whichever database the rest of the suite runs on.
+
+use std::process::Output;
+use std::time::Duration;
+
+use freshen::sandbox::{Fault, SandboxOptions};
+use sqlx::Row;
+use tokio::process::Child;
+
+use crate::harness::{Conf, TestEnv, assert_exit, text};
+
+async fn finish(child: Child) -> Output {
+    tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+        .await
+        .expect("the worker finished within 2 minutes")
+        .expect("the worker ran")
+}
+
+/// (period spent, runs' credits spent, calls answered ok by the runs' counts).
+async fn ledger(env: &TestEnv) -> (i64, i64, i64) {
+    let db = env.db().await;
+    let row = sqlx::query(
+        "SELECT (SELECT spent FROM freshen_credit_periods), \
+         (SELECT CAST(SUM(credits_spent) AS BIGINT) FROM freshen_runs), \
+         (SELECT CAST(SUM(calls_ok) AS BIGINT) FROM freshen_runs)",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    db.close().await;
+    (row.get(0), row.get(1), row.get(2))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_workers_share_a_run_and_a_killed_one_strands_nothing() {
+    const R: u32 = 200;
+    const BURST: u32 = 20;
+    let mut env = TestEnv::new_postgres(3000).await;
+    env.vendor(SandboxOptions {
+        rate: f64::from(R),
+        burst: BURST,
+        latency: Duration::from_millis(20),
+        ..SandboxOptions::default()
+    })
+    .await;
+    // Each worker alone would send at the whole rate: only sharing keeps the
+    // three of them within it.
+    env.write_config(&Conf {
+        rate: R,
+        max_concurrency: 16,
+        lock_stale_after: "2s",
+        ..Conf::default()
+    });
+    let workers: Vec<Child> = (0..3).map(|_| env.spawn(&["run", "--join"])).collect();
+    env.wait_for_calls(600).await;
+
+    // A run without --join may not work the table meanwhile.
+    let plain = env.freshen(&["run"]).await;
+    assert_exit(&plain, 5);
+    assert!(
+        text(&plain.stderr).contains("run --join"),
+        "{}",
+        text(&plain.stderr)
+    );
+
+    // status lists the three workers, each with claims and a fresh heartbeat.
+    let status = env.freshen(&["status", "--json"]).await;
+    assert_exit(&status, 0);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let listed = status["run"]["workers"].as_array().expect("workers listed");
+    assert_eq!(listed.len(), 3, "{status:#}");
+    for w in listed {
+        assert!(w["heartbeat_age_ms"].as_i64().unwrap() < 2000, "{w}");
+        assert!(w["live"].as_bool().unwrap(), "{w}");
+    }
+
+    // Kill one mid-run: its claims lapse after lock.stale_after and the others
+    // take its items over.
+    let mut workers = workers.into_iter();
+    let mut victim = workers.next().unwrap();
+    env.wait_for_calls(1200).await;
+    victim.kill().await.unwrap();
+    victim.wait().await.unwrap();
+    for worker in workers {
+        let out = finish(worker).await;
+        assert_exit(&out, 0);
+    }
+
+    let records = env.records().await;
+    assert_eq!(records.len(), 3000);
+    for r in &records {
+        assert_eq!(r.writes, 1, "record {} written {} times", r.id, r.writes);
+        assert!(
+            r.matches_vendor(),
+            "record {} has the vendor's values",
+            r.id
+        );
+    }
+    assert_eq!(env.item_states().await, (3000, 0, 0));
+    let db = env.db().await;
+    let (status, claimants): (String, i64) = sqlx::query_as(
+        "SELECT (SELECT status FROM freshen_runs), \
+         (SELECT COUNT(DISTINCT lease_owner) FROM freshen_items)",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    db.close().await;
+    assert_eq!(status, "complete");
+    assert_eq!(claimants, 3, "every worker refreshed some of the records");
+
+    // The vendor's limit held over the whole run, for the three together.
+    let stats = env.sandbox().stats();
+    let busiest = stats.per_second.iter().max().copied().unwrap_or_default();
+    assert!(
+        busiest <= u64::from(R + BURST),
+        "at most {R}/s plus a burst of {BURST}: {:?}",
+        stats.per_second
+    );
+    assert!(
+        stats.throttled * 100 <= stats.requests,
+        "{} of {} calls throttled",
+        stats.throttled,
+        stats.requests
+    );
+
+    // Credits: charged exactly for the billed answers the runs recorded (the
+    // killed worker's unwritten calls are in neither).
+    let (spent, charged, ok) = ledger(&env).await;
+    assert_eq!(spent, charged);
+    assert_eq!(charged, ok);
+    assert!(spent >= 3000, "{spent}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_share_one_budget_and_spend_all_of_it() {
+    let mut env = TestEnv::new_postgres(2000).await;
+    env.vendor(SandboxOptions {
+        latency: Duration::from_millis(5),
+        ..SandboxOptions::default()
+    })
+    .await;
+    env.write_config(&Conf {
+        rate: 1000,
+        allowance: 700,
+        reserve: 100,
+        ..Conf::default()
+    });
+    let workers: Vec<Child> = (0..3).map(|_| env.spawn(&["run", "--join"])).collect();
+    for worker in workers {
+        assert_exit(&finish(worker).await, 3);
+    }
+    // Not a split of 200 each that strands what one worker could not use: the
+    // run spends the budget to the last credit, and never more.
+    let (spent, charged, ok) = ledger(&env).await;
+    assert_eq!((spent, charged, ok), (600, 600, 600));
+    assert_eq!(env.sandbox().stats().requests, 600);
+    assert_eq!(env.item_states().await, (600, 0, 1400));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttle_seen_by_one_worker_pauses_them_all() {
+    let mut env = TestEnv::new_postgres(600).await;
+    // Key 40 answers 429 with Retry-After: 1 once, then 200.
+    env.vendor(SandboxOptions {
+        faults: vec![("40".into(), Fault::Throttle(1))],
+        latency: Duration::from_millis(5),
+        ..SandboxOptions::default()
+    })
+    .await;
+    env.write_config(&Conf {
+        rate: 2000,
+        max_delay: "5s",
+        ..Conf::default()
+    });
+    let a = env.spawn(&["run", "--join"]);
+    let b = env.spawn(&["run", "--join"]);
+    assert_exit(&finish(a).await, 0);
+    assert_exit(&finish(b).await, 0);
+    assert_eq!(env.item_states().await, (600, 0, 0));
+
+    let timeline = env.sandbox().timeline();
+    assert_eq!(timeline.throttled.len(), 1);
+    let t = timeline.throttled[0];
+    // The worker that saw the 429 shares the pause through the database; the
+    // other learns it with its next rate tokens (within about 50 ms). Calls
+    // already on their way may land just after; none starts in the rest of the
+    // vendor's second.
+    let during = timeline
+        .arrivals
+        .iter()
+        .filter(|a| **a > t + Duration::from_millis(250) && **a < t + Duration::from_millis(900))
+        .count();
+    assert_eq!(during, 0, "calls during the pause");
+    assert!(
+        timeline
+            .arrivals
+            .iter()
+            .any(|a| *a >= t + Duration::from_secs(1)),
+        "the run went on after the pause"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_needs_postgresql() {
+    let mut env = TestEnv::new_sqlite(10).await;
+    env.vendor(SandboxOptions::default()).await;
+    env.write_config(&Conf::default());
+    let out = env.freshen(&["run", "--join"]).await;
+    assert_exit(&out, 2);
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("--join needs PostgreSQL") && err.contains("database.url"),
+        "{err}"
+    );
+    assert_eq!(env.sandbox().stats().requests, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_survives_its_database_connections_being_killed() {
+    let mut env = TestEnv::new_postgres(2000).await;
+    env.vendor(SandboxOptions {
+        latency: Duration::from_millis(5),
+        ..SandboxOptions::default()
+    })
+    .await;
+    env.write_config(&Conf {
+        rate: 400,
+        ..Conf::default()
+    });
+    let run = env.spawn(&["run"]);
+    for calls in [500, 1000, 1500] {
+        env.wait_for_calls(calls).await;
+        let db = env.db().await;
+        let killed: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()) AS k",
+        )
+        .fetch_one(&db)
+        .await
+        .unwrap();
+        db.close().await;
+        assert!(killed >= 1, "the run's connections were there to kill");
+    }
+    let out = finish(run).await;
+    assert_exit(&out, 0);
+    let records = env.records().await;
+    for r in &records {
+        assert_eq!(r.writes, 1, "record {} written {} times", r.id, r.writes);
+        assert!(
+            r.matches_vendor(),
+            "record {} has the vendor's values",
+            r.id
+        );
+    }
+    assert_eq!(env.item_states().await, (2000, 0, 0));
+    let (spent, charged, ok) = ledger(&env).await;
+    assert_eq!((spent, charged), (ok, ok));
+}
