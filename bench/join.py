@@ -30,6 +30,7 @@ import urllib.request
 from speed import CONFIG, PG_SERVER, ROOT, free_port, psql, wait_for
 
 BURST = 20
+os.environ.setdefault("PGOPTIONS", "-c client_min_messages=warning")
 
 
 def seed(records):
