@@ -9,6 +9,7 @@ exceed. One row per worker count, each on a fresh PostgreSQL database:
 
   records/s     records done over the wall time, first start to last exit
   calls/s       calls the sandbox saw over the same time; limit: its rate
+  median/s      the median of the calls the sandbox saw in each whole second of the run
   peak/s        the most calls the sandbox saw in one second (limit + burst at most)
   throttled     429s as a share of all calls
   written       records whose refreshed_at was set (must equal N)
@@ -82,7 +83,9 @@ def run(binary, workers, records, rate, conc, latency):
         psql("postgres", "DROP DATABASE IF EXISTS freshen_bench WITH (FORCE)")
     calls = stats["requests"]
     # Whole seconds only: the first and last are partial.
-    busy = stats["per_second"][1:-1] or stats["per_second"]
+    seconds = stats["per_second"]
+    first = next((i for i, n in enumerate(seconds) if n), 0)
+    busy = seconds[first + 1:-1] or seconds
     return {
         "workers": workers,
         "records": records,
@@ -90,6 +93,7 @@ def run(binary, workers, records, rate, conc, latency):
         "rate": records / wall,
         "calls_rate": calls / wall,
         "peak": max(busy),
+        "median": sorted(busy)[len(busy) // 2],
         "throttled": stats["throttled"] / max(calls, 1),
         "written": n_written,
     }
@@ -108,12 +112,12 @@ def main():
         raise SystemExit(f"{args.bin} not found: run `cargo build --release` first, or pass --bin")
     print(f"vendor: {args.rate}/s (burst {BURST}), {args.latency} latency; each worker: "
           f"max_concurrency {args.conc}; {args.records} records")
-    print(f"{'workers':>7} {'wall s':>7} {'records/s':>10} {'calls/s':>8} {'limit':>6} {'peak/s':>7} "
+    print(f"{'workers':>7} {'wall s':>7} {'records/s':>10} {'calls/s':>8} {'limit':>6} {'median/s':>9} {'peak/s':>7} "
           f"{'throttled':>10} {'written':>8}")
     for workers in args.workers:
         r = run(args.bin, workers, args.records, args.rate, args.conc, args.latency)
         print(f"{r['workers']:>7} {r['wall']:>7.1f} {r['rate']:>10.0f} {r['calls_rate']:>8.0f} {args.rate:>6} "
-              f"{r['peak']:>7} {r['throttled']:>10.2%} {r['written']:>8}", flush=True)
+              f"{r['median']:>9} {r['peak']:>7} {r['throttled']:>10.2%} {r['written']:>8}", flush=True)
 
 
 if __name__ == "__main__":
