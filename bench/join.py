@@ -28,36 +28,21 @@ import tempfile
 import time
 import urllib.request
 
-from speed import CONFIG, PG_SERVER, ROOT, free_port, psql, wait_for
+from speed import CONFIG, ROOT, free_port, seed, wait_for
 
 BURST = 20
 os.environ.setdefault("PGOPTIONS", "-c client_min_messages=warning")
 
 
-def seed(records):
-    psql("postgres", "DROP DATABASE IF EXISTS freshen_bench WITH (FORCE)")
-    psql("postgres", "CREATE DATABASE freshen_bench")
-    psql("freshen_bench", "CREATE TABLE people (id BIGINT PRIMARY KEY, name TEXT NOT NULL, title TEXT, "
-                          "company TEXT, score BIGINT, refreshed_at TEXT)")
-    psql("freshen_bench", f"INSERT INTO people (id, name) SELECT i, 'Person ' || i FROM generate_series(1, {records}) i")
-
-
-def written():
-    out = subprocess.run(["psql", "-tA", f"{PG_SERVER}/freshen_bench", "-c",
-                          "SELECT COUNT(*) FROM people WHERE refreshed_at IS NOT NULL AND title IS NOT NULL"],
-                         check=True, capture_output=True, text=True)
-    return int(out.stdout.strip())
-
-
 def run(binary, workers, records, rate, conc, latency):
-    seed(records)
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
+        url, written, cleanup = seed("postgres", tmp, records)
+        try:
             port = free_port()
             config = os.path.join(tmp, "config.toml")
             with open(config, "w") as f:
                 # The config states the vendor's real limit: the workers share it.
-                f.write(CONFIG.format(url=f"{PG_SERVER}/freshen_bench", port=port, conc=conc)
+                f.write(CONFIG.format(url=url, port=port, conc=conc)
                         .replace("rate = 1000000", f"rate = {rate}\nburst = {BURST // 2}"))
             sandbox = subprocess.Popen([binary, "sandbox", "--listen", f"127.0.0.1:{port}",
                                         "--rate", str(rate), "--burst", str(BURST), "--latency", latency],
@@ -79,8 +64,8 @@ def run(binary, workers, records, rate, conc, latency):
                 sandbox.terminate()
                 sandbox.wait()
             n_written = written()
-    finally:
-        psql("postgres", "DROP DATABASE IF EXISTS freshen_bench WITH (FORCE)")
+        finally:
+            cleanup()
     calls = stats["requests"]
     # Whole seconds only: the first and last are partial.
     seconds = stats["per_second"]

@@ -476,6 +476,39 @@ stale_after = "{stale}"
             .collect()
     }
 
+    /// Asserts that the table holds `count` records, each written exactly once
+    /// (the trigger's count) with the vendor's values.
+    pub async fn assert_each_written_once(&self, count: usize) {
+        let records = self.records().await;
+        assert_eq!(records.len(), count);
+        for r in &records {
+            assert_eq!(r.writes, 1, "record {} written {} times", r.id, r.writes);
+            assert!(r.matches_vendor(), "record {} holds {r:?}", r.id);
+        }
+    }
+
+    /// Asserts that the vendor answered exactly one 429 (with `Retry-After: 1`),
+    /// that no call arrived within `quiet` after it, and that calls came again
+    /// once its second was over.
+    pub fn assert_one_throttle_paused_all(&self, quiet: std::ops::Range<Duration>) {
+        let timeline = self.sandbox().timeline();
+        assert_eq!(timeline.throttled.len(), 1);
+        let t = timeline.throttled[0];
+        let during = timeline
+            .arrivals
+            .iter()
+            .filter(|a| **a > t + quiet.start && **a < t + quiet.end)
+            .count();
+        assert_eq!(during, 0, "calls during the pause");
+        assert!(
+            timeline
+                .arrivals
+                .iter()
+                .any(|a| *a >= t + Duration::from_secs(1)),
+            "the run went on after the pause"
+        );
+    }
+
     /// The state and reason of one record's item in the newest run.
     pub async fn item(&self, key: &str) -> (String, Option<String>, i64) {
         let db = self.db().await;

@@ -87,16 +87,7 @@ async fn three_workers_share_a_run_and_a_killed_one_strands_nothing() {
         assert_exit(&out, 0);
     }
 
-    let records = env.records().await;
-    assert_eq!(records.len(), 3000);
-    for r in &records {
-        assert_eq!(r.writes, 1, "record {} written {} times", r.id, r.writes);
-        assert!(
-            r.matches_vendor(),
-            "record {} has the vendor's values",
-            r.id
-        );
-    }
+    env.assert_each_written_once(3000).await;
     assert_eq!(env.item_states().await, (3000, 0, 0));
     let db = env.db().await;
     let (status, claimants): (String, i64) = sqlx::query_as(
@@ -180,26 +171,11 @@ async fn a_throttle_seen_by_one_worker_pauses_them_all() {
     assert_exit(&finish(b).await, 0);
     assert_eq!(env.item_states().await, (600, 0, 0));
 
-    let timeline = env.sandbox().timeline();
-    assert_eq!(timeline.throttled.len(), 1);
-    let t = timeline.throttled[0];
     // The worker that saw the 429 shares the pause through the database; the
     // other learns it with its next rate tokens (within about 50 ms). Calls
     // already on their way may land just after; none starts in the rest of the
     // vendor's second.
-    let during = timeline
-        .arrivals
-        .iter()
-        .filter(|a| **a > t + Duration::from_millis(250) && **a < t + Duration::from_millis(900))
-        .count();
-    assert_eq!(during, 0, "calls during the pause");
-    assert!(
-        timeline
-            .arrivals
-            .iter()
-            .any(|a| *a >= t + Duration::from_secs(1)),
-        "the run went on after the pause"
-    );
+    env.assert_one_throttle_paused_all(Duration::from_millis(250)..Duration::from_millis(900));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -245,15 +221,7 @@ async fn a_run_survives_its_database_connections_being_killed() {
     }
     let out = finish(run).await;
     assert_exit(&out, 0);
-    let records = env.records().await;
-    for r in &records {
-        assert_eq!(r.writes, 1, "record {} written {} times", r.id, r.writes);
-        assert!(
-            r.matches_vendor(),
-            "record {} has the vendor's values",
-            r.id
-        );
-    }
+    env.assert_each_written_once(2000).await;
     assert_eq!(env.item_states().await, (2000, 0, 0));
     let (spent, charged, ok) = ledger(&env).await;
     assert_eq!((spent, charged), (ok, ok));

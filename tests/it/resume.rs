@@ -72,10 +72,7 @@ async fn sigkill_at_several_points_loses_nothing_and_writes_nothing_twice() {
     );
 
     assert_eq!(env.item_states().await, (RECORDS as i64, 0, 0));
-    for r in env.records().await {
-        assert_eq!(r.writes, 1, "record {} written {} times", r.id, r.writes);
-        assert!(r.matches_vendor(), "record {}", r.id);
-    }
+    env.assert_each_written_once(RECORDS as usize).await;
     let repeated_bound = RECORDS + (conf.max_concurrency as u64 + conf.batch_size as u64) * kills;
     let ok = env.sandbox().stats().ok;
     assert!(
