@@ -143,7 +143,7 @@ impl Writer {
                     // Nothing of this batch was written; its items stay pending.
                     outbox.broken.cancel();
                     stop.cancel();
-                    return Err(e);
+                    return Err(crate::store::explain_write_failure(e));
                 }
                 if let Some(since) = lost {
                     tracing::info!(

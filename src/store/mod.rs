@@ -817,6 +817,27 @@ pub fn is_disconnect(e: &anyhow::Error) -> bool {
         })
 }
 
+/// A checkpoint that failed because the database's storage refused the write
+/// (a read-only filesystem or file, a full disk, an I/O error) says so, and
+/// what to do; other errors pass as they are.
+pub fn explain_write_failure(e: anyhow::Error) -> anyhow::Error {
+    const STORAGE: [&str; 4] = ["readonly", "read-only", "disk I/O error", "disk is full"];
+    let storage = e.chain().any(|cause| {
+        matches!(cause.downcast_ref::<sqlx::Error>(), Some(sqlx::Error::Database(db))
+            if STORAGE.iter().any(|s| db.message().contains(s)))
+    });
+    if storage {
+        e.context(
+            "could not write to the database: its storage refused the write (a read-only \
+             file or filesystem, a full disk, or a failing one). Nothing of this batch was \
+             kept and every record written before it is whole; make the database writable \
+             and rerun to resume",
+        )
+    } else {
+        e
+    }
+}
+
 /// Values bound into one statement at most: under SQLite's limit (32,766) and
 /// PostgreSQL's (65,535).
 const MAX_BINDS: usize = 30_000;

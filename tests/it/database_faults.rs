@@ -288,3 +288,69 @@ async fn a_read_only_database_is_reported_as_read_only() {
     assert_eq!(env.sandbox().stats().requests, 0);
     assert_eq!(env.integrity().await, "ok");
 }
+
+/// The filesystem under the database turns read-only mid-run. The kernel will
+/// not remount a filesystem read-only while files are open for writing, so
+/// `fixtures/erofs.c`, preloaded into freshen, makes every write to the
+/// database's files fail with EROFS from the moment a flag file appears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_made_read_only_mid_run_stops_without_writing_half() {
+    let env = slow_env(400).await;
+    // The lock cannot be released on a read-only database either: it goes
+    // stale, and the rerun takes it over.
+    env.write_config(&Conf {
+        max_concurrency: 4,
+        batch_size: 10,
+        lock_stale_after: "1s",
+        ..Conf::default()
+    });
+    let shim = env.dir.path().join("erofs.so");
+    let built = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&shim)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/it/fixtures/erofs.c"
+        ))
+        .arg("-ldl")
+        .output()
+        .expect("cc runs");
+    assert!(built.status.success(), "{}", text(&built.stderr));
+    let flag = env.dir.path().join("read-only-now");
+    let mut child = env
+        .command(&["run"])
+        .env("LD_PRELOAD", &shim)
+        .env("FRESHEN_EROFS_FLAG", &flag)
+        .env("FRESHEN_EROFS_MATCH", env.db_path())
+        .spawn()
+        .unwrap();
+    env.wait_for_calls(60).await;
+    std::fs::write(&flag, b"").unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("could not write to the database"),
+        "{stderr}"
+    );
+    // The filesystem is writable again: what was committed is sound and whole,
+    // the batch that failed left nothing, and the rerun finishes the rest.
+    std::fs::remove_file(&flag).unwrap();
+    assert_eq!(env.integrity().await, "ok");
+    nothing_half_written(&env).await;
+    let (done, _, pending) = env.item_states().await;
+    assert!(done > 0 && pending > 0, "{done} done, {pending} pending");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_exit(&env.freshen(&["run"]).await, 0);
+    env.assert_each_written_once(400).await;
+}
