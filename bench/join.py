@@ -12,7 +12,8 @@ exceed. One row per worker count, each on a fresh PostgreSQL database:
   median/s      the median of the calls the sandbox saw in each whole second of the run
   peak/s        the most calls the sandbox saw in one second (limit + burst at most)
   throttled     429s as a share of all calls
-  written       records whose refreshed_at was set (must equal N)
+  written       records whose refreshed_at was set (must equal N; every record's
+                values are checked against the sandbox's, or the script fails)
 
 Usage: python3 bench/join.py [--records 6000] [--workers 1 3] [--rate 400]
                              [--conc 8] [--latency 50ms] [--bin target/release/freshen]
@@ -21,14 +22,12 @@ Build first: cargo build --release. PostgreSQL: postgres://postgres@127.0.0.1:54
 """
 
 import argparse
-import json
 import os
 import subprocess
 import tempfile
 import time
-import urllib.request
 
-from speed import CONFIG, ROOT, free_port, seed, wait_for
+from speed import CONFIG, ROOT, free_port, sandbox_stats, seed, wait_for
 
 BURST = 20
 os.environ.setdefault("PGOPTIONS", "-c client_min_messages=warning")
@@ -58,12 +57,13 @@ def run(binary, workers, records, rate, conc, latency):
                     if p.returncode != 0:
                         raise SystemExit(f"a worker exited {p.returncode}: {err}")
                 wall = time.monotonic() - start
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_sandbox/stats") as r:
-                    stats = json.load(r)
+                stats = sandbox_stats(port)
             finally:
                 sandbox.terminate()
                 sandbox.wait()
-            n_written = written()
+            n_written, bad = written()
+            if bad:
+                raise SystemExit(f"{bad} records do not hold the vendor's values")
         finally:
             cleanup()
     calls = stats["requests"]

@@ -54,6 +54,19 @@ pub enum Value {
     Bool(bool),
 }
 
+/// As JSON, the way the checkpoint hands a batch to the database.
+impl serde::Serialize for Value {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Value::Null => s.serialize_unit(),
+            Value::Integer(i) => s.serialize_i64(*i),
+            Value::Real(f) => s.serialize_f64(*f),
+            Value::Text(t) => s.serialize_str(t),
+            Value::Bool(b) => s.serialize_bool(*b),
+        }
+    }
+}
+
 impl Value {
     /// Converts a JSON value for a column of `kind`, or says why it does not fit.
     pub fn from_json(json: &serde_json::Value, kind: ColumnKind) -> Result<Value, String> {

@@ -1,7 +1,10 @@
 //! The checkpoint writer: the only task that writes results. Workers hand results
 //! to an [`Outbox`] of exactly `checkpoint.batch_size` slots; the writer takes
-//! everything in it when it is full or every `checkpoint.interval`, and writes it
-//! in one transaction (see `Store::checkpoint`), then frees the slots.
+//! everything in it when half the slots are taken or every `checkpoint.interval`,
+//! and writes it in one transaction (see `Store::checkpoint`), then frees the
+//! slots. Waking at half, not full, lets the workers fill the other half while a
+//! batch is written, instead of waiting for the whole write with nowhere to put
+//! their results; whatever arrives meanwhile goes in the next batch.
 //!
 //! A worker keeps its concurrency permit until its result is in the outbox, so at
 //! any moment a result is either in flight (at most `max_concurrency`), in the
@@ -22,7 +25,8 @@ pub(super) struct Outbox {
     results: Mutex<Vec<Finished>>,
     free: Semaphore,
     full: Notify,
-    batch_size: usize,
+    /// Results held that wake the writer: half the slots.
+    wake_at: usize,
     /// Cancelled if the writer fails: nobody would take results any more.
     broken: CancellationToken,
 }
@@ -33,7 +37,7 @@ impl Outbox {
             results: Mutex::new(Vec::with_capacity(batch_size)),
             free: Semaphore::new(batch_size),
             full: Notify::new(),
-            batch_size,
+            wake_at: batch_size.div_ceil(2),
             broken: CancellationToken::new(),
         }
     }
@@ -51,7 +55,7 @@ impl Outbox {
             results.push(finished);
             results.len()
         };
-        if held >= self.batch_size {
+        if held == self.wake_at {
             self.full.notify_one();
         }
         true

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use super::Backend;
 use crate::config::Config;
 use crate::record::ColumnKind;
 use crate::selection::{IdSpec, Selection};
@@ -35,6 +36,7 @@ pub(super) struct Statements {
     /// The mapped columns, quoted, in `api.response` order.
     mapped: Vec<String>,
     key_kind: ColumnKind,
+    backend: Backend,
     /// For the plan: `FROM table` and the key as text.
     table: String,
     key: String,
@@ -50,7 +52,7 @@ const RUN_COLUMNS: &str = "id, selection, status, total, calls_ok, calls_throttl
                            calls_permanent, credits_spent, reserved, created_at, updated_at, finished_at";
 
 impl Statements {
-    pub fn new(config: &Config, key_kind: ColumnKind) -> Statements {
+    pub fn new(config: &Config, key_kind: ColumnKind, backend: Backend) -> Statements {
         let s = &config.source;
         let table = s.table.quoted();
         let key = s.key.quoted();
@@ -179,6 +181,7 @@ impl Statements {
             unlock: a(format!("DELETE FROM freshen_locks WHERE name = {table_lit} AND holder = $1")),
             mapped: config.api.response.iter().map(|m| m.column.quoted()).collect(),
             key_kind,
+            backend,
             table,
             key,
             refreshed_at,
@@ -280,29 +283,53 @@ impl Statements {
         )
     }
 
-    /// Resolves `rows` items in one statement, each only while still pending and
-    /// not claimed by another worker: `$1` updated_at, `$2` the run, `$3` this
-    /// worker, then per item its seq, state, attempts and reason. Returns the seqs
-    /// it resolved.
-    pub fn resolve_items(&self, rows: usize) -> String {
-        let values = values_rows(rows, 4, &["BIGINT", "TEXT", "BIGINT", "TEXT"]);
+    /// A JSON array bound as parameter `$n`, read as rows `e` whose column `value`
+    /// holds one element: SQLite's `json_each`, PostgreSQL's `json_array_elements`.
+    fn json_rows(&self, n: usize) -> String {
+        match self.backend {
+            Backend::Sqlite => format!("json_each(${n}) AS e"),
+            Backend::Postgres => format!("json_array_elements(CAST(${n} AS JSON)) AS e(value)"),
+        }
+    }
+
+    /// Resolves a batch of items in one statement, each only while still pending
+    /// and not claimed by another worker: `$1` updated_at, `$2` the run, `$3` the
+    /// items as a JSON array of `[seq, state, attempts, reason]`, `$4` this
+    /// worker. Returns the seqs it resolved. The text is
+    /// the same for every batch, so the statement is prepared once per connection,
+    /// and binds three values however many items there are. `MATERIALIZED` and
+    /// `seq IN (SELECT seq FROM v)`: the batch is read first and each item found by
+    /// its seq; without them SQLite (3.51) scans every pending item of the run for
+    /// each batch, a cost that grows with the run (562 ms of CPU per 1,000 records
+    /// at 1,000,000).
+    pub fn resolve_items(&self) -> String {
         format!(
-            "WITH v (seq, state, attempts, reason) AS (VALUES {values}) \
+            "WITH v (seq, state, attempts, reason) AS MATERIALIZED (SELECT CAST(e.value ->> 0 AS BIGINT), \
+             e.value ->> 1, CAST(e.value ->> 2 AS BIGINT), e.value ->> 3 FROM {}) \
              UPDATE freshen_items SET state = v.state, attempts = v.attempts, reason = v.reason, \
              updated_at = $1 FROM v \
              WHERE freshen_items.run_id = $2 AND freshen_items.seq = v.seq \
-             AND freshen_items.state = 'pending' \
-             AND (freshen_items.lease_owner IS NULL OR freshen_items.lease_owner = $3) \
-             RETURNING freshen_items.seq"
+             AND freshen_items.state = 'pending' AND freshen_items.seq IN (SELECT seq FROM v) \
+             AND (freshen_items.lease_owner IS NULL OR freshen_items.lease_owner = $4) \
+             RETURNING freshen_items.seq",
+            self.json_rows(3)
         )
     }
 
-    /// Writes `rows` records in one statement: `$1` refreshed_at, then per record
-    /// its key and the mapped columns' values, each cast to the column's kind.
-    pub fn update_records(&self, rows: usize, kinds: &[ColumnKind]) -> String {
-        let mut types = vec![sql_type(self.key_kind)];
-        types.extend(kinds.iter().map(|k| sql_type(*k)));
-        let values = values_rows(rows, 2, &types);
+    /// Writes a batch of records in one statement: `$1` refreshed_at, `$2` the
+    /// records as a JSON array of `[key, value...]` (the mapped columns' values in
+    /// `api.response` order), each cast to the column's kind.
+    pub fn update_records(&self, kinds: &[ColumnKind]) -> String {
+        let mut fields = vec![format!(
+            "CAST(e.value ->> 0 AS {})",
+            sql_type(self.key_kind)
+        )];
+        fields.extend(
+            kinds
+                .iter()
+                .enumerate()
+                .map(|(i, k)| format!("CAST(e.value ->> {} AS {})", i + 1, sql_type(*k))),
+        );
         let names: Vec<String> = (0..self.mapped.len()).map(|i| format!("c{i}")).collect();
         let mut sets: Vec<String> = self
             .mapped
@@ -312,35 +339,16 @@ impl Statements {
             .collect();
         sets.push(format!("{} = $1", self.refreshed_at));
         format!(
-            "WITH v (k, {}) AS (VALUES {values}) UPDATE {table} SET {} FROM v \
+            "WITH v (k, {}) AS MATERIALIZED (SELECT {} FROM {}) UPDATE {table} SET {} FROM v \
              WHERE {table}.{key} = v.k",
             names.join(", "),
+            fields.join(", "),
+            self.json_rows(2),
             sets.join(", "),
             table = self.table,
             key = self.key,
         )
     }
-}
-
-/// `rows` rows of `CAST($n AS type)` placeholders, numbered from `first`.
-fn values_rows(rows: usize, first: usize, types: &[&str]) -> String {
-    let mut n = first;
-    let mut out = String::with_capacity(rows * types.len() * 24);
-    for r in 0..rows {
-        if r > 0 {
-            out.push_str(", ");
-        }
-        out.push('(');
-        for (i, t) in types.iter().enumerate() {
-            if i > 0 {
-                out.push_str(", ");
-            }
-            out.push_str(&format!("CAST(${n} AS {t})"));
-            n += 1;
-        }
-        out.push(')');
-    }
-    out
 }
 
 /// The type a value of this kind is cast to, understood by SQLite and PostgreSQL.
