@@ -979,6 +979,12 @@ fn migrator(backend: Backend) -> Migrator {
             include_str!("../../migrations/sqlite/0005_fleet.sql"),
             include_str!("../../migrations/postgres/0005_fleet.sql"),
         ),
+        (
+            6,
+            "items_unchecked",
+            include_str!("../../migrations/sqlite/0006_items_unchecked.sql"),
+            include_str!("../../migrations/postgres/0006_items_unchecked.sql"),
+        ),
     ];
     let migrations = all
         .into_iter()
