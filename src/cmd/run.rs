@@ -69,7 +69,7 @@ pub async fn run(
     let heartbeat = tokio::spawn(keep_lock(
         store.clone(),
         holder.clone(),
-        stale_after / 4,
+        stale_after,
         stop.clone(),
     ));
     let who_joined = args.join;
@@ -156,14 +156,14 @@ struct Locked {
 async fn keep_lock(
     store: Arc<Store>,
     holder: String,
-    every: std::time::Duration,
+    stale_after: std::time::Duration,
     stop: CancellationToken,
 ) {
     loop {
-        tokio::time::sleep(every).await;
+        tokio::time::sleep(stale_after / 4).await;
         let kept = match store.heartbeat(&holder).await {
             Ok(false) => store
-                .lock(&holder, every * 4)
+                .lock(&holder, stale_after)
                 .await
                 .map(|taken| taken.is_ok()),
             kept => kept,

@@ -244,7 +244,7 @@ async fn next_items(store: &Store, run: i64, after: i64, shared: &Shared) -> Res
         if !claimed.is_empty() {
             return Ok(claimed);
         }
-        if store.item_counts(run).await?.pending == 0 {
+        if !store.has_pending(run).await? {
             return Ok(claimed);
         }
         tokio::time::sleep(CLAIM_POLL).await;

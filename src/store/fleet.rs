@@ -11,11 +11,7 @@ use anyhow::{Context, Result};
 use sqlx::pool::PoolConnection;
 use sqlx::{Any, Executor, Row};
 
-use super::statements::NOW_MS;
-use super::{Item, Store, item_row, query_text};
-
-/// The database clock in Unix microseconds (PostgreSQL).
-const NOW_US: &str = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000000 AS BIGINT)";
+use super::{Item, Store, item_row};
 
 /// A worker of a joined run, as `freshen status` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -95,20 +91,22 @@ impl Store {
 
     /// Enters `worker` into the run's fleet, with a fresh heartbeat and nothing reserved.
     pub async fn join_fleet(&self, run: i64, worker: &str) -> Result<()> {
-        let sql = format!(
+        let sql = concat!(
             "INSERT INTO freshen_workers (worker, run_id, started_at, heartbeat_at, reserved) \
-             VALUES ($1, $2, $3, {NOW_MS}, 0) ON CONFLICT (worker) DO UPDATE SET \
+             VALUES ($1, $2, $3, ",
+            now_ms!(),
+            ", 0) ON CONFLICT (worker) DO UPDATE SET \
              run_id = excluded.run_id, started_at = excluded.started_at, \
              heartbeat_at = excluded.heartbeat_at, reserved = 0"
         );
-        query_text(sql)
+        sqlx::query(sql)
             .bind(worker.to_owned())
             .bind(run)
             .bind(super::now_stamp())
             .execute(&self.pool)
             .await
             .context("joining the run's workers")?;
-        query_text("INSERT INTO freshen_pace (name) VALUES ($1) ON CONFLICT (name) DO NOTHING")
+        sqlx::query("INSERT INTO freshen_pace (name) VALUES ($1) ON CONFLICT (name) DO NOTHING")
             .bind(self.table.clone())
             .execute(&self.pool)
             .await
@@ -119,8 +117,10 @@ impl Store {
     /// Refreshes the worker's heartbeat, which keeps its claims; false if its row
     /// is gone.
     pub async fn worker_heartbeat(&self, worker: &str) -> Result<bool> {
-        let kept = query_text(format!(
-            "UPDATE freshen_workers SET heartbeat_at = {NOW_MS} WHERE worker = $1"
+        let kept = sqlx::query(concat!(
+            "UPDATE freshen_workers SET heartbeat_at = ",
+            now_ms!(),
+            " WHERE worker = $1"
         ))
         .bind(worker.to_owned())
         .execute(&self.pool)
@@ -158,7 +158,7 @@ impl Store {
             .begin()
             .await
             .context("leaving the run's workers")?;
-        query_text(
+        sqlx::query(
             "UPDATE freshen_items SET lease_owner = NULL \
              WHERE run_id = $1 AND state = 'pending' AND lease_owner = $2",
         )
@@ -167,7 +167,7 @@ impl Store {
         .execute(&mut *tx)
         .await
         .context("giving back claimed items")?;
-        query_text("DELETE FROM freshen_workers WHERE worker = $1")
+        sqlx::query("DELETE FROM freshen_workers WHERE worker = $1")
             .bind(worker.to_owned())
             .execute(&mut *tx)
             .await
@@ -191,8 +191,10 @@ impl Store {
         if self.backend != super::Backend::Postgres {
             return Ok(Vec::new());
         }
-        let rows = query_text(format!(
-            "SELECT w.worker, w.started_at, {NOW_MS} - w.heartbeat_at, \
+        let rows = sqlx::query(concat!(
+            "SELECT w.worker, w.started_at, ",
+            now_ms!(),
+            " - w.heartbeat_at, \
              (SELECT COUNT(*) FROM freshen_items i WHERE i.run_id = w.run_id \
                AND i.state = 'pending' AND i.lease_owner = w.worker), w.reserved \
              FROM freshen_workers w WHERE w.run_id = $1 ORDER BY w.started_at, w.worker"
@@ -221,9 +223,11 @@ impl Store {
         except: &str,
         stale_after: Duration,
     ) -> Result<i64> {
-        let row = query_text(format!(
+        let row = sqlx::query(concat!(
             "SELECT COUNT(*) FROM freshen_workers WHERE run_id = $1 AND worker <> $2 \
-             AND heartbeat_at >= {NOW_MS} - $3"
+             AND heartbeat_at >= ",
+            now_ms!(),
+            " - $3"
         ))
         .bind(run)
         .bind(except.to_owned())
@@ -242,13 +246,15 @@ impl Store {
         worker: &str,
         stale_after: Duration,
     ) -> Result<bool> {
-        let sql = format!(
+        let sql = concat!(
             "DELETE FROM freshen_locks WHERE name = $1 AND holder = $2 AND NOT EXISTS \
              (SELECT 1 FROM freshen_workers w JOIN freshen_runs r ON r.id = w.run_id \
               WHERE r.source_table = $1 AND w.worker <> $3 \
-              AND w.heartbeat_at >= {NOW_MS} - $4)"
+              AND w.heartbeat_at >= ",
+            now_ms!(),
+            " - $4)"
         );
-        let gone = query_text(sql)
+        let gone = sqlx::query(sql)
             .bind(self.table.clone())
             .bind(holder.to_owned())
             .bind(worker.to_owned())
@@ -266,18 +272,16 @@ impl Store {
     pub async fn grant_credits(&self, req: &GrantRequest) -> Result<Grant> {
         let mut tx = self.pool.begin().await.context("asking for credits")?;
         let spent: i64 =
-            query_text("SELECT spent FROM freshen_credit_periods WHERE period = $1 FOR UPDATE")
+            sqlx::query("SELECT spent FROM freshen_credit_periods WHERE period = $1 FOR UPDATE")
                 .bind(req.period.clone())
                 .fetch_one(&mut *tx)
                 .await
                 .context("reading the period's credits")?
                 .try_get(0)?;
-        let sums = query_text(format!(
-            "SELECT CAST(COALESCE(SUM(CASE WHEN worker = $1 THEN reserved ELSE 0 END), 0) AS BIGINT), \
+        let sums = sqlx::query(concat!("SELECT CAST(COALESCE(SUM(CASE WHEN worker = $1 THEN reserved ELSE 0 END), 0) AS BIGINT), \
              CAST(COALESCE(SUM(CASE WHEN worker <> $1 THEN reserved ELSE 0 END), 0) AS BIGINT), \
              CAST(COALESCE(SUM(CASE WHEN run_id = $2 THEN reserved ELSE 0 END), 0) AS BIGINT) \
-             FROM freshen_workers WHERE worker = $1 OR heartbeat_at >= {NOW_MS} - $3"
-        ))
+             FROM freshen_workers WHERE worker = $1 OR heartbeat_at >= ", now_ms!(), " - $3"))
         .bind(req.worker.clone())
         .bind(req.run)
         .bind(millis(req.stale_after))
@@ -288,17 +292,18 @@ impl Store {
             (sums.try_get(0)?, sums.try_get(1)?, sums.try_get(2)?);
         let mut room = req.period_limit - spent - mine - others;
         if let Some(limit) = req.run_limit {
-            let run_spent: i64 = query_text("SELECT credits_spent FROM freshen_runs WHERE id = $1")
-                .bind(req.run)
-                .fetch_one(&mut *tx)
-                .await?
-                .try_get(0)?;
+            let run_spent: i64 =
+                sqlx::query("SELECT credits_spent FROM freshen_runs WHERE id = $1")
+                    .bind(req.run)
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get(0)?;
             room = room.min(limit - run_spent - of_run);
         }
         let cost = req.cost.max(1);
         let granted = (req.want.min(room).max(0) / cost) * cost;
         if granted > 0 {
-            query_text("UPDATE freshen_workers SET reserved = reserved + $1 WHERE worker = $2")
+            sqlx::query("UPDATE freshen_workers SET reserved = reserved + $1 WHERE worker = $2")
                 .bind(granted)
                 .bind(req.worker.clone())
                 .execute(&mut *tx)
@@ -313,15 +318,17 @@ impl Store {
     /// `interval_us`, `burst` of them at once after a quiet spell, none before a
     /// throttle's pause ends), in one statement.
     pub async fn pace(&self, tokens: i64, interval_us: i64, burst: i64) -> Result<PaceGrant> {
-        let sql = format!(
-            "WITH n AS (SELECT {NOW_US} AS now_us) \
+        let sql = concat!(
+            "WITH n AS (SELECT ",
+            now_us!(),
+            " AS now_us) \
              UPDATE freshen_pace SET tat_us = GREATEST(freshen_pace.tat_us, n.now_us - $2, \
                freshen_pace.paused_until_us) + $3 \
              FROM n WHERE freshen_pace.name = $1 \
              RETURNING freshen_pace.tat_us - $3 - n.now_us, \
                GREATEST(freshen_pace.paused_until_us - n.now_us, 0)"
         );
-        let row = query_text(sql)
+        let row = sqlx::query(sql)
             .bind(self.table.clone())
             .bind(burst.saturating_mul(interval_us))
             .bind(tokens.saturating_mul(interval_us))
@@ -337,8 +344,10 @@ impl Store {
     /// Holds every worker of the table for `pause` (a throttle seen by one).
     pub async fn pause_fleet(&self, pause: Duration) -> Result<()> {
         let us = i64::try_from(pause.as_micros()).unwrap_or(i64::MAX);
-        query_text(format!(
-            "UPDATE freshen_pace SET paused_until_us = GREATEST(paused_until_us, {NOW_US} + $2) \
+        sqlx::query(concat!(
+            "UPDATE freshen_pace SET paused_until_us = GREATEST(paused_until_us, ",
+            now_us!(),
+            " + $2) \
              WHERE name = $1"
         ))
         .bind(self.table.clone())
@@ -358,7 +367,7 @@ pub(super) async fn settle(
     charged: i64,
 ) -> Result<()> {
     tx.execute(
-        query_text("UPDATE freshen_workers SET reserved = reserved - $1 WHERE worker = $2")
+        sqlx::query("UPDATE freshen_workers SET reserved = reserved - $1 WHERE worker = $2")
             .bind(charged)
             .bind(worker.to_owned()),
     )

@@ -6,6 +6,22 @@
 //! the statements that use them are built once, at connect time, in [`Statements`].
 //! Every value goes in as a bound parameter.
 
+/// The database clock in Unix milliseconds (PostgreSQL), as SQL text: the
+/// workers of a joined run may be on hosts whose clocks disagree. A macro, so
+/// the statements that use it are `&'static str` built at compile time.
+macro_rules! now_ms {
+    () => {
+        "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)"
+    };
+}
+
+/// The database clock in Unix microseconds (PostgreSQL), as SQL text.
+macro_rules! now_us {
+    () => {
+        "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000000 AS BIGINT)"
+    };
+}
+
 mod fleet;
 mod ident;
 mod samples;
@@ -676,6 +692,17 @@ impl Store {
         Ok(counts)
     }
 
+    /// Whether any item of the run is still pending (claimed or not).
+    pub async fn has_pending(&self, run: i64) -> Result<bool> {
+        let n: i64 = query(&self.sql.has_pending)
+            .bind(run)
+            .fetch_one(&self.pool)
+            .await
+            .context("looking for pending items")?
+            .try_get(0)?;
+        Ok(n > 0)
+    }
+
     /// The failed items of a run with their reasons, at most `limit`.
     pub async fn failures(&self, run: i64, limit: i64) -> Result<Vec<(String, String)>> {
         let rows = query(&self.sql.failures)
@@ -872,11 +899,6 @@ fn bind_all(mut q: AnyQuery<'_>, binds: Vec<Bind>) -> AnyQuery<'_> {
 
 fn query(sql: &Arc<str>) -> AnyQuery<'static> {
     sqlx::query(AssertSqlSafe(sql.clone()))
-}
-
-/// A statement built here from checked parts (no user value in its text).
-fn query_text(sql: impl Into<String>) -> AnyQuery<'static> {
-    sqlx::query(AssertSqlSafe(sql.into()))
 }
 
 /// A queued item: seq, key, attempts, then the path's other columns as text.

@@ -23,6 +23,8 @@ pub(super) struct Statements {
     pub charge_period: Arc<str>,
     pub set_status: Arc<str>,
     pub item_counts: Arc<str>,
+    /// Whether the run has a pending item: one index probe, not a count.
+    pub has_pending: Arc<str>,
     pub failures: Arc<str>,
     pub ensure_period: Arc<str>,
     pub period: Arc<str>,
@@ -44,9 +46,8 @@ pub(super) struct Statements {
     filter: Option<String>,
 }
 
-/// The database clock in Unix milliseconds (PostgreSQL): the workers of a
-/// joined run may be on hosts whose clocks disagree.
-pub(super) const NOW_MS: &str = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)";
+/// The database clock in Unix milliseconds (PostgreSQL).
+const NOW_MS: &str = now_ms!();
 
 const RUN_COLUMNS: &str = "id, selection, status, total, calls_ok, calls_throttled, calls_transient, \
                            calls_permanent, credits_spent, reserved, created_at, updated_at, finished_at";
@@ -146,6 +147,9 @@ impl Statements {
             set_status: a("UPDATE freshen_runs SET status = $1, updated_at = $2, finished_at = $3, reserved = 0 \
                  WHERE id = $4".into()),
             item_counts: a("SELECT state, COUNT(*) FROM freshen_items WHERE run_id = $1 GROUP BY state".into()),
+            has_pending: a("SELECT COUNT(*) FROM (SELECT 1 FROM freshen_items \
+                 WHERE run_id = $1 AND state = 'pending' LIMIT 1) AS p"
+                .into()),
             failures: a("SELECT key, reason FROM freshen_items WHERE run_id = $1 AND state = 'failed' \
                  ORDER BY seq LIMIT $2"
                 .into()),

@@ -8,9 +8,8 @@ use freshen::sandbox::SandboxOptions;
 use sqlx::Executor;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use sqlx::{Connection, Row};
-use tokio::io::AsyncReadExt;
 
-use crate::harness::{Conf, TestEnv, assert_exit, text};
+use crate::harness::{Conf, TestEnv, assert_exit, finish, text};
 
 /// Another writer: a connection holding SQLite's write lock until dropped.
 async fn hold_write_lock(env: &TestEnv) -> SqliteConnection {
@@ -118,24 +117,14 @@ async fn a_database_locked_past_the_busy_timeout_is_reported_and_left_sound() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_database_file_removed_mid_run_stops_with_a_clear_error() {
     let env = slow_env(400).await;
-    let mut child = env.spawn(&["run"]);
+    let child = env.spawn(&["run"]);
     env.wait_for_calls(40).await;
     for suffix in ["", "-wal", "-shm"] {
         let path = format!("{}{suffix}", env.db_path().display());
         let _ = std::fs::remove_file(path);
     }
-    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .await
-        .unwrap();
+    let out = finish(child).await;
+    let (status, stderr) = (out.status, text(&out.stderr));
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains("was removed or replaced during the run")
@@ -169,25 +158,15 @@ async fn a_mapped_column_dropped_from_the_table_is_named_at_start() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mapped_column_dropped_mid_run_stops_without_writing_half() {
     let env = slow_env(400).await;
-    let mut child = env.spawn(&["run"]);
+    let child = env.spawn(&["run"]);
     env.wait_for_calls(40).await;
     let db = env.db().await;
     db.execute("ALTER TABLE people DROP COLUMN score")
         .await
         .unwrap();
     db.close().await;
-    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .await
-        .unwrap();
+    let out = finish(child).await;
+    let (status, stderr) = (out.status, text(&out.stderr));
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("score"), "{stderr}");
     assert_eq!(env.integrity().await, "ok");
@@ -223,22 +202,12 @@ async fn a_database_locked_mid_run_past_the_busy_timeout_stops_without_writing_h
         lock_stale_after: "1s",
         ..Conf::default()
     });
-    let mut child = env.spawn(&["run"]);
+    let child = env.spawn(&["run"]);
     env.wait_for_calls(40).await;
     let lock = hold_write_lock(&env).await;
-    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let out = finish(child).await;
     lock.close().await.unwrap();
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .await
-        .unwrap();
+    let (status, stderr) = (out.status, text(&out.stderr));
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(
         stderr
@@ -317,7 +286,7 @@ async fn a_database_made_read_only_mid_run_stops_without_writing_half() {
         .expect("cc runs");
     assert!(built.status.success(), "{}", text(&built.stderr));
     let flag = env.dir.path().join("read-only-now");
-    let mut child = env
+    let child = env
         .command(&["run"])
         .env("LD_PRELOAD", &shim)
         .env("FRESHEN_EROFS_FLAG", &flag)
@@ -326,18 +295,8 @@ async fn a_database_made_read_only_mid_run_stops_without_writing_half() {
         .unwrap();
     env.wait_for_calls(60).await;
     std::fs::write(&flag, b"").unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .await
-        .unwrap();
+    let out = finish(child).await;
+    let (status, stderr) = (out.status, text(&out.stderr));
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains("could not write to the database"),

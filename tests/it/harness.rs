@@ -545,6 +545,15 @@ impl Record {
     }
 }
 
+/// Waits for a spawned freshen (at most 2 minutes: a hang fails the test) and
+/// returns its output.
+pub async fn finish(child: Child) -> Output {
+    tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+        .await
+        .expect("freshen finished within 2 minutes")
+        .expect("freshen ran")
+}
+
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }

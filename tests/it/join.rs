@@ -1,21 +1,13 @@
 //! Several workers on one run (`run --join`), and a run that loses its database
 //! connections: PostgreSQL only, whichever database the rest of the suite runs on.
 
-use std::process::Output;
 use std::time::Duration;
 
 use freshen::sandbox::{Fault, SandboxOptions};
 use sqlx::Row;
 use tokio::process::Child;
 
-use crate::harness::{Conf, TestEnv, assert_exit, text};
-
-async fn finish(child: Child) -> Output {
-    tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
-        .await
-        .expect("the worker finished within 2 minutes")
-        .expect("the worker ran")
-}
+use crate::harness::{Conf, TestEnv, assert_exit, finish, text};
 
 /// (period spent, runs' credits spent, calls answered ok by the runs' counts).
 async fn ledger(env: &TestEnv) -> (i64, i64, i64) {
