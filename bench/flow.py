@@ -18,15 +18,14 @@ Build first: cargo build --release
 import argparse
 import json
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from common import ROOT, config, free_port, sandbox_stats, wait_for
+
 
 # name, sandbox flags, config (rate, max_concurrency), ideal seconds for 2,000 records
 SCENARIOS = [
@@ -40,44 +39,6 @@ SCENARIOS = [
      ["--rate", "200", "--burst", "20", "--outage-start", "3s", "--outage", "5s", "--ratelimit-headers"], (200, 32), 15.0),
 ]
 
-CONFIG = """
-[database]
-url = "sqlite://{db}"
-
-[source]
-table = "people"
-key = "id"
-refreshed_at = "refreshed_at"
-
-[api]
-base_url = "http://127.0.0.1:{port}"
-path = "/v1/people/{{id}}"
-timeout = "10s"
-
-[api.response]
-"/title" = "title"
-"/company" = "company"
-"/score" = "score"
-
-[limits]
-rate = {rate}
-max_concurrency = {conc}
-
-[retry]
-max_attempts = 5
-base_delay = "500ms"
-max_delay = "60s"
-max_outage = "5m"
-
-[credits]
-allowance = 100000000
-"""
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def seed(path, records):
@@ -89,25 +50,14 @@ def seed(path, records):
     db.close()
 
 
-def wait_for(port, timeout=10):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"the sandbox did not start on port {port}")
-
-
 def run(binary, name, sandbox_flags, rate, conc, ideal, records, latency):
     with tempfile.TemporaryDirectory() as tmp:
         db = os.path.join(tmp, "bench.db")
         seed(db, records)
         port = free_port()
-        config = os.path.join(tmp, "config.toml")
-        with open(config, "w") as f:
-            f.write(CONFIG.format(db=db, port=port, rate=rate, conc=conc))
+        config_path = os.path.join(tmp, "config.toml")
+        with open(config_path, "w") as f:
+            f.write(config(f"sqlite://{db}", port, conc, rate=rate, base_delay="500ms", max_delay="60s", max_outage="5m"))
         sandbox = subprocess.Popen(
             [binary, "sandbox", "--listen", f"127.0.0.1:{port}", "--latency", latency] + sandbox_flags,
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -115,14 +65,13 @@ def run(binary, name, sandbox_flags, rate, conc, ideal, records, latency):
             wait_for(port)
             summary = os.path.join(tmp, "summary.json")
             start = time.monotonic()
-            out = subprocess.run([binary, "run", "--config", config, "--summary-json", summary, "--log", "warn"],
+            out = subprocess.run([binary, "run", "--config", config_path, "--summary-json", summary, "--log", "warn"],
                                  capture_output=True, text=True)
             wall = time.monotonic() - start
             if out.returncode != 0:
                 print(out.stdout, out.stderr, file=sys.stderr)
                 raise SystemExit(f"{name}: freshen exited {out.returncode}")
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_sandbox/stats") as r:
-                stats = json.load(r)
+            stats = sandbox_stats(port)
             with open(summary) as f:
                 result = json.load(f)
         finally:

@@ -27,7 +27,8 @@ import subprocess
 import tempfile
 import time
 
-from speed import CONFIG, ROOT, free_port, sandbox_stats, seed, wait_for
+from common import ROOT, config, free_port, sandbox_stats, wait_for
+from speed import seed
 
 BURST = 20
 os.environ.setdefault("PGOPTIONS", "-c client_min_messages=warning")
@@ -38,18 +39,17 @@ def run(binary, workers, records, rate, conc, latency):
         url, written, cleanup = seed("postgres", tmp, records)
         try:
             port = free_port()
-            config = os.path.join(tmp, "config.toml")
-            with open(config, "w") as f:
+            config_path = os.path.join(tmp, "config.toml")
+            with open(config_path, "w") as f:
                 # The config states the vendor's real limit: the workers share it.
-                f.write(CONFIG.format(url=url, port=port, conc=conc)
-                        .replace("rate = 1000000", f"rate = {rate}\nburst = {BURST // 2}"))
+                f.write(config(url, port, conc, rate=rate, burst=BURST // 2))
             sandbox = subprocess.Popen([binary, "sandbox", "--listen", f"127.0.0.1:{port}",
                                         "--rate", str(rate), "--burst", str(BURST), "--latency", latency],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
                 wait_for(port)
                 start = time.monotonic()
-                procs = [subprocess.Popen([binary, "run", "--join", "--config", config, "--log", "warn"],
+                procs = [subprocess.Popen([binary, "run", "--join", "--config", config_path, "--log", "warn"],
                                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
                          for _ in range(workers)]
                 for p in procs:

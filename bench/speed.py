@@ -25,53 +25,19 @@ Build first: cargo build --release. PostgreSQL: postgres://postgres@127.0.0.1:54
 """
 
 import argparse
-import json
 import os
 import statistics
 import re
-import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from common import ROOT, config, free_port, sandbox_stats, wait_for
+
 PG_SERVER = os.environ.get("FRESHEN_BENCH_POSTGRES", "postgres://postgres@127.0.0.1:5432")
 
-CONFIG = """
-[database]
-url = "{url}"
-
-[source]
-table = "people"
-key = "id"
-refreshed_at = "refreshed_at"
-
-[api]
-base_url = "http://127.0.0.1:{port}"
-path = "/v1/people/{{id}}"
-timeout = "10s"
-
-[api.response]
-"/title" = "title"
-"/company" = "company"
-"/score" = "score"
-
-[limits]
-rate = 1000000
-max_concurrency = {conc}
-
-[retry]
-max_attempts = 5
-base_delay = "100ms"
-max_delay = "5s"
-max_outage = "1m"
-
-[credits]
-allowance = 100000000
-"""
 
 
 TITLES = ["Engineer", "Analyst", "Designer", "Manager", "Director", "Consultant", "Researcher", "Architect"]
@@ -93,12 +59,6 @@ def check_rows(rows):
         if refreshed is None or (title, company, int(score) if score is not None else None) != person(str(key)):
             bad += 1
     return bad
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def psql(db, sql):
@@ -143,22 +103,6 @@ def seed(kind, tmp, records):
     return f"{PG_SERVER}/freshen_bench", written, lambda: psql("postgres", "DROP DATABASE IF EXISTS freshen_bench WITH (FORCE)")
 
 
-def wait_for(port, timeout=10):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"the sandbox did not start on port {port}")
-
-
-def sandbox_stats(port):
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/_sandbox/stats") as r:
-        return json.load(r)
-
-
 def has_lean(binary):
     out = subprocess.run([binary, "sandbox", "--help"], capture_output=True, text=True)
     return "--lean" in out.stdout
@@ -168,16 +112,16 @@ def run(binary, kind, records, conc, lean, sandbox_bin, wrap=()):
     with tempfile.TemporaryDirectory() as tmp:
         url, written, cleanup = seed(kind, tmp, records)
         port = free_port()
-        config = os.path.join(tmp, "config.toml")
-        with open(config, "w") as f:
-            f.write(CONFIG.format(url=url, port=port, conc=conc))
+        config_path = os.path.join(tmp, "config.toml")
+        with open(config_path, "w") as f:
+            f.write(config(url, port, conc))
         sandbox = subprocess.Popen([sandbox_bin, "sandbox", "--listen", f"127.0.0.1:{port}", "--latency", "0ms"]
                                    + (["--lean"] if lean else []),
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             wait_for(port)
             start = time.monotonic()
-            out = subprocess.run(["/usr/bin/time", "-v", *wrap, binary, "run", "--config", config, "--log", "info"],
+            out = subprocess.run(["/usr/bin/time", "-v", *wrap, binary, "run", "--config", config_path, "--log", "info"],
                                  capture_output=True, text=True)
             wall = time.monotonic() - start
             if out.returncode != 0:
