@@ -18,6 +18,7 @@ Build first: cargo build --release
 import argparse
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -50,7 +51,7 @@ def seed(path, records):
     db.close()
 
 
-def run(binary, name, sandbox_flags, rate, conc, ideal, records, latency):
+def run(binary, name, sandbox_flags, rate, conc, ideal, records, latency, log="warn", log_to=None):
     with tempfile.TemporaryDirectory() as tmp:
         db = os.path.join(tmp, "bench.db")
         seed(db, records)
@@ -65,9 +66,12 @@ def run(binary, name, sandbox_flags, rate, conc, ideal, records, latency):
             wait_for(port)
             summary = os.path.join(tmp, "summary.json")
             start = time.monotonic()
-            out = subprocess.run([binary, "run", "--config", config_path, "--summary-json", summary, "--log", "warn"],
+            out = subprocess.run([binary, "run", "--config", config_path, "--summary-json", summary, "--log", log],
                                  capture_output=True, text=True)
             wall = time.monotonic() - start
+            if log_to:
+                with open(log_to, "w") as f:
+                    f.write(out.stderr)
             if out.returncode != 0:
                 print(out.stdout, out.stderr, file=sys.stderr)
                 raise SystemExit(f"{name}: freshen exited {out.returncode}")
@@ -97,6 +101,8 @@ def main():
     p.add_argument("--latency", default="50ms")
     p.add_argument("--only", help="run the scenarios whose name contains this text")
     p.add_argument("--json", help="also write the rows as JSON to this file")
+    p.add_argument("--log", default="warn", help="freshen's log level (--log), e.g. debug to see every pace change")
+    p.add_argument("--log-dir", help="keep each run's log in this directory, one file per scenario")
     args = p.parse_args()
     if not os.path.exists(args.bin):
         raise SystemExit(f"{args.bin} not found: run `cargo build --release` first, or pass --bin")
@@ -106,7 +112,11 @@ def main():
     for name, flags, (rate, conc), ideal in SCENARIOS:
         if args.only and args.only not in name:
             continue
-        row = run(args.bin, name, flags, rate, conc, ideal, args.records, args.latency)
+        log_to = None
+        if args.log_dir:
+            os.makedirs(args.log_dir, exist_ok=True)
+            log_to = os.path.join(args.log_dir, re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") + ".log")
+        row = run(args.bin, name, flags, rate, conc, ideal, args.records, args.latency, args.log, log_to)
         rows.append(row)
         print(f"{name:44} {row['wall_over_ideal']:>10.3f} {row['rejected_share']:>8.1%} {row['calls']:>6} "
               f"{row['calls_in_outage']:>9} {row['failed']:>6}", flush=True)

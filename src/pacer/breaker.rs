@@ -212,6 +212,7 @@ impl Breaker {
                 .min(PROBE_EVERY_AT_MOST);
             open.next_probe = now + wait;
             open.probing = false;
+            tracing::debug!(next_in_ms = wait.as_millis() as u64, "the probe failed");
         }
         drop(s);
         self.changed.notify_waiters();

@@ -17,7 +17,10 @@
 //!   cap is hit again, so a hard cap is probed rarely instead of every few round
 //!   trips.
 //! - **Rate** (after the AWS SDKs' adaptive mode): on a throttle, down to 80% of the
-//!   rate actually sent since the last pause, and held there as a plateau. Every
+//!   rate actually sent since the last pause, and held there as a plateau. A
+//!   throttle while slow start is still doubling goes to half of it instead (TCP's
+//!   slow-start threshold): the rate sent a round trip earlier, the last one that
+//!   was clean for a whole round trip, so one refusal finds a rate that holds. Every
 //!   probe above a plateau costs a whole pause (the vendor's Retry-After), so the
 //!   plateau is held for at least ten pauses, doubling each time a probe is
 //!   throttled again; a throttled probe goes back to the plateau, not lower. The
@@ -65,6 +68,8 @@ pub struct Control {
     concurrency: f64,
     rate: f64,
     slow_start: bool,
+    /// When slow start last grew the limit or the rate.
+    last_growth: Option<Instant>,
     /// The smoothed round trip and the lowest one seen recently.
     srtt: Option<Duration>,
     min_rtt: Option<Duration>,
@@ -113,6 +118,7 @@ impl Control {
             concurrency: max.min(4.0),
             rate: ceiling,
             slow_start: true,
+            last_growth: None,
             srtt: None,
             min_rtt: None,
             min_rtt_at: None,
@@ -213,6 +219,7 @@ impl Control {
         self.concurrency = (self.concurrency / 2.0).max(1.0);
         self.rate = (self.rate / 2.0).max(self.floor);
         self.slow_start = true;
+        self.last_growth = None;
         self.grown_after = 0.0;
         self.hold_until = None;
         self.setting()
@@ -269,6 +276,9 @@ impl Control {
             // round trip's worth of successes.
             self.grown_after += 1.0;
             if self.slow_start || self.grown_after >= self.concurrency {
+                if self.slow_start && self.concurrency < self.max_concurrency {
+                    self.last_growth = Some(now);
+                }
                 self.grown_after = 0.0;
                 self.hold_until = None;
                 self.concurrency = (self.concurrency + 1.0).min(self.max_concurrency);
@@ -292,6 +302,9 @@ impl Control {
             };
             self.rate = (self.rate * factor).min(top);
             self.last_rate_step = Some(now);
+            if self.slow_start {
+                self.last_growth = Some(now);
+            }
         }
     }
 
@@ -301,6 +314,12 @@ impl Control {
     }
 
     fn on_throttle(&mut self, pause: Duration, now: Instant) {
+        // Still doubling: what was sent a round trip ago was clean for a whole
+        // round trip; what is sent now is up to twice that.
+        let doubling = self.slow_start
+            && self
+                .last_growth
+                .is_some_and(|t| now.duration_since(t) <= self.rtt() * 2);
         self.slow_start = false;
         // Answers to calls sent before the pause began are the same overshoot.
         if self
@@ -317,7 +336,8 @@ impl Control {
             }
             _ => {
                 let sent = self.sent_rate(now).min(self.rate);
-                self.rate = (sent * 0.8).max(self.floor);
+                let factor = if doubling { 0.5 } else { 0.8 };
+                self.rate = (sent * factor).max(self.floor);
                 self.plateau = Some(self.rate);
                 self.rate_hold = (pause * 10).clamp(FIRST_HOLD, MAX_RATE_HOLD);
             }
@@ -450,6 +470,37 @@ mod tests {
             rate = c.on_signal(Signal::Success(RTT), now + RTT * i).rate;
         }
         assert!(rate > cut && rate <= 1000.0, "{rate}");
+    }
+
+    #[test]
+    fn a_throttle_while_slow_start_doubles_goes_back_to_the_last_clean_round_trip() {
+        // A vendor's token bucket of 200 calls a second, burst 20; the client may
+        // send 1000 a second with 64 in flight, and keeps its limit full.
+        let mut c = Control::new(64, 1000.0);
+        let t0 = Instant::now();
+        let mut tokens = 20.0_f64;
+        let mut out: Vec<Instant> = Vec::new();
+        let mut ms = 0;
+        let cut = 'run: loop {
+            let now = t0 + Duration::from_millis(ms);
+            tokens = (tokens + 0.2).min(20.0);
+            for _ in out.extract_if(.., |s| *s + RTT <= now) {
+                c.on_signal(Signal::Success(RTT), now);
+            }
+            while out.len() < c.setting().concurrency {
+                c.on_send(now);
+                if tokens < 1.0 {
+                    break 'run c.on_signal(Signal::Throttled, now).rate;
+                }
+                tokens -= 1.0;
+                out.push(now);
+            }
+            ms += 1;
+        };
+        assert!(
+            (140.0..=200.0).contains(&cut),
+            "refused at {ms} ms: half the rate sent then, and no more than the vendor takes: {cut}"
+        );
     }
 
     #[test]
