@@ -38,6 +38,10 @@ SCENARIOS = [
     ("limit 200/s, 5 s outage from 3 s", ["--rate", "200", "--burst", "20", "--outage-start", "3s", "--outage", "5s"], (200, 32), 15.0),
     ("limit 200/s, 5 s outage from 3 s, headers",
      ["--rate", "200", "--burst", "20", "--outage-start", "3s", "--outage", "5s", "--ratelimit-headers"], (200, 32), 15.0),
+    # Not an outage: a vendor that fails one call in ten at random. Ideal: the
+    # 2,000 / 0.9 calls it takes, at 200/s.
+    ("limit 200/s, 10% of calls fail (500)", ["--rate", "200", "--burst", "20", "--error-rate", "0.1"], (200, 32),
+     2000 / 0.9 / 200),
 ]
 
 

@@ -1,12 +1,19 @@
-//! The circuit breaker: when the vendor fails every call sent since its last
-//! success, all workers stop and one probe goes out on an exponential schedule;
-//! the first probe that succeeds closes the breaker.
+//! The circuit breaker: when the vendor fails every call, all workers stop and one
+//! probe goes out on an exponential schedule; the first probe that succeeds closes
+//! the breaker.
 //!
-//! Failures are counted in the order the calls were *sent*: a success that
-//! arrives late for a call sent before the outage says nothing about the vendor
-//! now, so it does not hide the failures of the calls sent after it. And they must
-//! come from several different records: one record that fails again and again (a
-//! poison key at the tail of a run) is that record's problem, not an outage.
+//! "Every call" is a run of calls *consecutive in the order they were sent*, all
+//! answered and all failed. Send order, because a success that arrives late for a
+//! call sent before the outage says nothing about the vendor now, so it does not
+//! hide the failures of the calls sent after it; consecutive, because a vendor
+//! that fails one call in ten answers fast with its errors while its successes
+//! are still on the way, and a few errors arriving together are not an outage.
+//! How long the run must be depends on how often the vendor has lately failed
+//! single calls: long enough that a run that long happens by chance less than
+//! once in 100,000 calls (two calls from a vendor that has not failed lately, four
+//! at 5%, five at 10%). And the failures must come from as many different records:
+//! one record that fails again and again (a poison key at the tail of a run) is
+//! that record's problem, not an outage.
 //!
 //! A capacity error (503 without Retry-After, a timeout) of a call sent with more
 //! calls in flight than the vendor has lately answered is the concurrency law's
@@ -14,6 +21,7 @@
 //! at once while the first 8 are still out, and that must not stop the run. The
 //! same error at a level the vendor has just served is counted.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -21,14 +29,24 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-/// Consecutive failures (by send time), of this many different records, open the breaker.
-const TRIP_AFTER: usize = 3;
+/// How rare, per call, a run of failures must be by chance to be called an outage.
+const CHANCE_OF_A_FALSE_TRIP: f64 = 1e-5;
+/// The fewest and the most consecutive failures that open the breaker.
+const TRIP_AFTER_AT_LEAST: usize = 2;
+const TRIP_AFTER_AT_MOST: usize = 16;
+/// The failure share assumed before any answer, and how fast the share follows the
+/// answers (an exponential average over about this many calls).
+const FIRST_FAILURE_SHARE: f64 = 0.01;
+const FAILURE_SHARE_CALLS: f64 = 256.0;
+/// Answers remembered while a run of failures may still be growing.
+const ANSWERS_KEPT: usize = 1024;
 /// The probe schedule: from 200 ms, doubling, jittered, at most this far apart.
 /// The cap trades calls during an outage (about one per interval) against the
-/// time lost after it ends (half an interval on average); 850 ms keeps a 5 s
-/// outage under ten calls and costs about 0.4 s.
+/// time lost after it ends (half an interval on average, a whole one at worst):
+/// 650 ms keeps a 5 s outage to ten calls with the two that open the breaker, and
+/// costs about 0.33 s.
 const FIRST_PROBE: Duration = Duration::from_millis(200);
-const PROBE_EVERY_AT_MOST: Duration = Duration::from_millis(850);
+const PROBE_EVERY_AT_MOST: Duration = Duration::from_millis(650);
 
 pub struct Breaker {
     state: Mutex<State>,
@@ -37,13 +55,17 @@ pub struct Breaker {
 }
 
 struct State {
-    /// Send time of the newest call that succeeded.
-    last_ok_sent: Option<Instant>,
+    /// Send order of the newest call that succeeded.
+    last_ok: Option<u64>,
     /// The most calls in flight at which a call succeeded, this second and the
     /// last: (since, this second's, the last second's).
     served: (Option<Instant>, usize, usize),
-    /// Send times and records of the failures sent after `last_ok_sent`.
-    failures_since: Vec<(Instant, i64)>,
+    /// The answers to calls sent after `last_ok`, by send order: the record of a
+    /// failure, or `None` for an answer that says nothing either way.
+    answered: BTreeMap<u64, Option<i64>>,
+    /// The share of calls that failed lately, of those settled: a failure counts
+    /// once a call sent after it has succeeded (it was not an outage).
+    failure_share: f64,
     open: Option<Open>,
 }
 
@@ -66,7 +88,35 @@ pub enum Outcome {
     Failed,
 }
 
+/// How many consecutive failures make an outage, for a vendor that lately fails
+/// `share` of its calls: the fewest whose chance run is rarer than
+/// [`CHANCE_OF_A_FALSE_TRIP`].
+fn trip_after(share: f64) -> usize {
+    let share = share.clamp(1e-9, 0.999);
+    // The fewest k with share^k <= the chance (less a hair, for exact powers).
+    let needed = (CHANCE_OF_A_FALSE_TRIP.ln() / share.ln() - 1e-9).ceil() as usize;
+    needed.clamp(TRIP_AFTER_AT_LEAST, TRIP_AFTER_AT_MOST)
+}
+
 impl State {
+    fn follow_share(&mut self, failed: bool) {
+        let x = if failed { 1.0 } else { 0.0 };
+        self.failure_share += (x - self.failure_share) / FAILURE_SHARE_CALLS;
+    }
+
+    /// The records of the failures in the unbroken run of answered calls (failed,
+    /// or neutral) that holds `seq`, in send order.
+    fn failed_run_around(&self, seq: u64) -> Vec<i64> {
+        let later = (seq..).zip(self.answered.range(seq..));
+        let earlier = (0..seq).rev().zip(self.answered.range(..seq).rev());
+        let unbroken = |(expected, (s, _)): &(u64, (&u64, &Option<i64>))| expected == *s;
+        later
+            .take_while(unbroken)
+            .chain(earlier.take_while(unbroken))
+            .filter_map(|(_, (_, item))| *item)
+            .collect()
+    }
+
     /// The most calls in flight the vendor served over the last second or two.
     fn served_level(&mut self, now: Instant) -> usize {
         let (since, this, _) = self.served;
@@ -97,9 +147,10 @@ impl Breaker {
     pub fn new(max_outage: Duration) -> Breaker {
         Breaker {
             state: Mutex::new(State {
-                last_ok_sent: None,
+                last_ok: None,
                 served: (None, 0, 0),
-                failures_since: Vec::new(),
+                answered: BTreeMap::new(),
+                failure_share: FIRST_FAILURE_SHARE,
                 open: None,
             }),
             changed: Notify::new(),
@@ -111,34 +162,49 @@ impl Breaker {
         self.state.lock().expect("breaker lock").open.is_some()
     }
 
-    /// Records a call for the record `item`, sent at `sent`. Returns true if this
-    /// failure opened the breaker.
-    pub fn record(&self, item: i64, sent: Instant, outcome: Outcome, now: Instant) -> bool {
+    /// Records the answer to the call for the record `item` that was sent
+    /// `seq`-th. Returns true if this failure opened the breaker.
+    pub fn record(&self, item: i64, seq: u64, outcome: Outcome, now: Instant) -> bool {
         let mut s = self.state.lock().expect("breaker lock");
         let served = s.served_level(now);
-        let ok = match outcome {
+        let failed = match outcome {
             Outcome::Ok(level) => {
                 s.served.1 = s.served.1.max(level);
-                true
+                if s.last_ok.is_none_or(|last| seq > last) {
+                    s.last_ok = Some(seq);
+                    let later = s.answered.split_off(&(seq + 1));
+                    let settled = std::mem::replace(&mut s.answered, later);
+                    for _ in settled.into_values().flatten() {
+                        s.follow_share(true);
+                    }
+                }
+                s.follow_share(false);
+                return false;
             }
-            Outcome::Overloaded(level) if served > 0 && level > served => return false,
-            Outcome::Overloaded(_) | Outcome::Failed => false,
+            // The concurrency law's business: neither a failure nor a success.
+            Outcome::Overloaded(level) if served > 0 && level > served => false,
+            Outcome::Overloaded(_) | Outcome::Failed => true,
         };
-        if ok {
-            if s.last_ok_sent.is_none_or(|t| sent > t) {
-                s.last_ok_sent = Some(sent);
-                s.failures_since.retain(|(f, _)| *f > sent);
+        if s.last_ok.is_some_and(|last| seq < last) || s.open.is_some() {
+            return false;
+        }
+        s.answered.insert(seq, failed.then_some(item));
+        while s.answered.len() > ANSWERS_KEPT {
+            if let Some((_, Some(_))) = s.answered.pop_first() {
+                s.follow_share(true);
             }
+        }
+        if !failed {
             return false;
         }
-        if s.last_ok_sent.is_some_and(|t| sent < t) || s.open.is_some() {
+        let needed = trip_after(s.failure_share);
+        let mut items = s.failed_run_around(seq);
+        if items.len() < needed {
             return false;
         }
-        s.failures_since.push((sent, item));
-        let mut items: Vec<i64> = s.failures_since.iter().map(|(_, i)| *i).collect();
         items.sort_unstable();
         items.dedup();
-        if items.len() < TRIP_AFTER {
+        if items.len() < needed {
             return false;
         }
         let mut schedule = ExponentialBuilder::default()
@@ -158,6 +224,11 @@ impl Breaker {
             schedule,
         });
         tracing::warn!("the vendor fails every call: pausing all workers and probing");
+        tracing::debug!(
+            consecutive_failures = needed,
+            failure_share = format!("{:.4}", s.failure_share),
+            "the breaker opened"
+        );
         true
     }
 
@@ -193,7 +264,7 @@ impl Breaker {
     }
 
     /// The probe's result: success closes the breaker, failure schedules the next probe.
-    pub fn probe_result(&self, ok: bool, sent: Instant, now: Instant) {
+    pub fn probe_result(&self, ok: bool, seq: u64, now: Instant) {
         let mut s = self.state.lock().expect("breaker lock");
         if ok {
             if let Some(open) = s.open.take() {
@@ -202,8 +273,8 @@ impl Breaker {
                     now.duration_since(open.since).as_secs_f64()
                 );
             }
-            s.last_ok_sent = Some(sent);
-            s.failures_since.clear();
+            s.last_ok = Some(seq);
+            s.answered.clear();
         } else if let Some(open) = s.open.as_mut() {
             let wait = open
                 .schedule
@@ -228,13 +299,13 @@ mod tests {
         let b = Breaker::new(Duration::from_secs(60));
         let t0 = Instant::now();
         let ms = |n| t0 + Duration::from_millis(n);
-        assert!(!b.record(1, ms(10), Outcome::Failed, ms(11)));
+        assert!(!b.record(1, 10, Outcome::Failed, ms(11)));
         assert!(
-            !b.record(2, ms(0), Outcome::Ok(1), ms(12)),
+            !b.record(2, 0, Outcome::Ok(1), ms(12)),
             "sent before the failures: no news"
         );
-        assert!(!b.record(3, ms(20), Outcome::Failed, ms(21)));
-        assert!(b.record(4, ms(30), Outcome::Failed, ms(31)));
+        assert!(!b.record(3, 11, Outcome::Failed, ms(21)));
+        assert!(b.record(4, 12, Outcome::Failed, ms(31)));
         assert!(b.is_open());
     }
 
@@ -244,19 +315,14 @@ mod tests {
         let t0 = Instant::now();
         let ms = |n| t0 + Duration::from_millis(n);
         // Eight calls out and answered; the 9th to 12th are refused at once.
-        b.record(0, ms(0), Outcome::Ok(8), ms(50));
+        b.record(0, 0, Outcome::Ok(8), ms(50));
         for i in 1..5 {
-            assert!(!b.record(
-                i,
-                ms(60 + i as u64),
-                Outcome::Overloaded(8 + i as usize),
-                ms(61)
-            ));
+            assert!(!b.record(i, i as u64, Outcome::Overloaded(8 + i as usize), ms(61)));
         }
         assert!(!b.is_open(), "a concurrency cap is not an outage");
         // The same errors at a level the vendor just served are.
         for i in 5..8 {
-            b.record(i, ms(70 + i as u64), Outcome::Overloaded(3), ms(80));
+            b.record(i, i as u64, Outcome::Overloaded(3), ms(80));
         }
         assert!(b.is_open());
     }
@@ -267,7 +333,7 @@ mod tests {
         let t0 = Instant::now();
         for i in 0..10 {
             let at = t0 + Duration::from_millis(i * 10);
-            assert!(!b.record(7, at, Outcome::Failed, at));
+            assert!(!b.record(7, i, Outcome::Failed, at));
         }
         assert!(!b.is_open());
     }
@@ -277,11 +343,103 @@ mod tests {
         let b = Breaker::new(Duration::from_secs(60));
         let t0 = Instant::now();
         let ms = |n| t0 + Duration::from_millis(n);
-        b.record(1, ms(1), Outcome::Failed, ms(2));
-        b.record(2, ms(3), Outcome::Failed, ms(4));
-        b.record(3, ms(5), Outcome::Ok(1), ms(6));
-        assert!(!b.record(4, ms(7), Outcome::Failed, ms(8)));
+        b.record(1, 1, Outcome::Failed, ms(2));
+        b.record(2, 2, Outcome::Failed, ms(4));
+        b.record(3, 3, Outcome::Ok(1), ms(6));
+        assert!(!b.record(4, 4, Outcome::Failed, ms(8)));
         assert!(!b.is_open());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_with_calls_still_out_between_them_are_not_yet_an_outage() {
+        let b = Breaker::new(Duration::from_secs(60));
+        let now = Instant::now();
+        // The 2nd, 4th and 6th calls are still out: their answers may be successes.
+        for seq in [1, 3, 5, 7] {
+            assert!(!b.record(seq as i64, seq, Outcome::Failed, now));
+        }
+        assert!(!b.is_open());
+        // The 2nd fails too: three in a row.
+        assert!(b.record(2, 2, Outcome::Failed, now));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_clean_stretch_two_failures_in_a_row_are_an_outage() {
+        let b = Breaker::new(Duration::from_secs(60));
+        let now = Instant::now();
+        for seq in 0..590 {
+            b.record(seq as i64, seq, Outcome::Ok(10), now);
+        }
+        // The vendor goes down with the calls 590 to 599 still out; their successes
+        // arrive among the first failures and do not make those any less telling.
+        assert!(!b.record(600, 600, Outcome::Failed, now));
+        b.record(595, 595, Outcome::Ok(10), now);
+        assert!(b.record(601, 601, Outcome::Failed, now));
+    }
+
+    #[test]
+    fn the_run_that_opens_the_breaker_grows_with_the_vendors_failure_share() {
+        assert_eq!(trip_after(0.0), 2);
+        assert_eq!(trip_after(0.001), 2);
+        assert_eq!(trip_after(0.01), 3);
+        assert_eq!(trip_after(0.05), 4);
+        assert_eq!(trip_after(0.1), 5);
+        assert_eq!(trip_after(0.5), 16);
+        assert_eq!(trip_after(1.0), 16);
+    }
+
+    /// A vendor that fails `share` of its calls at random, 200 calls a second:
+    /// failures answered at once, successes 50 ms after they were sent. Returns how
+    /// many times the breaker opened in `calls` calls (each closed again by a probe).
+    fn trips_against_a_flaky_vendor(share: f64, calls: u64) -> usize {
+        let b = Breaker::new(Duration::from_secs(60));
+        let t0 = Instant::now();
+        let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut draw = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng >> 11) as f64 / (1u64 << 53) as f64
+        };
+        // (answered at, send order, failed)
+        let mut answers: Vec<(Instant, u64, bool)> = Vec::new();
+        let mut trips = 0;
+        for seq in 0..calls {
+            let now = t0 + Duration::from_millis(seq * 5);
+            let failed = draw() < share;
+            let at = if failed {
+                now
+            } else {
+                now + Duration::from_millis(50)
+            };
+            answers.push((at, seq, failed));
+            answers.sort_by_key(|a| std::cmp::Reverse(a.0));
+            while answers.last().is_some_and(|a| a.0 <= now) {
+                let (_, s, failed) = answers.pop().expect("an answer");
+                let outcome = if failed {
+                    Outcome::Failed
+                } else {
+                    Outcome::Ok(10)
+                };
+                if b.record(s as i64, s, outcome, now) {
+                    trips += 1;
+                    b.probe_result(true, s, now);
+                }
+            }
+        }
+        trips
+    }
+
+    #[test]
+    fn a_vendor_failing_some_calls_is_not_an_outage() {
+        // A run of failures as long as the one that opens the breaker happens by
+        // chance once in 100,000 calls: 20,000 calls open it once at most.
+        for share in [0.02, 0.05, 0.1, 0.2] {
+            let trips = trips_against_a_flaky_vendor(share, 20_000);
+            assert!(trips <= 1, "{trips} outages called at {share} failing");
+        }
+        // And a vendor failing every call is one.
+        assert!(trips_against_a_flaky_vendor(1.0, 10) >= 1);
     }
 
     #[tokio::test(start_paused = true)]
@@ -289,7 +447,7 @@ mod tests {
         let b = std::sync::Arc::new(Breaker::new(Duration::from_secs(60)));
         let t0 = Instant::now();
         for i in 0..3 {
-            b.record(i as i64, t0, Outcome::Failed, t0 + Duration::from_millis(i));
+            b.record(i as i64, i, Outcome::Failed, t0 + Duration::from_millis(i));
         }
         // Two workers wait; only one gets the probe.
         let (b1, b2) = (b.clone(), b.clone());
@@ -303,13 +461,13 @@ mod tests {
             "exactly one probe after the first delay"
         );
         let probe_at = Instant::now();
-        b.probe_result(false, probe_at, probe_at);
+        b.probe_result(false, 3, probe_at);
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(
             !(w1.is_finished() && w2.is_finished()),
             "a failed probe does not release everyone"
         );
-        b.probe_result(true, Instant::now(), Instant::now());
+        b.probe_result(true, 4, Instant::now());
         tokio::time::sleep(Duration::from_millis(800)).await;
         assert!(w1.is_finished() && w2.is_finished());
         assert!(!b.is_open());
@@ -321,15 +479,14 @@ mod tests {
         let b = Breaker::new(Duration::from_secs(2));
         let t0 = Instant::now();
         for i in 0..3 {
-            b.record(i as i64, t0, Outcome::Failed, t0 + Duration::from_millis(i));
+            b.record(i as i64, i, Outcome::Failed, t0 + Duration::from_millis(i));
         }
         let mut probes = 0;
         loop {
             match b.admit().await {
                 Admission::Probe => {
                     probes += 1;
-                    let now = Instant::now();
-                    b.probe_result(false, now, now);
+                    b.probe_result(false, 2 + probes as u64, Instant::now());
                 }
                 Admission::GiveUp => break,
                 Admission::Call => panic!("the breaker never closed"),

@@ -38,7 +38,8 @@ use limit::{Limit, Permit};
 pub struct Ticket {
     _permit: Permit,
     probe: bool,
-    sent: Option<Instant>,
+    /// Its place in the order calls were sent, once sent.
+    seq: Option<u64>,
     /// Calls in flight when this one was sent, itself included.
     level: usize,
 }
@@ -52,6 +53,8 @@ pub struct Pacer {
     gate: Gate,
     paused_until: Mutex<Option<Instant>>,
     breaker: Breaker,
+    /// Calls sent so far: each call's place in the send order.
+    sent: AtomicU64,
     control: Mutex<Control>,
     retries: RetryBudget,
     max_pause: Duration,
@@ -82,6 +85,7 @@ impl Pacer {
             gate: Gate::new(start.rate, f64::from(limits.rate.get()), limits.burst.get()),
             paused_until: Mutex::new(None),
             breaker: Breaker::new(retry.max_outage),
+            sent: AtomicU64::new(0),
             control: Mutex::new(control),
             retries: RetryBudget::default(),
             max_pause: retry.max_delay,
@@ -101,6 +105,12 @@ impl Pacer {
                 Admission::GiveUp => return Err(Outage),
             };
             let permit = self.limit.acquire().await;
+            // The breaker may have opened while this worker queued for its permit:
+            // back to the breaker at once, not through the rate gate, or the
+            // queue of workers would spend a second of tokens ahead of the probe.
+            if !probe && self.breaker.is_open() {
+                continue;
+            }
             // A token taken while a pause was in force is stale: everyone who waited
             // through the pause would go at once when it ends. Take a fresh one.
             loop {
@@ -116,7 +126,7 @@ impl Pacer {
                 return Ok(Ticket {
                     _permit: permit,
                     probe,
-                    sent: None,
+                    seq: None,
                     level: 0,
                 });
             }
@@ -126,7 +136,7 @@ impl Pacer {
     /// Marks the call as sent, now.
     pub fn sending(&self, ticket: &mut Ticket) {
         let now = Instant::now();
-        ticket.sent = Some(now);
+        ticket.seq = Some(self.sent.fetch_add(1, Ordering::Relaxed));
         ticket.level = self.control.lock().expect("control lock").on_send(now);
     }
 
@@ -144,7 +154,10 @@ impl Pacer {
         hint: Option<QuotaHint>,
     ) -> bool {
         let now = Instant::now();
-        let sent = ticket.sent.take().unwrap_or(now);
+        let seq = ticket
+            .seq
+            .take()
+            .unwrap_or_else(|| self.sent.fetch_add(1, Ordering::Relaxed));
         let ok = !matches!(signal, Signal::Overloaded | Signal::Failed);
         let setting = {
             let mut control = self.control.lock().expect("control lock");
@@ -182,7 +195,7 @@ impl Pacer {
         }
         if ticket.probe {
             ticket.probe = false;
-            self.breaker.probe_result(ok, sent, now);
+            self.breaker.probe_result(ok, seq, now);
             if ok {
                 // Back from an outage: resume at a cautious pace.
                 let setting = self.control.lock().expect("control lock").restart();
@@ -194,7 +207,7 @@ impl Pacer {
                 Signal::Failed => Outcome::Failed,
                 _ => Outcome::Ok(ticket.level),
             };
-            self.breaker.record(item, sent, outcome, now);
+            self.breaker.record(item, seq, outcome, now);
         }
         self.breaker.is_open()
     }

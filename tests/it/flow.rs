@@ -192,6 +192,46 @@ async fn an_outage_pauses_the_run_without_failing_records_or_spending_attempts()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vendor_failing_one_call_in_ten_is_not_an_outage() {
+    let mut env = TestEnv::new(1000).await;
+    // Errors come back at once, successes after 20 ms: a few errors arrive
+    // together while the successes sent between them are still on the way.
+    env.vendor(SandboxOptions {
+        error_rate: 0.1,
+        latency: Duration::from_millis(20),
+        ..SandboxOptions::default()
+    })
+    .await;
+    env.write_config(&Conf {
+        rate: 300,
+        max_attempts: 10,
+        ..Conf::default()
+    });
+    let out = env.freshen(&["run"]).await;
+    assert_exit(&out, 0);
+    let stats = env.sandbox().stats();
+    assert!(stats.errors >= 50, "the vendor failed calls: {stats:?}");
+    // Five failures in a row, the run that opens the breaker at this share,
+    // happen by chance about once in 100,000 calls.
+    let outages = text(&out.stderr).matches("fails every call").count();
+    assert!(
+        outages <= 1,
+        "{outages} outages called on a vendor that works"
+    );
+    let db = env.db().await;
+    let paused: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM freshen_samples WHERE outage = 1")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    db.close().await;
+    assert!(
+        paused <= 1,
+        "{paused} seconds of the timeline marked as an outage"
+    );
+    assert_eq!(env.item_states().await, (1000, 0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_max_outage_the_run_checkpoints_and_exits_4_then_resumes() {
     let mut env = TestEnv::new(400).await;
     env.vendor(SandboxOptions {
