@@ -343,7 +343,7 @@ async fn work(shared: Arc<Shared>, mut item: Item, _slot: OwnedSemaphorePermit, 
             }
             hold.held = true;
         }
-        pacer.sending(&mut ticket);
+        pacer.sending(&mut ticket, item.attempts > 0);
         let started = tokio::time::Instant::now();
         let call = shared.vendor.call(&item).await;
         if shared.vendor.is_billed(call.status) {

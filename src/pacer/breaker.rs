@@ -10,10 +10,14 @@
 //! are still on the way, and a few errors arriving together are not an outage.
 //! How long the run must be depends on how often the vendor has lately failed
 //! single calls: long enough that a run that long happens by chance less than
-//! once in 100,000 calls (two calls from a vendor that has not failed lately, four
-//! at 5%, five at 10%). And the failures must come from as many different records:
-//! one record that fails again and again (a poison key at the tail of a run) is
-//! that record's problem, not an outage.
+//! once in 100,000 calls (three calls from a vendor that has not failed lately,
+//! four at 5%, five at 10%). And the failures must be first tries of as many
+//! different records, three at least: a record that fails again and again (a
+//! poison key at the tail of a run) is that record's problem, not an outage, so
+//! its retries neither count nor break a run; and two poison keys next to each
+//! other in the queue must not look like an outage, or the run would probe them
+//! until `retry.max_outage`. The price: if the vendor goes down when only records
+//! that already failed once are left, those use up their attempts.
 //!
 //! A capacity error (503 without Retry-After, a timeout) of a call sent with more
 //! calls in flight than the vendor has lately answered is the concurrency law's
@@ -32,7 +36,7 @@ use tokio::time::Instant;
 /// How rare, per call, a run of failures must be by chance to be called an outage.
 const CHANCE_OF_A_FALSE_TRIP: f64 = 1e-5;
 /// The fewest and the most consecutive failures that open the breaker.
-const TRIP_AFTER_AT_LEAST: usize = 2;
+const TRIP_AFTER_AT_LEAST: usize = 3;
 const TRIP_AFTER_AT_MOST: usize = 16;
 /// The failure share assumed before any answer, and how fast the share follows the
 /// answers (an exponential average over about this many calls).
@@ -43,10 +47,10 @@ const ANSWERS_KEPT: usize = 1024;
 /// The probe schedule: from 200 ms, doubling, jittered, at most this far apart.
 /// The cap trades calls during an outage (about one per interval) against the
 /// time lost after it ends (half an interval on average, a whole one at worst):
-/// 650 ms keeps a 5 s outage to ten calls with the two that open the breaker, and
-/// costs about 0.33 s.
+/// 750 ms keeps a 5 s outage to ten calls with the three that open the breaker,
+/// and costs about 0.38 s.
 const FIRST_PROBE: Duration = Duration::from_millis(200);
-const PROBE_EVERY_AT_MOST: Duration = Duration::from_millis(650);
+const PROBE_EVERY_AT_MOST: Duration = Duration::from_millis(750);
 
 pub struct Breaker {
     state: Mutex<State>,
@@ -86,6 +90,10 @@ pub enum Outcome {
     Overloaded(usize),
     /// A server error.
     Failed,
+    /// A failed retry of a record whose last try failed too: neither a failure
+    /// of the vendor (two poison keys at the tail of a run must not look like an
+    /// outage) nor a success.
+    Retried,
 }
 
 /// How many consecutive failures make an outage, for a vendor that lately fails
@@ -183,6 +191,7 @@ impl Breaker {
             }
             // The concurrency law's business: neither a failure nor a success.
             Outcome::Overloaded(level) if served > 0 && level > served => false,
+            Outcome::Retried => false,
             Outcome::Overloaded(_) | Outcome::Failed => true,
         };
         if s.last_ok.is_some_and(|last| seq < last) || s.open.is_some() {
@@ -364,7 +373,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn after_a_clean_stretch_two_failures_in_a_row_are_an_outage() {
+    async fn after_a_clean_stretch_three_failures_in_a_row_are_an_outage() {
         let b = Breaker::new(Duration::from_secs(60));
         let now = Instant::now();
         for seq in 0..590 {
@@ -374,14 +383,36 @@ mod tests {
         // arrive among the first failures and do not make those any less telling.
         assert!(!b.record(600, 600, Outcome::Failed, now));
         b.record(595, 595, Outcome::Ok(10), now);
-        assert!(b.record(601, 601, Outcome::Failed, now));
+        assert!(!b.record(601, 601, Outcome::Failed, now));
+        b.record(596, 596, Outcome::Ok(10), now);
+        assert!(b.record(602, 602, Outcome::Failed, now));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn records_failing_again_at_the_tail_are_not_an_outage() {
+        let b = Breaker::new(Duration::from_secs(60));
+        let now = Instant::now();
+        for seq in 0..500 {
+            b.record(seq as i64, seq, Outcome::Ok(10), now);
+        }
+        // Three poison keys, left alone at the tail, failing their retries in turn.
+        for seq in 500..560 {
+            assert!(!b.record(1 + seq as i64 % 3, seq, Outcome::Retried, now));
+        }
+        assert!(!b.is_open());
+        // Retries neither count nor break a run of first tries failing.
+        b.record(600, 560, Outcome::Failed, now);
+        b.record(1, 561, Outcome::Retried, now);
+        b.record(601, 562, Outcome::Failed, now);
+        assert!(b.record(602, 563, Outcome::Failed, now));
     }
 
     #[test]
     fn the_run_that_opens_the_breaker_grows_with_the_vendors_failure_share() {
-        assert_eq!(trip_after(0.0), 2);
-        assert_eq!(trip_after(0.001), 2);
+        assert_eq!(trip_after(0.0), 3);
+        assert_eq!(trip_after(0.001), 3);
         assert_eq!(trip_after(0.01), 3);
+        assert_eq!(trip_after(0.03), 4);
         assert_eq!(trip_after(0.05), 4);
         assert_eq!(trip_after(0.1), 5);
         assert_eq!(trip_after(0.5), 16);

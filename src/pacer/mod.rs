@@ -40,6 +40,8 @@ pub struct Ticket {
     probe: bool,
     /// Its place in the order calls were sent, once sent.
     seq: Option<u64>,
+    /// The call retries a record whose last try failed.
+    retry: bool,
     /// Calls in flight when this one was sent, itself included.
     level: usize,
 }
@@ -127,15 +129,17 @@ impl Pacer {
                     _permit: permit,
                     probe,
                     seq: None,
+                    retry: false,
                     level: 0,
                 });
             }
         }
     }
 
-    /// Marks the call as sent, now.
-    pub fn sending(&self, ticket: &mut Ticket) {
+    /// Marks the call as sent, now; `retry` if its record's last try failed.
+    pub fn sending(&self, ticket: &mut Ticket, retry: bool) {
         let now = Instant::now();
+        ticket.retry = retry;
         ticket.seq = Some(self.sent.fetch_add(1, Ordering::Relaxed));
         ticket.level = self.control.lock().expect("control lock").on_send(now);
     }
@@ -203,6 +207,9 @@ impl Pacer {
             }
         } else {
             let outcome = match signal {
+                // A record failing again may be that record's fault (a poison key at
+                // the tail of a run): only first tries tell an outage.
+                Signal::Overloaded | Signal::Failed if ticket.retry => Outcome::Retried,
                 Signal::Overloaded => Outcome::Overloaded(ticket.level),
                 Signal::Failed => Outcome::Failed,
                 _ => Outcome::Ok(ticket.level),
@@ -449,7 +456,7 @@ mod tests {
         hint: Option<QuotaHint>,
     ) {
         let mut t = p.acquire().await.unwrap();
-        p.sending(&mut t);
+        p.sending(&mut t, false);
         p.observe(&mut t, 1, signal, retry_after, hint);
     }
 

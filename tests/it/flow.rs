@@ -232,6 +232,34 @@ async fn a_vendor_failing_one_call_in_ten_is_not_an_outage() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_that_always_fail_are_not_an_outage_when_left_alone_at_the_tail() {
+    let mut env = TestEnv::new(300).await;
+    // Three poison keys: answered 500 every time.
+    env.vendor(SandboxOptions {
+        faults: ["10", "20", "30"]
+            .iter()
+            .map(|k| (k.to_string(), Fault::Status(500)))
+            .collect(),
+        ..SandboxOptions::default()
+    })
+    .await;
+    // Their retries come long after every other record is done, one after another.
+    env.write_config(&Conf {
+        base_delay: "300ms",
+        max_attempts: 4,
+        max_outage: "10s",
+        ..Conf::default()
+    });
+    let out = env.freshen(&["run"]).await;
+    assert_exit(&out, 0);
+    assert!(
+        !text(&out.stderr).contains("fails every call"),
+        "three keys failing in turn were called an outage"
+    );
+    assert_eq!(env.item_states().await, (297, 3, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_max_outage_the_run_checkpoints_and_exits_4_then_resumes() {
     let mut env = TestEnv::new(400).await;
     env.vendor(SandboxOptions {
