@@ -80,7 +80,8 @@ impl PeriodView {
         let reserve = i64::try_from(credits.reserve).unwrap_or(i64::MAX);
         // A run's reservations count only while it is alive: a killed run's
         // last checkpoint says nothing about calls now.
-        let stale_ms = i64::try_from(config.lock_stale_after.as_millis()).unwrap_or(i64::MAX);
+        let stale_after = config.lock_stale_after;
+        let stale_ms = i64::try_from(stale_after.as_millis()).unwrap_or(i64::MAX);
         let reserved = match (store.latest_run().await?, store.lock_holder().await?) {
             (Some(run), Some(lock))
                 if run.status == "running" && lock.heartbeat_age_s * 1000 < stale_ms =>
@@ -92,7 +93,7 @@ impl PeriodView {
                     // A joined run: what its live workers hold.
                     workers
                         .iter()
-                        .filter(|w| w.heartbeat_age_ms < stale_ms)
+                        .filter(|w| w.is_live(stale_after))
                         .map(|w| w.reserved)
                         .sum()
                 }

@@ -231,12 +231,17 @@ async fn locked(
         true => Some(store.planning_lock().await?),
         false => None,
     };
+    let cost = i64::try_from(credits.cost).unwrap_or(i64::MAX);
+    let max_credits = args
+        .max_credits
+        .map(|m| i64::try_from(m).unwrap_or(i64::MAX));
     let funds = Funds {
         period: &period,
         row: &period_row,
         available,
         reserve,
-        cost: i64::try_from(credits.cost).unwrap_or(i64::MAX),
+        cost,
+        max_credits,
     };
     let chosen = choose_run(&store, &selection, &args, &funds).await;
     if let Some(conn) = planning {
@@ -247,10 +252,6 @@ async fn locked(
         Err(exit) => return Ok(exit),
     };
 
-    let cost = i64::try_from(credits.cost).unwrap_or(i64::MAX);
-    let max_credits = args
-        .max_credits
-        .map(|m| i64::try_from(m).unwrap_or(i64::MAX));
     let fleet = if who.join {
         store.join_fleet(run.id, &who.worker).await?;
         let fleet = Arc::new(Fleet::new(
@@ -382,25 +383,23 @@ async fn locked(
             .await?;
     }
     let records = store.item_counts(run.id).await?;
-    let (status, exit) = match stop {
-        Stop::Drained if records.pending == 0 => ("complete", Exit::Complete),
+    let exit = match stop {
+        Stop::Drained => Exit::Complete,
+        Stop::Interrupted => Exit::Interrupted,
+        Stop::Budget | Stop::OutOfCredits => Exit::Budget,
+        Stop::Outage => Exit::Outage,
+    };
+    let status = match stop {
+        Stop::Drained if records.pending == 0 => "complete",
         // This worker stops; the run goes on with the others.
-        _ if others > 0 && records.pending > 0 => (
-            "running",
-            match stop {
-                Stop::Drained => Exit::Complete,
-                Stop::Interrupted => Exit::Interrupted,
-                Stop::Budget | Stop::OutOfCredits => Exit::Budget,
-                Stop::Outage => Exit::Outage,
-            },
-        ),
+        _ if others > 0 && records.pending > 0 => "running",
         // Items added back while draining (cannot happen in one process, but the
         // database is the truth): the next run resumes them.
-        Stop::Drained => ("stopped", Exit::Complete),
-        Stop::Interrupted => ("interrupted", Exit::Interrupted),
-        Stop::Budget => ("budget", Exit::Budget),
-        Stop::OutOfCredits => ("out_of_credits", Exit::Budget),
-        Stop::Outage => ("outage", Exit::Outage),
+        Stop::Drained => "stopped",
+        Stop::Interrupted => "interrupted",
+        Stop::Budget => "budget",
+        Stop::OutOfCredits => "out_of_credits",
+        Stop::Outage => "outage",
     };
     store
         .set_status(run.id, status, status == "complete")
@@ -462,6 +461,8 @@ struct Funds<'a> {
     available: i64,
     reserve: i64,
     cost: i64,
+    /// `--max-credits`.
+    max_credits: Option<i64>,
 }
 
 /// The run to work: the unfinished one with this selection, or a new plan; or
@@ -500,8 +501,8 @@ async fn choose_run(
                 );
             }
             let cap = if selection.spend_remaining {
-                let budget = match args.max_credits {
-                    Some(max) => funds.available.min(i64::try_from(max).unwrap_or(i64::MAX)),
+                let budget = match funds.max_credits {
+                    Some(max) => funds.available.min(max),
                     None => funds.available,
                 };
                 let records = (budget / funds.cost).max(0);

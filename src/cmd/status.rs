@@ -50,8 +50,7 @@ pub async fn status(config: Config, args: StatusArgs) -> Result<Exit> {
                 .await?
                 .into_iter()
                 .map(|row| WorkerView {
-                    live: row.heartbeat_age_ms
-                        < i64::try_from(config.lock_stale_after.as_millis()).unwrap_or(i64::MAX),
+                    live: row.is_live(config.lock_stale_after),
                     row,
                 })
                 .collect(),

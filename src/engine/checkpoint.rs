@@ -126,34 +126,22 @@ impl Writer {
                 permanent: now.permanent - written.permanent,
             };
             if !batch.is_empty() || delta != CallCounts::default() {
-                let mut lost: Option<tokio::time::Instant> = None;
-                while let Err(e) = store
-                    .checkpoint(&ledger, &batch, delta, budget.reserved())
-                    .await
-                {
-                    // The connection went away (a database restart, say): nothing
-                    // of this batch was written. Keep it and write it once the
-                    // database is back; meanwhile the outbox stays full, so
-                    // workers finishing calls wait and no new call goes out.
-                    let since = *lost.get_or_insert_with(tokio::time::Instant::now);
-                    if crate::store::is_disconnect(&e) && since.elapsed() < reconnect_for {
-                        tracing::warn!(
-                            "{e:#}: the database is unreachable; holding {} results and trying again",
-                            batch.len()
-                        );
-                        tokio::time::sleep(RECONNECT_EVERY).await;
-                        continue;
-                    }
+                // A lost connection (a database restart, say) wrote nothing of this
+                // batch: it is kept and written once the database is back;
+                // meanwhile the outbox stays full, so workers finishing calls wait
+                // and no new call goes out.
+                let holding = format!("holding {} results", batch.len());
+                let written_now = reconnecting(
+                    || store.checkpoint(&ledger, &batch, delta, budget.reserved()),
+                    reconnect_for,
+                    &holding,
+                )
+                .await;
+                if let Err(e) = written_now {
                     // Nothing of this batch was written; its items stay pending.
                     outbox.broken.cancel();
                     stop.cancel();
                     return Err(crate::store::explain_write_failure(e));
-                }
-                if let Some(since) = lost {
-                    tracing::info!(
-                        "the database is back after {:.1} s; the held results are written",
-                        since.elapsed().as_secs_f64()
-                    );
                 }
                 written = now;
                 let charged: i64 = batch.iter().map(|f| f.charged).sum();
@@ -170,7 +158,40 @@ impl Writer {
 }
 
 /// How often a lost database is tried again.
-pub(super) const RECONNECT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+const RECONNECT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Runs `op` until it does not fail for a lost database connection, or the
+/// database has been gone `max_outage` (`retry.max_outage`); `holding` says
+/// what waits for it meanwhile.
+pub(super) async fn reconnecting<T, F: Future<Output = anyhow::Result<T>>>(
+    mut op: impl FnMut() -> F,
+    max_outage: std::time::Duration,
+    holding: &str,
+) -> anyhow::Result<T> {
+    let mut lost: Option<tokio::time::Instant> = None;
+    loop {
+        let result = op().await;
+        match &result {
+            Err(e)
+                if crate::store::is_disconnect(e)
+                    && lost.get_or_insert_with(tokio::time::Instant::now).elapsed()
+                        < max_outage =>
+            {
+                tracing::warn!("{e:#}: the database is unreachable; {holding} and trying again");
+                tokio::time::sleep(RECONNECT_EVERY).await;
+            }
+            _ => {
+                if let (Ok(_), Some(since)) = (&result, lost) {
+                    tracing::info!(
+                        "the database is back after {:.1} s",
+                        since.elapsed().as_secs_f64()
+                    );
+                }
+                return result;
+            }
+        }
+    }
+}
 
 fn counts(tally: &Tally) -> CallCounts {
     let n = |c| Tally::get(c) as i64;

@@ -196,7 +196,11 @@ async fn dispatch(
         let items = tokio::select! {
             biased;
             _ = shared.stop.cancelled() => return Ok(()),
-            items = reconnecting(|| next_items(store, run, after, shared), &shared.retry) => items?,
+            items = checkpoint::reconnecting(
+                || next_items(store, run, after, shared),
+                shared.retry.max_outage,
+                "waiting to read the next items",
+            ) => items?,
         };
         let Some(last) = items.last() else {
             return Ok(());
@@ -248,24 +252,6 @@ async fn next_items(store: &Store, run: i64, after: i64, shared: &Shared) -> Res
             return Ok(claimed);
         }
         tokio::time::sleep(CLAIM_POLL).await;
-    }
-}
-
-/// Runs `op` until it does not fail for a lost database connection, or the
-/// database has been gone `retry.max_outage`.
-async fn reconnecting<T, F: Future<Output = Result<T>>>(
-    mut op: impl FnMut() -> F,
-    retry: &crate::config::Retry,
-) -> Result<T> {
-    let started = tokio::time::Instant::now();
-    loop {
-        match op().await {
-            Err(e) if crate::store::is_disconnect(&e) && started.elapsed() < retry.max_outage => {
-                tracing::warn!("{e:#}: the database is unreachable; trying again");
-                tokio::time::sleep(checkpoint::RECONNECT_EVERY).await;
-            }
-            result => return result,
-        }
     }
 }
 

@@ -26,6 +26,14 @@ pub struct WorkerRow {
     pub reserved: i64,
 }
 
+impl WorkerRow {
+    /// Its heartbeat is fresher than `stale_after`: its claims and its
+    /// reservation hold.
+    pub fn is_live(&self, stale_after: Duration) -> bool {
+        self.heartbeat_age_ms < millis(stale_after)
+    }
+}
+
 /// What a request for credits got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Grant {
@@ -73,16 +81,20 @@ impl Store {
             .await
             .context("taking the planning lock")?;
         sqlx::query("SELECT pg_advisory_lock(hashtext($1))")
-            .bind(format!("freshen plan {}", self.table))
+            .bind(self.planning_lock_name())
             .execute(&mut *conn)
             .await
             .context("taking the planning lock")?;
         Ok(conn)
     }
 
+    fn planning_lock_name(&self) -> String {
+        format!("freshen plan {}", self.table)
+    }
+
     pub async fn planning_unlock(&self, mut conn: PoolConnection<Any>) -> Result<()> {
         sqlx::query("SELECT pg_advisory_unlock(hashtext($1))")
-            .bind(format!("freshen plan {}", self.table))
+            .bind(self.planning_lock_name())
             .execute(&mut *conn)
             .await
             .context("releasing the planning lock")?;

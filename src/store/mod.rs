@@ -337,7 +337,7 @@ impl Store {
 
         Ok(Store {
             table: config.source.table.as_str().to_owned(),
-            sql: Statements::new(config, key_kind, backend),
+            sql: Statements::new(config, key_kind, &mapped, backend),
             pool,
             backend,
             key_kind,
@@ -559,7 +559,6 @@ impl Store {
         // whose items it resolved. Each takes the batch as one JSON array, so its
         // text never changes (prepared once, then cached) and it binds a few values,
         // not a few per record.
-        let mut charged = 0;
         let mut items = Vec::with_capacity(batch.len() * 32);
         items.push(b'[');
         for (i, f) in batch.iter().enumerate() {
@@ -573,7 +572,7 @@ impl Store {
             serde_json::to_writer(&mut items, &(f.seq, state, f.attempts, reason))?;
         }
         items.push(b']');
-        let claimed: HashSet<i64> = sqlx::query(AssertSqlSafe(self.sql.resolve_items()))
+        let claimed: HashSet<i64> = query(&self.sql.resolve_items)
             .bind(now.clone())
             .bind(run)
             .bind(String::from_utf8(items)?)
@@ -589,7 +588,7 @@ impl Store {
         // Every billed answer is charged, written or not: the vendor billed it.
         // (An answer is not written when another worker of a joined run took
         // the item over, after this one's heartbeat went stale.)
-        charged += batch.iter().map(|f| f.charged).sum::<i64>();
+        let charged: i64 = batch.iter().map(|f| f.charged).sum();
         for f in batch.iter().filter(|f| claimed.contains(&f.seq)) {
             let Resolution::Done(values) = &f.resolution else {
                 continue;
@@ -616,7 +615,7 @@ impl Store {
         }
         records.push(b']');
         if records.len() > 2 {
-            sqlx::query(AssertSqlSafe(self.sql.update_records(&self.mapped)))
+            query(&self.sql.update_records)
                 .bind(now.clone())
                 .bind(String::from_utf8(records)?)
                 .execute(&mut *tx)

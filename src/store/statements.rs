@@ -25,6 +25,10 @@ pub(super) struct Statements {
     pub item_counts: Arc<str>,
     /// Whether the run has a pending item: one index probe, not a count.
     pub has_pending: Arc<str>,
+    /// The checkpoint's two statements (see [`Statements::resolve_items_sql`] and
+    /// [`Statements::update_records_sql`]): the same text for every batch.
+    pub resolve_items: Arc<str>,
+    pub update_records: Arc<str>,
     pub failures: Arc<str>,
     pub ensure_period: Arc<str>,
     pub period: Arc<str>,
@@ -53,7 +57,13 @@ const RUN_COLUMNS: &str = "id, selection, status, total, calls_ok, calls_throttl
                            calls_permanent, credits_spent, reserved, created_at, updated_at, finished_at";
 
 impl Statements {
-    pub fn new(config: &Config, key_kind: ColumnKind, backend: Backend) -> Statements {
+    /// `mapped`: the kinds of the mapped columns, in `api.response` order.
+    pub fn new(
+        config: &Config,
+        key_kind: ColumnKind,
+        mapped: &[ColumnKind],
+        backend: Backend,
+    ) -> Statements {
         let s = &config.source;
         let table = s.table.quoted();
         let key = s.key.quoted();
@@ -120,7 +130,7 @@ impl Statements {
         };
 
         let a: fn(String) -> Arc<str> = Arc::from;
-        Statements {
+        let mut statements = Statements {
             latest_run_with: a(format!(
                 "SELECT {RUN_COLUMNS} FROM freshen_runs WHERE source_table = {table_lit} AND selection = $1 \
                  ORDER BY id DESC LIMIT 1"
@@ -150,6 +160,8 @@ impl Statements {
             has_pending: a("SELECT COUNT(*) FROM (SELECT 1 FROM freshen_items \
                  WHERE run_id = $1 AND state = 'pending' LIMIT 1) AS p"
                 .into()),
+            resolve_items: Arc::from(""),
+            update_records: Arc::from(""),
             failures: a("SELECT key, reason FROM freshen_items WHERE run_id = $1 AND state = 'failed' \
                  ORDER BY seq LIMIT $2"
                 .into()),
@@ -190,7 +202,10 @@ impl Statements {
             key,
             refreshed_at,
             filter: s.filter.clone(),
-        }
+        };
+        statements.resolve_items = a(statements.resolve_items_sql());
+        statements.update_records = a(statements.update_records_sql(mapped));
+        statements
     }
 
     /// The WHERE clause of `selection`, its placeholders numbered from `first` in
@@ -306,7 +321,7 @@ impl Statements {
     /// its seq; without them SQLite (3.51) scans every pending item of the run for
     /// each batch, a cost that grows with the run (562 ms of CPU per 1,000 records
     /// at 1,000,000).
-    pub fn resolve_items(&self) -> String {
+    fn resolve_items_sql(&self) -> String {
         format!(
             "WITH v (seq, state, attempts, reason) AS MATERIALIZED (SELECT CAST(e.value ->> 0 AS BIGINT), \
              e.value ->> 1, CAST(e.value ->> 2 AS BIGINT), e.value ->> 3 FROM {}) \
@@ -323,7 +338,7 @@ impl Statements {
     /// Writes a batch of records in one statement: `$1` refreshed_at, `$2` the
     /// records as a JSON array of `[key, value...]` (the mapped columns' values in
     /// `api.response` order), each cast to the column's kind.
-    pub fn update_records(&self, kinds: &[ColumnKind]) -> String {
+    fn update_records_sql(&self, kinds: &[ColumnKind]) -> String {
         let mut fields = vec![format!(
             "CAST(e.value ->> 0 AS {})",
             sql_type(self.key_kind)
