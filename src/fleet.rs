@@ -8,9 +8,8 @@
 //!   a theoretical arrival time and taken a few tokens at a time, so the sum of
 //!   all workers' calls stays within the rate and its burst. A throttle seen by
 //!   one worker pauses all of them.
-//! - Credits: one budget, granted to workers a few calls' worth at a time and
-//!   counted in the database (see `Store::grant_credits`); a worker that finds it
-//!   spent waits while other live workers hold reservations that may come back.
+//! - Credits: the one ledger every run spends from (`store::ledger`); a worker
+//!   with nothing left to claim gives its unused credits back for the others.
 //!
 //! Each worker keeps its own adaptive concurrency and circuit breaker: they
 //! answer to what its own calls see.
@@ -19,13 +18,11 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Result;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use crate::pacer::Pacer;
-use crate::store::{Grant, GrantRequest, Store};
+use crate::store::Store;
 
 /// Time the shared bucket is asked for at once: a few tokens per round trip.
 const PACE_BLOCK: Duration = Duration::from_millis(50);
@@ -41,9 +38,6 @@ pub struct Fleet {
     block: i64,
     /// Tokens taken from the shared bucket, by the time each falls due.
     tokens: Mutex<VecDeque<Instant>>,
-    credits: GrantRequest,
-    /// One request for credits at a time.
-    asking: Mutex<()>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -62,12 +56,6 @@ pub struct Joined {
     pub stale_after: Duration,
     pub rate: f64,
     pub burst: u32,
-    pub period: String,
-    pub period_limit: i64,
-    pub run_limit: Option<i64>,
-    pub cost: i64,
-    /// Credits asked for at once.
-    pub want: i64,
 }
 
 impl Fleet {
@@ -76,16 +64,6 @@ impl Fleet {
         let block = (PACE_BLOCK.as_secs_f64() * j.rate).ceil().clamp(1.0, 256.0) as i64;
         Fleet {
             store,
-            credits: GrantRequest {
-                worker: j.worker.clone(),
-                run: j.run,
-                period: j.period,
-                period_limit: j.period_limit,
-                run_limit: j.run_limit,
-                cost: j.cost,
-                want: j.want.max(j.cost),
-                stale_after: j.stale_after,
-            },
             worker: j.worker,
             run: j.run,
             stale_after: j.stale_after,
@@ -93,7 +71,6 @@ impl Fleet {
             burst: i64::from(j.burst.max(1)),
             block,
             tokens: Mutex::new(VecDeque::new()),
-            asking: Mutex::new(()),
         }
     }
 
@@ -138,41 +115,5 @@ impl Fleet {
                 tracing::warn!("{e:#}");
             }
         });
-    }
-
-    /// The turn to ask for credits: one request at a time, and the caller checks
-    /// its local grant again once it has the turn.
-    pub async fn asking(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.asking.lock().await
-    }
-
-    /// Asks the run's shared budget for credits; the caller holds the turn from
-    /// [`Fleet::asking`].
-    pub async fn grant(&self) -> Result<Grant> {
-        self.store.grant_credits(&self.credits).await
-    }
-
-    /// Keeps the worker's heartbeat (and so its claims) fresh until `stop`.
-    pub async fn heartbeat(self: Arc<Self>, stop: CancellationToken) {
-        let every = (self.stale_after / 4).max(Duration::from_millis(250));
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(every) => {}
-            }
-            match self.store.worker_heartbeat(&self.worker).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    // The row is gone (deleted by hand?): enter again, with nothing reserved.
-                    tracing::warn!("this worker's row in freshen_workers was gone: joining again");
-                    if let Err(e) = self.store.join_fleet(self.run, &self.worker).await {
-                        tracing::warn!("{e:#}");
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!("{e:#}; the claims of this worker lapse if it stays cut off")
-                }
-            }
-        }
     }
 }

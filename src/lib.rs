@@ -16,7 +16,10 @@
 //! - [`api`]: *what an answer means*: requests from records, answers classified.
 //! - [`store`]: *how it is kept*: every SQL statement, SQLite and PostgreSQL alike.
 //! - [`record`]: column kinds and the typed values written into them.
-//! - [`credits`]: periods and the reservation count.
+//! - [`credits`]: periods, what a period has left ([`credits::Funds`]), and the
+//!   budget that reserves each call's credits from the ledger before it is sent.
+//! - [`lease`]: this process's heartbeat in the database; its credits and claims
+//!   hold only while it is fresh, and a process that lost it stops calling.
 //! - [`fleet`]: what the workers of a joined run (`run --join`) share: claims,
 //!   the rate, the credits.
 //! - [`report`]: `freshen report`, a run's HTML page or JSON.
@@ -34,6 +37,7 @@ pub mod credits;
 pub mod engine;
 pub mod error;
 pub mod fleet;
+pub mod lease;
 pub mod metrics;
 pub mod pacer;
 pub mod progress;

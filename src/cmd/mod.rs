@@ -35,7 +35,7 @@ pub async fn ask_vendor(config: &Config, store: &Store, offline: bool) -> Result
     if offline {
         return Ok(());
     }
-    let label = config.credits.periods.label_at(jiff::Timestamp::now());
+    let label = config.credits.periods.label_at(crate::credits::now());
     store.period(&label, config.credits.allowance).await?;
     let vendor = crate::api::Vendor::new(config, store.mapped_kinds())?;
     match vendor.credits_left(url, pointer).await {
@@ -53,7 +53,9 @@ pub async fn ask_vendor(config: &Config, store: &Store, offline: bool) -> Result
     Ok(())
 }
 
-/// This period's credits as the database knows them, for `status` and `estimate`.
+/// This period's credits as the ledger has them, for `status` and `estimate`:
+/// the figures every grant sees, and [`crate::credits::Funds::room`] for what a
+/// run may still spend.
 #[derive(Debug, Clone, Serialize)]
 pub struct PeriodView {
     pub period: String,
@@ -61,13 +63,17 @@ pub struct PeriodView {
     /// `credits.reserve`: never spent.
     pub reserve: i64,
     pub spent: i64,
-    /// Reserved by a live run for calls not yet answered.
+    /// Of `spent`: reserved by runs that died, so counted as spent (the vendor
+    /// may have billed the calls they had out).
+    pub uncertain: i64,
+    /// Reserved by running processes for calls not yet settled.
     pub reserved: i64,
     /// Allowance less spent (as in the run summary).
     pub remaining: i64,
     /// What a run may still spend: allowance less reserve, spent and reserved, and
     /// never more than the vendor's own count (less the reserve) when it is known.
     pub available: i64,
+    /// The vendor's last count, less what was spent since it was read.
     pub vendor_remaining: Option<i64>,
     pub vendor_seen_at: Option<String>,
 }
@@ -75,46 +81,20 @@ pub struct PeriodView {
 impl PeriodView {
     pub async fn read(store: &Store, config: &Config) -> Result<PeriodView> {
         let credits = &config.credits;
-        let label = credits.periods.label_at(jiff::Timestamp::now());
-        let row = store.period(&label, credits.allowance).await?;
+        let label = credits.periods.label_at(crate::credits::now());
         let reserve = i64::try_from(credits.reserve).unwrap_or(i64::MAX);
-        // A run's reservations count only while it is alive: a killed run's
-        // last checkpoint says nothing about calls now.
-        let stale_after = config.lock_stale_after;
-        let stale_ms = i64::try_from(stale_after.as_millis()).unwrap_or(i64::MAX);
-        let reserved = match (store.latest_run().await?, store.lock_holder().await?) {
-            (Some(run), Some(lock))
-                if run.status == "running" && lock.heartbeat_age_s * 1000 < stale_ms =>
-            {
-                let workers = store.workers(run.id).await?;
-                if workers.is_empty() {
-                    run.reserved
-                } else {
-                    // A joined run: what its live workers hold.
-                    workers
-                        .iter()
-                        .filter(|w| w.is_live(stale_after))
-                        .map(|w| w.reserved)
-                        .sum()
-                }
-            }
-            _ => 0,
-        };
-        let own = row.allowance - reserve - row.spent - reserved;
-        let available = match row.vendor_remaining {
-            Some(v) => own.min(v - reserve - reserved),
-            None => own,
-        }
-        .max(0);
+        let funds = store.funds(&label, credits.allowance, reserve).await?;
+        let row = store.period(&label, credits.allowance).await?;
         Ok(PeriodView {
             period: row.period,
-            allowance: row.allowance,
+            allowance: funds.allowance,
             reserve,
-            spent: row.spent,
-            reserved,
-            remaining: row.allowance - row.spent,
-            available,
-            vendor_remaining: row.vendor_remaining,
+            spent: funds.spent,
+            uncertain: funds.uncertain,
+            reserved: funds.reserved,
+            remaining: funds.allowance - funds.spent,
+            available: funds.room().0,
+            vendor_remaining: funds.vendor,
             vendor_seen_at: row.vendor_seen_at,
         })
     }
@@ -126,9 +106,13 @@ impl PeriodView {
             (Some(v), None) => format!("; the vendor counted {v} left"),
             _ => String::new(),
         };
+        let uncertain = match self.uncertain {
+            0 => String::new(),
+            n => format!(" ({n} of them reserved by runs that died)"),
+        };
         format!(
-            "{} available to spend of {} in the period from {}: {} spent, {} reserved by a live run, \
-             {} kept in reserve{vendor}",
+            "{} available to spend of {} in the period from {}: {} spent{uncertain}, {} reserved \
+             by running processes, {} kept in reserve{vendor}",
             self.available, self.allowance, self.period, self.spent, self.reserved, self.reserve
         )
     }

@@ -11,15 +11,16 @@ use crate::Exit;
 use crate::api::Vendor;
 use crate::cli::RunArgs;
 use crate::config::Config;
-use crate::credits::Budget;
+use crate::credits::{Budget, Spent};
 use crate::engine::{self, Job, Stop, Tally};
 use crate::error::usage;
 use crate::fleet::{Fleet, Joined};
+use crate::lease::Lease;
 use crate::metrics::{Live, Metrics};
 use crate::pacer::Pacer;
 use crate::progress::{Calls, CreditsSummary, Display, Failure, Summary};
 use crate::selection::Selection;
-use crate::store::{Backend, PeriodRow, RunRow, Store};
+use crate::store::{Account, Backend, Holder, RunRow, Store};
 
 pub async fn run(
     config: Config,
@@ -214,16 +215,9 @@ async fn locked(
     // The vendor's own count first, if it has an account endpoint: an old count
     // would hold the budget down (or up) wrongly.
     crate::cmd::ask_vendor(&config, &store, false).await?;
-    let period = credits.periods.label_at(jiff::Timestamp::now());
-    let period_row = store.period(&period, credits.allowance).await?;
+    let period = credits.periods.label_at(crate::credits::now());
     let reserve = i64::try_from(credits.reserve).unwrap_or(i64::MAX);
-    // The lower of freshen's count and the vendor's last one (credits.remaining_header).
-    let available = {
-        let own = period_row.allowance - reserve - period_row.spent;
-        period_row
-            .vendor_remaining
-            .map_or(own, |v| own.min(v - reserve))
-    };
+    let funds = store.funds(&period, credits.allowance, reserve).await?;
 
     // The workers of a joined run start together: the first plans, the others
     // find its run.
@@ -235,15 +229,13 @@ async fn locked(
     let max_credits = args
         .max_credits
         .map(|m| i64::try_from(m).unwrap_or(i64::MAX));
-    let funds = Funds {
+    let plan_funds = PlanFunds {
         period: &period,
-        row: &period_row,
-        available,
-        reserve,
+        funds: &funds,
         cost,
         max_credits,
     };
-    let chosen = choose_run(&store, &selection, &args, &funds).await;
+    let chosen = choose_run(&store, &selection, &args, &plan_funds).await;
     if let Some(conn) = planning {
         store.planning_unlock(conn).await?;
     }
@@ -252,8 +244,15 @@ async fn locked(
         Err(exit) => return Ok(exit),
     };
 
+    let lease = Lease::take(
+        store.clone(),
+        run.id,
+        who.worker.clone(),
+        config.lock_stale_after,
+    )
+    .await?;
     let fleet = if who.join {
-        store.join_fleet(run.id, &who.worker).await?;
+        store.join_pace().await?;
         let fleet = Arc::new(Fleet::new(
             store.clone(),
             Joined {
@@ -262,11 +261,6 @@ async fn locked(
                 stale_after: config.lock_stale_after,
                 rate: f64::from(config.limits.rate.get()),
                 burst: config.limits.burst.get(),
-                period: period.clone(),
-                period_limit: available + period_row.spent,
-                run_limit: max_credits,
-                cost,
-                want: cost.saturating_mul(i64::from(config.limits.max_concurrency.get())),
             },
         ));
         tracing::info!("worker {} joins run {}", who.worker, run.id);
@@ -277,21 +271,27 @@ async fn locked(
         store.clear_leases(run.id).await?;
         None
     };
-    let budget = Arc::new(match &fleet {
-        Some(fleet) => Budget::shared(fleet.clone(), reserve, cost),
-        None => {
-            let budget = Budget::new(
-                available + reserve + period_row.spent,
-                reserve,
-                period_row.spent,
-                cost,
-            );
-            match max_credits {
-                Some(max) => budget.capped(max, run.credits_spent),
-                None => budget,
-            }
-        }
-    });
+    // Every credit comes from the ledger in the database, a few calls' worth at
+    // a time, shared with every other run spending from the period.
+    let account = Account::new(
+        store.clone(),
+        Holder {
+            worker: who.worker.clone(),
+            run: run.id,
+            allowance: i64::try_from(credits.allowance).unwrap_or(i64::MAX),
+            reserve,
+            cost,
+            run_limit: max_credits,
+            stale_after: config.lock_stale_after,
+        },
+    );
+    let budget = Arc::new(Budget::new(
+        Arc::new(account),
+        credits.periods.clone(),
+        cost,
+        reserve,
+        cost.saturating_mul(i64::from(config.limits.max_concurrency.get())),
+    ));
 
     let before = store.item_counts(run.id).await?;
     store.set_status(run.id, "running", false).await?;
@@ -317,11 +317,9 @@ async fn locked(
         ));
     }
 
-    if let Some(fleet) = &fleet {
-        tokio::spawn(fleet.clone().heartbeat(watching.clone()));
-    }
+    tokio::spawn(lease.clone().keep(watching.clone(), shutdown.clone()));
     let job = Job {
-        worker: who.worker.clone(),
+        lease: lease.clone(),
         fleet: fleet.clone(),
         vendor: Vendor::new(&config, store.mapped_kinds())?,
         pacer,
@@ -330,7 +328,6 @@ async fn locked(
         tally: tally.clone(),
         budget: budget.clone(),
         run: run.id,
-        period: period.clone(),
     };
     if let Some(m) = &metrics {
         let live = Live {
@@ -340,7 +337,7 @@ async fn locked(
             credits: run.credits_spent,
             period: period.clone(),
             allowance: credits.allowance as i64,
-            period_spent: period_row.spent,
+            period_spent: funds.spent,
         };
         let every = args.metrics_every.unwrap_or(crate::metrics::EVERY);
         m.watch(live, every, tally.clone(), watching.clone());
@@ -357,10 +354,21 @@ async fn locked(
     watching.cancel();
     sampler.finish().await;
     // A worker of a joined run gives back the items it claimed and did not
-    // finish, and its unspent credits; the others may still be at work.
+    // finish; the others may still be at work. Every process gives back its
+    // unused credits, unless it failed with answers unwritten (their credits
+    // may have been billed: they count as spent once its heartbeat is stale)
+    // or was fenced (its reservation is another's to settle).
+    let fenced = lease.is_fenced();
+    if let Some(fleet) = &fleet
+        && !fenced
+    {
+        store.release_claims(run.id, &fleet.worker).await?;
+    }
+    if outcome.is_ok() && !fenced {
+        store.leave(&lease.worker).await?;
+    }
     let others = match &fleet {
         Some(fleet) => {
-            store.leave_fleet(run.id, &fleet.worker).await?;
             store
                 .other_live_workers(run.id, &fleet.worker, fleet.stale_after)
                 .await?
@@ -377,10 +385,23 @@ async fn locked(
         }
     };
 
-    if let Some((left, seen_at)) = budget.vendor_count() {
+    if let Some(left) = budget.vendor_count() {
+        let now = crate::credits::now();
         store
-            .set_vendor_count(&period, left, crate::selection::stamp(seen_at))
+            .set_vendor_count(
+                &credits.periods.label_at(now),
+                left,
+                crate::selection::stamp(now),
+            )
             .await?;
+    }
+    if stop == Stop::Fenced {
+        println!(
+            "stopped: this process was suspended or cut off from the database for longer than \
+             lock.stale_after, so another run may have taken its work over; it made no more calls. \
+             `freshen run` with the same selection resumes what is left"
+        );
+        return Ok(Exit::Locked);
     }
     let records = store.item_counts(run.id).await?;
     let exit = match stop {
@@ -388,6 +409,7 @@ async fn locked(
         Stop::Interrupted => Exit::Interrupted,
         Stop::Budget | Stop::OutOfCredits => Exit::Budget,
         Stop::Outage => Exit::Outage,
+        Stop::Fenced => Exit::Locked,
     };
     let status = match stop {
         Stop::Drained if records.pending == 0 => "complete",
@@ -400,11 +422,13 @@ async fn locked(
         Stop::Budget => "budget",
         Stop::OutOfCredits => "out_of_credits",
         Stop::Outage => "outage",
+        Stop::Fenced => unreachable!("a fenced run returned above"),
     };
     store
         .set_status(run.id, status, status == "complete")
         .await?;
     let row = store.run(run.id).await?.expect("the run exists");
+    let period = credits.periods.label_at(crate::credits::now());
     let period_row = store.period(&period, credits.allowance).await?;
     let resolved = Tally::get(&tally.done) + Tally::get(&tally.failed);
     let wall_s = started.elapsed().as_secs_f64();
@@ -430,10 +454,13 @@ async fn locked(
         summary.write_json(path)?;
     }
     match stop {
-        Stop::Budget => println!(
-            "stopped at the credit budget (the period's allowance less credits.reserve, or --max-credits); \
-             the rest stays pending"
-        ),
+        Stop::Budget => {
+            let why = match budget.spent_at() {
+                Some(Spent::At(limit)) => limit.describe(),
+                _ => "the credit budget is spent",
+            };
+            println!("stopped at the credit budget: {why}; the rest stays pending")
+        }
         Stop::OutOfCredits => {
             println!("stopped: the vendor reports no credits left (402); the rest stays pending")
         }
@@ -441,7 +468,7 @@ async fn locked(
         Stop::Outage => println!(
             "stopped: the vendor has been down longer than retry.max_outage; `freshen run` with the same selection resumes"
         ),
-        Stop::Drained => {}
+        Stop::Drained | Stop::Fenced => {}
     }
     if others > 0 && records.pending > 0 {
         println!(
@@ -453,13 +480,9 @@ async fn locked(
 }
 
 /// The period's credits, as the run's plan sees them.
-struct Funds<'a> {
+struct PlanFunds<'a> {
     period: &'a str,
-    row: &'a PeriodRow,
-    /// What the run may spend: allowance less reserve and spent (or the vendor's
-    /// lower count).
-    available: i64,
-    reserve: i64,
+    funds: &'a crate::credits::Funds,
     cost: i64,
     /// `--max-credits`.
     max_credits: Option<i64>,
@@ -471,7 +494,7 @@ async fn choose_run(
     store: &Store,
     selection: &Selection,
     args: &RunArgs,
-    funds: &Funds<'_>,
+    funds: &PlanFunds<'_>,
 ) -> Result<Result<RunRow, Exit>> {
     Ok(Ok(match store.latest_run_with(selection).await? {
         Some(run) if !args.new && run.status == "complete" && !selection.spend_remaining => {
@@ -501,20 +524,18 @@ async fn choose_run(
                 );
             }
             let cap = if selection.spend_remaining {
+                let (available, _) = funds.funds.room();
                 let budget = match funds.max_credits {
-                    Some(max) => funds.available.min(max),
-                    None => funds.available,
+                    Some(max) => available.min(max),
+                    None => available,
                 };
                 let records = (budget / funds.cost).max(0);
                 if records == 0 {
+                    let f = funds.funds;
                     println!(
-                        "nothing to spend: {} credits available in the period from {} \
-                     (allowance {}, spent {}, reserve {})",
-                        funds.available.max(0),
-                        funds.period,
-                        funds.row.allowance,
-                        funds.row.spent,
-                        funds.reserve
+                        "nothing to spend: {available} credits available in the period from {} \
+                     (allowance {}, spent {}, reserved by live runs {}, reserve {})",
+                        funds.period, f.allowance, f.spent, f.reserved, f.reserve
                     );
                     return Ok(Err(Exit::Budget));
                 }

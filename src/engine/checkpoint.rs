@@ -71,9 +71,7 @@ pub(super) struct Writer {
     pub budget: Arc<crate::credits::Budget>,
     pub store: Arc<Store>,
     pub run: i64,
-    pub period: String,
     pub worker: String,
-    pub joined: bool,
     pub outbox: Arc<Outbox>,
     pub settings: Checkpoint,
     pub tally: Arc<Tally>,
@@ -92,9 +90,7 @@ impl Writer {
             store,
             budget,
             run,
-            period,
             worker,
-            joined,
             outbox,
             settings,
             tally,
@@ -104,9 +100,7 @@ impl Writer {
         } = self;
         let ledger = Ledger {
             run,
-            period: &period,
             worker: &worker,
-            joined,
         };
         let mut written = CallCounts::default();
         let mut tick = tokio::time::interval(settings.interval);
@@ -144,7 +138,7 @@ impl Writer {
                     return Err(crate::store::explain_write_failure(e));
                 }
                 written = now;
-                let charged: i64 = batch.iter().map(|f| f.charged).sum();
+                let charged: i64 = batch.iter().map(Finished::charged).sum();
                 tally
                     .credits
                     .fetch_add(charged.max(0) as u64, std::sync::atomic::Ordering::Relaxed);

@@ -25,8 +25,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::{CallError, Vendor};
 use crate::config::Config;
-use crate::credits::Budget;
+use crate::credits::{Budget, Reservation, Spent};
 use crate::fleet::Fleet;
+use crate::lease::Lease;
 use crate::pacer::{Backoff, Outage, Pacer, Signal};
 use crate::store::{Finished, Item, Resolution, Store};
 
@@ -43,6 +44,9 @@ pub enum Stop {
     OutOfCredits,
     /// The vendor was down longer than `retry.max_outage`.
     Outage,
+    /// This process's lease went stale (suspended or cut off past
+    /// `lock.stale_after`): another may have taken its work over.
+    Fenced,
 }
 
 /// Live counters of this process's work, read by the progress display.
@@ -84,6 +88,7 @@ struct Shared {
     retry: crate::config::Retry,
     /// A worker of a joined run: the shared rate and pause.
     fleet: Option<Arc<Fleet>>,
+    lease: Arc<Lease>,
 }
 
 impl Shared {
@@ -102,9 +107,9 @@ pub struct Job {
     pub tally: Arc<Tally>,
     pub budget: Arc<Budget>,
     pub run: i64,
-    pub period: String,
-    /// This process, as the claimant of the items it works (`host:pid`).
-    pub worker: String,
+    /// This process's lease: it names the claimant of the items it works and
+    /// the holder of its credits, and fences it if it goes stale.
+    pub lease: Arc<Lease>,
     /// With `--join`: the run's other workers share the queue, rate and credits.
     pub fleet: Option<Arc<Fleet>>,
 }
@@ -119,8 +124,7 @@ pub async fn execute(job: Job, shutdown: &CancellationToken) -> Result<Stop> {
         tally,
         budget,
         run,
-        period,
-        worker,
+        lease,
         fleet,
     } = job;
     let stop = shutdown.child_token();
@@ -131,9 +135,7 @@ pub async fn execute(job: Job, shutdown: &CancellationToken) -> Result<Stop> {
             store: store.clone(),
             budget: budget.clone(),
             run,
-            period,
-            worker,
-            joined: fleet.is_some(),
+            worker: lease.worker.clone(),
             outbox: outbox.clone(),
             settings: config.checkpoint.clone(),
             tally: tally.clone(),
@@ -155,6 +157,7 @@ pub async fn execute(job: Job, shutdown: &CancellationToken) -> Result<Stop> {
         outbox,
         retry: config.retry.clone(),
         fleet,
+        lease,
     });
 
     // Workers in existence at once: those calling plus those waiting out a backoff
@@ -178,6 +181,7 @@ pub async fn execute(job: Job, shutdown: &CancellationToken) -> Result<Stop> {
     }
 
     Ok(match reason {
+        _ if shared.lease.is_fenced() => Stop::Fenced,
         _ if shutdown.is_cancelled() => Stop::Interrupted,
         Some(why) => why,
         None => Stop::Drained,
@@ -220,13 +224,16 @@ async fn dispatch(
                 _ = shared.stop.cancelled() => return Ok(()),
                 reserved = shared.budget.reserve() => reserved,
             };
-            if !reserved {
-                shared.halt(Stop::Budget).await;
-                return Ok(());
-            }
+            let reservation = match reserved {
+                Ok(r) => r,
+                Err(spent) => {
+                    shared.halt(stop_for(spent)).await;
+                    return Ok(());
+                }
+            };
             let hold = Hold {
                 budget: shared.budget.clone(),
-                held: true,
+                reservation: Some(reservation),
             };
             tracker.spawn(work(shared.clone(), item, slot, hold));
         }
@@ -251,6 +258,9 @@ async fn next_items(store: &Store, run: i64, after: i64, shared: &Shared) -> Res
         if !store.has_pending(run).await? {
             return Ok(claimed);
         }
+        // Nothing to claim while others hold the last items: this worker's
+        // unused credits may be what one of them lacks.
+        shared.budget.give_back_unused().await?;
         tokio::time::sleep(CLAIM_POLL).await;
     }
 }
@@ -270,14 +280,22 @@ const CLAIM_POLL: std::time::Duration = std::time::Duration::from_millis(500);
 /// back if the item ends without one.
 struct Hold {
     budget: Arc<Budget>,
-    held: bool,
+    reservation: Option<Reservation>,
 }
 
 impl Drop for Hold {
     fn drop(&mut self) {
-        if self.held {
-            self.budget.release();
+        if let Some(r) = self.reservation.take() {
+            self.budget.release(r);
         }
+    }
+}
+
+/// The stop a spent budget means.
+fn stop_for(spent: Spent) -> Stop {
+    match spent {
+        Spent::At(_) => Stop::Budget,
+        Spent::Fenced => Stop::Fenced,
     }
 }
 
@@ -285,7 +303,7 @@ async fn work(shared: Arc<Shared>, mut item: Item, _slot: OwnedSemaphorePermit, 
     let tally = &shared.tally;
     let pacer = &shared.pacer;
     let mut backoff: Option<Backoff> = None;
-    let mut charged = 0;
+    let mut charges: Vec<(Arc<str>, i64)> = Vec::new();
     loop {
         let ticket = tokio::select! {
             biased;
@@ -316,29 +334,43 @@ async fn work(shared: Arc<Shared>, mut item: Item, _slot: OwnedSemaphorePermit, 
         if shared.stop.is_cancelled() {
             return;
         }
-        if !hold.held {
+        if hold.reservation.is_none() {
             // The last attempt was billed: this one needs credits of its own.
             let reserved = tokio::select! {
                 biased;
                 _ = shared.stop.cancelled() => return,
                 reserved = shared.budget.reserve() => reserved,
             };
-            if !reserved {
-                shared.halt(Stop::Budget).await;
-                return;
+            match reserved {
+                Ok(r) => hold.reservation = Some(r),
+                Err(spent) => {
+                    shared.halt(stop_for(spent)).await;
+                    return;
+                }
             }
-            hold.held = true;
+        }
+        // A process suspended past its lease must not spend what it no longer holds.
+        if !shared.lease.check().await {
+            shared.halt(Stop::Fenced).await;
+            return;
         }
         pacer.sending(&mut ticket, item.attempts > 0);
         let started = tokio::time::Instant::now();
         let call = shared.vendor.call(&item).await;
-        if shared.vendor.is_billed(call.status) {
-            charged += shared.budget.cost();
-            shared.budget.charge();
-            hold.held = false;
-        }
-        if let Some(left) = call.credits_left {
-            shared.budget.vendor_says(left);
+        let billed = shared.vendor.is_billed(call.status);
+        let reservation = hold.reservation.take().expect("reserved above");
+        if billed {
+            let period = shared.budget.charge(reservation, call.credits_left);
+            match charges.last_mut() {
+                Some((p, credits)) if *p == period => *credits += shared.budget.cost(),
+                _ => charges.push((period, shared.budget.cost())),
+            }
+        } else {
+            // An unbilled answer: the reservation pays for this record's next try.
+            hold.reservation = Some(reservation);
+            if let Some(left) = call.credits_left {
+                shared.budget.vendor_says(left);
+            }
         }
         let (signal, retry_after) = match &call.result {
             Ok(_) => (Signal::Success(started.elapsed()), None),
@@ -425,7 +457,7 @@ async fn work(shared: Arc<Shared>, mut item: Item, _slot: OwnedSemaphorePermit, 
             key: item.key,
             attempts: item.attempts,
             resolution,
-            charged,
+            charges,
         };
         // The ticket (and its concurrency permit) is held until the result is in the
         // outbox: see the bound in `checkpoint`. If the writer failed, its error ends

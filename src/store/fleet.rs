@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use sqlx::pool::PoolConnection;
-use sqlx::{Any, Executor, Row};
+use sqlx::{Any, Row};
 
 use super::{Item, Store, item_row};
 
@@ -32,29 +32,6 @@ impl WorkerRow {
     pub fn is_live(&self, stale_after: Duration) -> bool {
         self.heartbeat_age_ms < millis(stale_after)
     }
-}
-
-/// What a request for credits got.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Grant {
-    pub granted: i64,
-    /// Credits the other live workers hold reserved: they may come back.
-    pub others: i64,
-}
-
-/// A request for credits from the period's budget (see [`Store::grant_credits`]).
-#[derive(Debug, Clone)]
-pub struct GrantRequest {
-    pub worker: String,
-    pub run: i64,
-    pub period: String,
-    /// The period's spent plus every reservation may not pass this.
-    pub period_limit: i64,
-    /// `--max-credits`: the run's spent plus its workers' reservations may not pass this.
-    pub run_limit: Option<i64>,
-    pub cost: i64,
-    pub want: i64,
-    pub stale_after: Duration,
 }
 
 /// Rate tokens from the shared bucket: the first is due `first` after now
@@ -101,44 +78,14 @@ impl Store {
         Ok(())
     }
 
-    /// Enters `worker` into the run's fleet, with a fresh heartbeat and nothing reserved.
-    pub async fn join_fleet(&self, run: i64, worker: &str) -> Result<()> {
-        let sql = concat!(
-            "INSERT INTO freshen_workers (worker, run_id, started_at, heartbeat_at, reserved) \
-             VALUES ($1, $2, $3, ",
-            now_ms!(),
-            ", 0) ON CONFLICT (worker) DO UPDATE SET \
-             run_id = excluded.run_id, started_at = excluded.started_at, \
-             heartbeat_at = excluded.heartbeat_at, reserved = 0"
-        );
-        sqlx::query(sql)
-            .bind(worker.to_owned())
-            .bind(run)
-            .bind(super::now_stamp())
-            .execute(&self.pool)
-            .await
-            .context("joining the run's workers")?;
+    /// Makes sure the table's shared pace exists, for a worker of a joined run.
+    pub async fn join_pace(&self) -> Result<()> {
         sqlx::query("INSERT INTO freshen_pace (name) VALUES ($1) ON CONFLICT (name) DO NOTHING")
             .bind(self.table.clone())
             .execute(&self.pool)
             .await
             .context("joining the run's workers")?;
         Ok(())
-    }
-
-    /// Refreshes the worker's heartbeat, which keeps its claims; false if its row
-    /// is gone.
-    pub async fn worker_heartbeat(&self, worker: &str) -> Result<bool> {
-        let kept = sqlx::query(concat!(
-            "UPDATE freshen_workers SET heartbeat_at = ",
-            now_ms!(),
-            " WHERE worker = $1"
-        ))
-        .bind(worker.to_owned())
-        .execute(&self.pool)
-        .await
-        .context("refreshing the worker's heartbeat")?;
-        Ok(kept.rows_affected() == 1)
     }
 
     /// Claims up to `limit` pending items, in queue order, that no live worker
@@ -162,29 +109,18 @@ impl Store {
         rows.iter().map(item_row).collect()
     }
 
-    /// Gives the worker's claims on pending items back to the queue and leaves the
-    /// fleet (its unspent reservation with it).
-    pub async fn leave_fleet(&self, run: i64, worker: &str) -> Result<()> {
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .context("leaving the run's workers")?;
+    /// Gives the worker's claims on pending items back to the queue.
+    pub async fn release_claims(&self, run: i64, worker: &str) -> Result<()> {
         sqlx::query(
             "UPDATE freshen_items SET lease_owner = NULL \
              WHERE run_id = $1 AND state = 'pending' AND lease_owner = $2",
         )
         .bind(run)
         .bind(worker.to_owned())
-        .execute(&mut *tx)
+        .execute(&self.pool)
         .await
         .context("giving back claimed items")?;
-        sqlx::query("DELETE FROM freshen_workers WHERE worker = $1")
-            .bind(worker.to_owned())
-            .execute(&mut *tx)
-            .await
-            .context("leaving the run's workers")?;
-        tx.commit().await.context("leaving the run's workers")
+        Ok(())
     }
 
     /// Forgets every claim on the run's pending items: for a run without `--join`,
@@ -198,23 +134,23 @@ impl Store {
         Ok(())
     }
 
-    /// The run's workers, live or not, with their claims and reservations.
+    /// The run's processes (its workers, when joined), live or not, with their
+    /// claims and reservations.
     pub async fn workers(&self, run: i64) -> Result<Vec<WorkerRow>> {
-        if self.backend != super::Backend::Postgres {
-            return Ok(Vec::new());
-        }
-        let rows = sqlx::query(concat!(
-            "SELECT w.worker, w.started_at, ",
-            now_ms!(),
-            " - w.heartbeat_at, \
+        let sql = format!(
+            "SELECT w.worker, w.started_at, {} - w.heartbeat_at, \
              (SELECT COUNT(*) FROM freshen_items i WHERE i.run_id = w.run_id \
-               AND i.state = 'pending' AND i.lease_owner = w.worker), w.reserved \
-             FROM freshen_workers w WHERE w.run_id = $1 ORDER BY w.started_at, w.worker"
-        ))
-        .bind(run)
-        .fetch_all(&self.pool)
-        .await
-        .context("reading the run's workers")?;
+               AND i.state = 'pending' AND i.lease_owner = w.worker), \
+             (SELECT CAST(COALESCE(SUM(r.reserved), 0) AS BIGINT) FROM freshen_reservations r \
+               WHERE r.holder = w.worker) \
+             FROM freshen_workers w WHERE w.run_id = $1 ORDER BY w.started_at, w.worker",
+            super::ledger::now_ms(self.backend)
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(run)
+            .fetch_all(&self.pool)
+            .await
+            .context("reading the run's workers")?;
         rows.iter()
             .map(|r| {
                 Ok(WorkerRow {
@@ -277,55 +213,6 @@ impl Store {
         Ok(gone.rows_affected() == 1)
     }
 
-    /// Grants the worker up to `want` credits (whole calls' worth) from what the
-    /// period, and the run's `--max-credits`, have left after what is spent and
-    /// what every live worker holds reserved. One transaction, serialized on the
-    /// period's row with every other grant and every charge.
-    pub async fn grant_credits(&self, req: &GrantRequest) -> Result<Grant> {
-        let mut tx = self.pool.begin().await.context("asking for credits")?;
-        let spent: i64 =
-            sqlx::query("SELECT spent FROM freshen_credit_periods WHERE period = $1 FOR UPDATE")
-                .bind(req.period.clone())
-                .fetch_one(&mut *tx)
-                .await
-                .context("reading the period's credits")?
-                .try_get(0)?;
-        let sums = sqlx::query(concat!("SELECT CAST(COALESCE(SUM(CASE WHEN worker = $1 THEN reserved ELSE 0 END), 0) AS BIGINT), \
-             CAST(COALESCE(SUM(CASE WHEN worker <> $1 THEN reserved ELSE 0 END), 0) AS BIGINT), \
-             CAST(COALESCE(SUM(CASE WHEN run_id = $2 THEN reserved ELSE 0 END), 0) AS BIGINT) \
-             FROM freshen_workers WHERE worker = $1 OR heartbeat_at >= ", now_ms!(), " - $3"))
-        .bind(req.worker.clone())
-        .bind(req.run)
-        .bind(millis(req.stale_after))
-        .fetch_one(&mut *tx)
-        .await
-        .context("reading the workers' reservations")?;
-        let (mine, others, of_run): (i64, i64, i64) =
-            (sums.try_get(0)?, sums.try_get(1)?, sums.try_get(2)?);
-        let mut room = req.period_limit - spent - mine - others;
-        if let Some(limit) = req.run_limit {
-            let run_spent: i64 =
-                sqlx::query("SELECT credits_spent FROM freshen_runs WHERE id = $1")
-                    .bind(req.run)
-                    .fetch_one(&mut *tx)
-                    .await?
-                    .try_get(0)?;
-            room = room.min(limit - run_spent - of_run);
-        }
-        let cost = req.cost.max(1);
-        let granted = (req.want.min(room).max(0) / cost) * cost;
-        if granted > 0 {
-            sqlx::query("UPDATE freshen_workers SET reserved = reserved + $1 WHERE worker = $2")
-                .bind(granted)
-                .bind(req.worker.clone())
-                .execute(&mut *tx)
-                .await
-                .context("reserving credits")?;
-        }
-        tx.commit().await.context("reserving credits")?;
-        Ok(Grant { granted, others })
-    }
-
     /// Takes `tokens` tokens from the table's shared bucket (one every
     /// `interval_us`, `burst` of them at once after a quiet spell, none before a
     /// throttle's pause ends), in one statement.
@@ -369,21 +256,4 @@ impl Store {
         .context("sharing a throttle's pause")?;
         Ok(())
     }
-}
-
-/// Moves `charged` credits of the worker's reservation to spent (with the
-/// period's charge, in the checkpoint's transaction).
-pub(super) async fn settle(
-    tx: &mut sqlx::Transaction<'_, Any>,
-    worker: &str,
-    charged: i64,
-) -> Result<()> {
-    tx.execute(
-        sqlx::query("UPDATE freshen_workers SET reserved = reserved - $1 WHERE worker = $2")
-            .bind(charged)
-            .bind(worker.to_owned()),
-    )
-    .await
-    .context("settling the worker's reservation")?;
-    Ok(())
 }

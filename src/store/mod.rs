@@ -24,6 +24,7 @@ macro_rules! now_us {
 
 mod fleet;
 mod ident;
+mod ledger;
 mod samples;
 mod statements;
 
@@ -42,8 +43,9 @@ use crate::error::usage;
 use crate::record::{ColumnKind, Value};
 use crate::selection::{IdSpec, Selection, stamp};
 
-pub use fleet::{Grant, GrantRequest, PaceGrant, WorkerRow};
+pub use fleet::{PaceGrant, WorkerRow};
 pub use ident::Ident;
+pub use ledger::{Account, Holder};
 pub use samples::{FailureGroup, Sample};
 use statements::Statements;
 
@@ -120,19 +122,23 @@ pub struct Finished {
     pub key: String,
     pub attempts: u32,
     pub resolution: Resolution,
-    /// Credits the answer was billed.
-    pub charged: i64,
+    /// Credits its billed answers cost, by the period each was reserved in
+    /// (one entry, but for a record retried across a period's reset).
+    pub charges: Vec<(Arc<str>, i64)>,
 }
 
-/// Where a checkpoint writes: the run, the credit period, and the worker
-/// writing (whose claims it may resolve; `joined` when it is one of a
-/// `--join` run's workers, whose credit reservation lives in the database).
+impl Finished {
+    pub fn charged(&self) -> i64 {
+        self.charges.iter().map(|(_, c)| c).sum()
+    }
+}
+
+/// Where a checkpoint writes: the run, and the process writing (whose claims
+/// it may resolve, and whose credit reservations its charges settle).
 #[derive(Debug, Clone, Copy)]
 pub struct Ledger<'a> {
     pub run: i64,
-    pub period: &'a str,
     pub worker: &'a str,
-    pub joined: bool,
 }
 
 /// Who holds a table's run lock.
@@ -169,6 +175,7 @@ pub struct Store {
     /// `source.table`: names the table's lock and shared pace.
     table: String,
     sql: Statements,
+    ledger: ledger::Sql,
     key_kind: ColumnKind,
     mapped: Vec<ColumnKind>,
     /// The SQLite file and its identity (device, inode) when opened.
@@ -338,6 +345,7 @@ impl Store {
         Ok(Store {
             table: config.source.table.as_str().to_owned(),
             sql: Statements::new(config, key_kind, &mapped, backend),
+            ledger: ledger::Sql::new(backend),
             pool,
             backend,
             key_kind,
@@ -546,12 +554,7 @@ impl Store {
         calls: CallCounts,
         reserved: i64,
     ) -> Result<()> {
-        let Ledger {
-            run,
-            period,
-            worker,
-            joined,
-        } = *at;
+        let Ledger { run, worker } = *at;
         let now = now_stamp();
         let mut tx = self.pool.begin().await.context("starting a checkpoint")?;
         // Two statements whatever the batch's size: one resolves the items (only
@@ -585,10 +588,6 @@ impl Store {
             .collect::<Result<_, _>>()?;
         let mut records = Vec::with_capacity(batch.len() * 64);
         records.push(b'[');
-        // Every billed answer is charged, written or not: the vendor billed it.
-        // (An answer is not written when another worker of a joined run took
-        // the item over, after this one's heartbeat went stale.)
-        let charged: i64 = batch.iter().map(|f| f.charged).sum();
         for f in batch.iter().filter(|f| claimed.contains(&f.seq)) {
             let Resolution::Done(values) = &f.resolution else {
                 continue;
@@ -622,6 +621,15 @@ impl Store {
                 .await
                 .context("writing a batch of records")?;
         }
+        // Every billed answer is charged, written or not: the vendor billed it.
+        // (An answer is not written when another worker of a joined run took
+        // the item over, after this one's heartbeat went stale.) Each charge
+        // moves from this process's reservation in its period to that period's
+        // spent, in this transaction, so the ledger's sums never dip.
+        let mut charged = 0;
+        for (period, credits) in by_period(batch) {
+            charged += ledger::settle(&mut tx, worker, &period, credits).await?;
+        }
         query(&self.sql.add_run_counts)
             .bind(calls.ok)
             .bind(calls.throttled)
@@ -634,18 +642,6 @@ impl Store {
             .execute(&mut *tx)
             .await
             .context("updating the run's counts")?;
-        if charged > 0 {
-            query(&self.sql.charge_period)
-                .bind(charged)
-                .bind(period.to_owned())
-                .execute(&mut *tx)
-                .await?;
-            if joined {
-                // The charge was this worker's reservation: it moves from reserved
-                // to spent in one transaction, so the fleet's sum never dips.
-                fleet::settle(&mut tx, worker, charged).await?;
-            }
-        }
         if let Some((path, id)) = &self.sqlite_file
             && file_id(path) != Some(*id)
         {
@@ -879,6 +875,18 @@ pub fn explain_write_failure(e: anyhow::Error) -> anyhow::Error {
     }
 }
 
+/// A batch's charges summed by period, in the order the periods first appear.
+fn by_period(batch: &[Finished]) -> Vec<(Arc<str>, i64)> {
+    let mut sums: Vec<(Arc<str>, i64)> = Vec::new();
+    for (period, credits) in batch.iter().flat_map(|f| &f.charges) {
+        match sums.iter_mut().find(|(p, _)| p == period) {
+            Some((_, sum)) => *sum += credits,
+            None => sums.push((period.clone(), *credits)),
+        }
+    }
+    sums
+}
+
 enum Bind {
     Int(i64),
     Text(String),
@@ -1005,6 +1013,12 @@ fn migrator(backend: Backend) -> Migrator {
             "items_unchecked",
             include_str!("../../migrations/sqlite/0006_items_unchecked.sql"),
             include_str!("../../migrations/postgres/0006_items_unchecked.sql"),
+        ),
+        (
+            7,
+            "ledger",
+            include_str!("../../migrations/sqlite/0007_ledger.sql"),
+            include_str!("../../migrations/postgres/0007_ledger.sql"),
         ),
     ];
     let migrations = all

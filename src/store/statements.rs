@@ -20,7 +20,6 @@ pub(super) struct Statements {
     /// Forgets every claim on a run's pending items (a run without `--join`).
     pub clear_leases: Arc<str>,
     pub add_run_counts: Arc<str>,
-    pub charge_period: Arc<str>,
     pub set_status: Arc<str>,
     pub item_counts: Arc<str>,
     /// Whether the run has a pending item: one index probe, not a count.
@@ -153,7 +152,6 @@ impl Statements {
                  calls_transient = calls_transient + $3, calls_permanent = calls_permanent + $4, \
                  credits_spent = credits_spent + $5, reserved = $6, updated_at = $7 WHERE id = $8"
                 .into()),
-            charge_period: a("UPDATE freshen_credit_periods SET spent = spent + $1 WHERE period = $2".into()),
             set_status: a("UPDATE freshen_runs SET status = $1, updated_at = $2, finished_at = $3, reserved = 0 \
                  WHERE id = $4".into()),
             item_counts: a("SELECT state, COUNT(*) FROM freshen_items WHERE run_id = $1 GROUP BY state".into()),
@@ -170,8 +168,10 @@ impl Statements {
                 .into()),
             period: a("SELECT period, allowance, spent, vendor_remaining, vendor_seen_at \
                  FROM freshen_credit_periods WHERE period = $1".into()),
-            set_vendor_count: a("UPDATE freshen_credit_periods SET vendor_remaining = $1, vendor_seen_at = $2 \
-                 WHERE period = $3".into()),
+            // The period's spent as the count is read: what is spent after it
+            // comes off the count (see `store::ledger`).
+            set_vendor_count: a("UPDATE freshen_credit_periods SET vendor_remaining = $1, vendor_seen_at = $2, \
+                 vendor_spent_at = spent WHERE period = $3".into()),
             history: a(format!(
                 "SELECT CAST(COALESCE(SUM(r.credits_spent), 0) AS BIGINT), \
                  CAST(COALESCE(SUM(r.calls_ok + r.calls_throttled + r.calls_transient \

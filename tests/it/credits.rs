@@ -193,9 +193,8 @@ async fn the_vendors_remaining_count_is_trusted_when_it_is_lower() {
         "stopped before the vendor refused"
     );
     let spent = period_spent(&env).await;
-    // 80 left less the 10 in reserve: at most 70, less at most the calls in flight
-    // when the count arrived.
-    assert!((70 - 16..=70).contains(&spent), "spent {spent}");
+    // 80 left less the 10 in reserve: exactly 70, to the vendor's last credit.
+    assert_eq!(spent, 70, "spent {spent}");
     assert_eq!(spent as u64, stats.ok);
     let db = env.db().await;
     let vendor: Option<i64> =
@@ -268,8 +267,9 @@ async fn killed_mid_run_the_ledger_matches_the_billed_answers_recorded() {
         let db = env.db().await;
         // Every billed answer recorded (the default billed statuses: 2xx and 404;
         // the sandbox answers 200) is charged, and nothing else.
-        let (spent, done): (i64, i64) = sqlx::query_as(
+        let (spent, uncertain, done): (i64, i64, i64) = sqlx::query_as(
             "SELECT (SELECT spent FROM freshen_credit_periods), \
+             (SELECT uncertain FROM freshen_credit_periods), \
              (SELECT COUNT(*) FROM freshen_items WHERE state = 'done')",
         )
         .fetch_one(&db)
@@ -281,18 +281,29 @@ async fn killed_mid_run_the_ledger_matches_the_billed_answers_recorded() {
                 .await
                 .unwrap();
         db.close().await;
+        // The killed run's reservation is counted as spent once its heartbeat
+        // is stale (the calls it had out may have been billed), as uncertain.
         assert_eq!(
-            spent, done,
-            "the period's spent count is the records written"
+            spent - uncertain,
+            done,
+            "the period's spent count is the records written, and the dead run's reservations"
         );
-        assert_eq!(charged, done, "the run's own count agrees");
+        assert_eq!(charged, spent, "the run's own count agrees");
         assert!(spent <= 1900, "never past allowance less reserve: {spent}");
         tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
     }
-    // The last run stops exactly at the budget, still in step.
+    // The last run stops exactly at the budget, still in step; the vendor
+    // billed no more than the ledger counts.
     assert_exit(&env.freshen(&["run"]).await, 3);
     assert_eq!(period_spent(&env).await, 1900);
-    assert_eq!(env.item_states().await.0, 1900);
+    let db = env.db().await;
+    let uncertain: i64 = sqlx::query_scalar("SELECT uncertain FROM freshen_credit_periods")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    db.close().await;
+    assert_eq!(env.item_states().await.0, 1900 - uncertain);
+    assert!(env.sandbox().stats().ok <= 1900);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

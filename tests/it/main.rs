@@ -10,6 +10,7 @@ mod flow;
 mod harness;
 mod hostile;
 mod join;
+mod ledger;
 mod lock;
 mod report;
 mod resume;

@@ -1,0 +1,456 @@
+//! The credit ledger in the database, one for every process that spends from a
+//! period: solo runs, the workers of joined runs, runs of other tables.
+//!
+//! A process registers in `freshen_workers` and keeps its heartbeat fresh on
+//! the database's clock. Before it sends calls it is granted credits, a few
+//! calls' worth at a time, into its row of `freshen_reservations`; the
+//! checkpoint that charges a billed answer moves the charge from the
+//! reservation to the period's `spent` in the same transaction; what is unused
+//! goes back when the process idles or leaves. Every grant sees every other
+//! holder's reservation, so no two processes can spend the same credit.
+//!
+//! A holder whose heartbeat goes stale (killed, suspended, cut off) is dead for
+//! good: its heartbeat is refused from then on (it must stop calling), and the
+//! next grant moves its reservation into `spent` and `uncertain`, since the
+//! vendor may have billed the calls it had out. A crash can so waste at most the
+//! unused part of one grant; it can never spend past the allowance.
+//!
+//! Lock order, everywhere: the period's row first, then reservations. The
+//! first statement of each transaction writes the period's row, which on
+//! SQLite takes the database's write lock before anything is read, and on
+//! PostgreSQL locks the row, so each later statement (read committed) sees
+//! every grant and charge committed before it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use futures_util::future::BoxFuture;
+use sqlx::{Any, Row};
+
+use super::{Backend, Store};
+use crate::credits::{Funds, Grant, GrantSource, RunCap};
+
+/// The database clock in Unix milliseconds, as SQL text for the backend.
+pub(super) fn now_ms(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Sqlite => "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
+        Backend::Postgres => now_ms!(),
+    }
+}
+
+/// The ledger's statements whose text depends on the backend (its clock).
+pub(super) struct Sql {
+    register: String,
+    heartbeat: String,
+    reap: String,
+}
+
+impl Sql {
+    pub fn new(backend: Backend) -> Sql {
+        let now = now_ms(backend);
+        Sql {
+            register: format!(
+                "INSERT INTO freshen_workers (worker, run_id, started_at, heartbeat_at, reserved) \
+                 VALUES ($1, $2, $3, {now}, 0)"
+            ),
+            // Only a fresh heartbeat can be refreshed: once stale, a holder is
+            // dead for good, and its claims and reservations are another's to take.
+            heartbeat: format!(
+                "UPDATE freshen_workers SET heartbeat_at = {now} \
+                 WHERE worker = $1 AND heartbeat_at >= {now} - $2"
+            ),
+            reap: format!(
+                "DELETE FROM freshen_reservations WHERE period = $1 AND NOT EXISTS \
+                 (SELECT 1 FROM freshen_workers w WHERE w.worker = freshen_reservations.holder \
+                  AND w.heartbeat_at >= {now} - $2) RETURNING run_id, reserved"
+            ),
+        }
+    }
+}
+
+/// A process spending from the ledger, and the bounds on what it may ask for.
+#[derive(Debug, Clone)]
+pub struct Holder {
+    /// Its name in `freshen_workers` (`host:pid`).
+    pub worker: String,
+    pub run: i64,
+    /// The allowance of a period whose row does not exist yet (a new period).
+    pub allowance: i64,
+    pub reserve: i64,
+    pub cost: i64,
+    /// `--max-credits`: the run's spent and reservations may not pass it.
+    pub run_limit: Option<i64>,
+    pub stale_after: Duration,
+}
+
+/// A [`Holder`]'s account with the ledger: where its [`crate::credits::Budget`]
+/// gets its credits.
+pub struct Account {
+    store: Arc<Store>,
+    holder: Holder,
+    /// The period whose row is known to exist.
+    known: std::sync::Mutex<String>,
+}
+
+impl Account {
+    pub fn new(store: Arc<Store>, holder: Holder) -> Account {
+        Account {
+            store,
+            holder,
+            known: std::sync::Mutex::new(String::new()),
+        }
+    }
+}
+
+impl GrantSource for Account {
+    fn grant<'a>(&'a self, period: &'a str, want: i64) -> BoxFuture<'a, Result<Grant>> {
+        Box::pin(async move {
+            let known = *self.known.lock().expect("period lock") == period;
+            if !known {
+                self.store
+                    .ensure_period(period, self.holder.allowance)
+                    .await?;
+                *self.known.lock().expect("period lock") = period.to_owned();
+            }
+            self.store.grant(&self.holder, period, want).await
+        })
+    }
+
+    fn give_back<'a>(&'a self, period: &'a str, credits: i64) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.store.give_back(&self.holder.worker, period, credits))
+    }
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl Store {
+    /// Enters this process as a holder (a run alone, or one worker of a joined
+    /// run), with a fresh heartbeat. A row of the same name is an earlier
+    /// process with this host and pid, so dead: it is removed, and its
+    /// reservations count as spent (the next grant moves them there).
+    pub async fn register(&self, run: i64, worker: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await.context("registering the run")?;
+        // An earlier process of this name (a container's pid 1 restarted, say)
+        // may have died holding credits: they become spent, as the next grant
+        // would have made them, before the name is taken again.
+        let held: Vec<String> = sqlx::query_scalar(
+            "SELECT period FROM freshen_reservations WHERE holder = $1 ORDER BY period",
+        )
+        .bind(worker.to_owned())
+        .fetch_all(&mut *tx)
+        .await
+        .context("registering the run")?;
+        for period in held {
+            lock_period(&mut tx, &period).await?;
+            let rows = sqlx::query(
+                "DELETE FROM freshen_reservations WHERE holder = $1 AND period = $2 \
+                 RETURNING run_id, reserved",
+            )
+            .bind(worker.to_owned())
+            .bind(period.clone())
+            .fetch_all(&mut *tx)
+            .await
+            .context("registering the run")?;
+            count_as_spent(&mut tx, &period, &rows).await?;
+        }
+        sqlx::query("DELETE FROM freshen_workers WHERE worker = $1")
+            .bind(worker.to_owned())
+            .execute(&mut *tx)
+            .await
+            .context("registering the run")?;
+        sqlx::query(sqlx::AssertSqlSafe(self.ledger.register.clone()))
+            .bind(worker.to_owned())
+            .bind(run)
+            .bind(super::now_stamp())
+            .execute(&mut *tx)
+            .await
+            .context("registering the run")?;
+        tx.commit().await.context("registering the run")
+    }
+
+    /// Refreshes the holder's heartbeat. False if it had gone stale (or its row
+    /// is gone): the holder is fenced and must stop calling.
+    pub async fn lease_heartbeat(&self, worker: &str, stale_after: Duration) -> Result<bool> {
+        let kept = sqlx::query(sqlx::AssertSqlSafe(self.ledger.heartbeat.clone()))
+            .bind(worker.to_owned())
+            .bind(millis(stale_after))
+            .execute(&self.pool)
+            .await
+            .context("refreshing the run's heartbeat")?;
+        Ok(kept.rows_affected() == 1)
+    }
+
+    /// Grants the holder up to `want` credits (whole calls' worth) of what the
+    /// period has left, by [`Funds::room`]. One transaction, serialized on the
+    /// period's row with every other grant and charge. Dead holders'
+    /// reservations are moved into `spent` first.
+    /// The period's row must exist ([`Account`] makes sure of it).
+    pub async fn grant(&self, req: &Holder, period: &str, want: i64) -> Result<Grant> {
+        let mut tx = self.pool.begin().await.context("asking for credits")?;
+        lock_period(&mut tx, period).await?;
+        self.reap(&mut tx, period, req.stale_after).await?;
+        let fenced = sqlx::query(sqlx::AssertSqlSafe(self.ledger.heartbeat.clone()))
+            .bind(req.worker.clone())
+            .bind(millis(req.stale_after))
+            .execute(&mut *tx)
+            .await
+            .context("asking for credits")?
+            .rows_affected()
+            == 0;
+        let (funds, others) = read_funds(&mut tx, period, req.reserve, Some(req)).await?;
+        let (room, limit) = funds.room();
+        let cost = req.cost.max(1);
+        let granted = if fenced {
+            0
+        } else {
+            (want.min(room).max(0) / cost) * cost
+        };
+        if granted > 0 {
+            sqlx::query(
+                "INSERT INTO freshen_reservations (holder, period, run_id, reserved) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (holder, period) \
+                 DO UPDATE SET reserved = freshen_reservations.reserved + excluded.reserved",
+            )
+            .bind(req.worker.clone())
+            .bind(period.to_owned())
+            .bind(req.run)
+            .bind(granted)
+            .execute(&mut *tx)
+            .await
+            .context("reserving credits")?;
+        }
+        tx.commit().await.context("reserving credits")?;
+        Ok(Grant {
+            granted,
+            others,
+            limit,
+            fenced,
+        })
+    }
+
+    /// Gives `credits` of the holder's reservation in `period` back, unused.
+    pub async fn give_back(&self, worker: &str, period: &str, credits: i64) -> Result<()> {
+        if credits <= 0 {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await.context("giving credits back")?;
+        lock_period(&mut tx, period).await?;
+        sqlx::query(
+            "UPDATE freshen_reservations SET reserved = \
+             CASE WHEN reserved > $1 THEN reserved - $1 ELSE 0 END \
+             WHERE holder = $2 AND period = $3",
+        )
+        .bind(credits)
+        .bind(worker.to_owned())
+        .bind(period.to_owned())
+        .execute(&mut *tx)
+        .await
+        .context("giving credits back")?;
+        tx.commit().await.context("giving credits back")
+    }
+
+    /// The holder leaves: its reservations, all unused now that every answer is
+    /// checkpointed, go back, and its row goes. (After a failure, what it still
+    /// holds is moved to spent by the next grant instead: see [`Store::grant`].)
+    pub async fn leave(&self, worker: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await.context("leaving the ledger")?;
+        let periods: Vec<String> =
+            sqlx::query_scalar("SELECT period FROM freshen_reservations WHERE holder = $1")
+                .bind(worker.to_owned())
+                .fetch_all(&mut *tx)
+                .await
+                .context("leaving the ledger")?;
+        for period in &periods {
+            lock_period(&mut tx, period).await?;
+        }
+        sqlx::query("DELETE FROM freshen_reservations WHERE holder = $1")
+            .bind(worker.to_owned())
+            .execute(&mut *tx)
+            .await
+            .context("leaving the ledger")?;
+        sqlx::query("DELETE FROM freshen_workers WHERE worker = $1")
+            .bind(worker.to_owned())
+            .execute(&mut *tx)
+            .await
+            .context("leaving the ledger")?;
+        tx.commit().await.context("leaving the ledger")
+    }
+
+    /// The period's figures as every grant sees them, for `status` and
+    /// `estimate` (reads only; dead holders' reservations count as reserved).
+    pub async fn funds(&self, period: &str, allowance: u64, reserve: i64) -> Result<Funds> {
+        let allowance = i64::try_from(allowance).context("credits.allowance is too large")?;
+        self.ensure_period(period, allowance).await?;
+        let mut conn = self.pool.acquire().await.context("reading the credits")?;
+        Ok(read_funds(&mut conn, period, reserve, None).await?.0)
+    }
+
+    async fn ensure_period(&self, period: &str, allowance: i64) -> Result<()> {
+        super::query(&self.sql.ensure_period)
+            .bind(period.to_owned())
+            .bind(allowance)
+            .execute(&self.pool)
+            .await
+            .context("creating the credit period")?;
+        Ok(())
+    }
+
+    /// Moves dead holders' reservations in `period` into its spent (and
+    /// uncertain), and into their runs' spent, so `--max-credits` counts them.
+    async fn reap(
+        &self,
+        tx: &mut sqlx::Transaction<'_, Any>,
+        period: &str,
+        stale_after: Duration,
+    ) -> Result<()> {
+        let dead = sqlx::query(sqlx::AssertSqlSafe(self.ledger.reap.clone()))
+            .bind(period.to_owned())
+            .bind(millis(stale_after))
+            .fetch_all(&mut **tx)
+            .await
+            .context("reading dead runs' reservations")?;
+        count_as_spent(tx, period, &dead).await
+    }
+}
+
+/// Counts reservations of dead holders (rows of run and credits) as spent in
+/// `period`, as uncertain, and in their runs' spent, so `--max-credits` counts them.
+async fn count_as_spent(
+    tx: &mut sqlx::Transaction<'_, Any>,
+    period: &str,
+    rows: &[sqlx::any::AnyRow],
+) -> Result<()> {
+    for row in rows {
+        let (run, credits): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+        if credits == 0 {
+            continue;
+        }
+        tracing::info!(
+            "{credits} credits reserved by a run that died (run {run}) count as spent: \
+             the vendor may have billed the calls it had out"
+        );
+        sqlx::query(
+            "UPDATE freshen_credit_periods SET spent = spent + $1, uncertain = uncertain + $1 \
+             WHERE period = $2",
+        )
+        .bind(credits)
+        .bind(period.to_owned())
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query("UPDATE freshen_runs SET credits_spent = credits_spent + $1 WHERE id = $2")
+            .bind(credits)
+            .bind(run)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Takes the period's row (and on SQLite the write lock) for the transaction.
+async fn lock_period(tx: &mut sqlx::Transaction<'_, Any>, period: &str) -> Result<()> {
+    sqlx::query("UPDATE freshen_credit_periods SET spent = spent WHERE period = $1")
+        .bind(period.to_owned())
+        .execute(&mut **tx)
+        .await
+        .context("locking the credit period")?;
+    Ok(())
+}
+
+/// The inputs of [`Funds::room`] for `period`, and with a holder, its run's
+/// (`--max-credits`) and what the other holders have reserved. One statement.
+async fn read_funds(
+    conn: &mut sqlx::AnyConnection,
+    period: &str,
+    reserve: i64,
+    req: Option<&Holder>,
+) -> Result<(Funds, i64)> {
+    const SUM: &str = "CAST(COALESCE(SUM(reserved), 0) AS BIGINT)";
+    let sql = format!(
+        "SELECT p.allowance, p.spent, p.vendor_remaining, p.vendor_spent_at, p.uncertain, \
+         (SELECT {SUM} FROM freshen_reservations r WHERE r.period = p.period), \
+         (SELECT {SUM} FROM freshen_reservations r WHERE r.period = p.period AND r.holder = $2), \
+         (SELECT credits_spent FROM freshen_runs WHERE id = $3), \
+         (SELECT {SUM} FROM freshen_reservations WHERE run_id = $3) \
+         FROM freshen_credit_periods p WHERE p.period = $1"
+    );
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(period.to_owned())
+        .bind(req.map_or(String::new(), |r| r.worker.clone()))
+        .bind(req.map_or(-1, |r| r.run))
+        .fetch_one(&mut *conn)
+        .await
+        .context("reading the period's credits")?;
+    let spent: i64 = row.try_get(1)?;
+    let vendor = match (
+        row.try_get::<Option<i64>, _>(2)?,
+        row.try_get::<Option<i64>, _>(3)?,
+    ) {
+        // Every credit spent since the vendor counted comes off its count.
+        (Some(left), at) => Some(left - (spent - at.unwrap_or(spent)).max(0)),
+        (None, _) => None,
+    };
+    let reserved: i64 = row.try_get(5)?;
+    let mine: i64 = row.try_get(6)?;
+    let run = match req.and_then(|r| r.run_limit) {
+        Some(max) => Some(RunCap {
+            max,
+            spent: row.try_get::<Option<i64>, _>(7)?.unwrap_or(0),
+            reserved: row.try_get(8)?,
+        }),
+        None => None,
+    };
+    let funds = Funds {
+        allowance: row.try_get(0)?,
+        reserve,
+        spent,
+        uncertain: row.try_get(4)?,
+        reserved,
+        vendor,
+        run,
+    };
+    Ok((funds, reserved - mine))
+}
+
+/// Moves `charged` credits of the holder's reservation in `period` into the
+/// period's spent, in the checkpoint's transaction. Returns what it settled:
+/// nothing if the holder was declared dead meanwhile, since its whole
+/// reservation was then counted as spent already.
+pub(super) async fn settle(
+    tx: &mut sqlx::Transaction<'_, Any>,
+    worker: &str,
+    period: &str,
+    charged: i64,
+) -> Result<i64> {
+    if charged == 0 {
+        return Ok(0);
+    }
+    sqlx::query("UPDATE freshen_credit_periods SET spent = spent + $1 WHERE period = $2")
+        .bind(charged)
+        .bind(period.to_owned())
+        .execute(&mut **tx)
+        .await
+        .context("charging the period")?;
+    let held = sqlx::query(
+        "UPDATE freshen_reservations SET reserved = reserved - $1 WHERE holder = $2 AND period = $3",
+    )
+    .bind(charged)
+    .bind(worker.to_owned())
+    .bind(period.to_owned())
+    .execute(&mut **tx)
+    .await
+    .context("settling the run's reservation")?
+    .rows_affected();
+    if held == 1 {
+        return Ok(charged);
+    }
+    // Reaped: the period counted this holder's whole reservation already.
+    sqlx::query("UPDATE freshen_credit_periods SET spent = spent - $1 WHERE period = $2")
+        .bind(charged)
+        .bind(period.to_owned())
+        .execute(&mut **tx)
+        .await?;
+    Ok(0)
+}
