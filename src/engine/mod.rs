@@ -286,6 +286,21 @@ async fn work(shared: Arc<Shared>, mut item: Item, _slot: OwnedSemaphorePermit, 
     let pacer = &shared.pacer;
     let mut backoff: Option<Backoff> = None;
     let mut charged = 0;
+    if let Some(why) = shared.vendor.refuses(&item) {
+        // No call can send it intact: it fails at once, unbilled (the hold is
+        // given back when dropped).
+        Tally::bump(&tally.failed);
+        tracing::warn!("{why}");
+        let failed = Finished {
+            seq: item.seq,
+            key: item.key,
+            attempts: item.attempts,
+            resolution: Resolution::Failed(why),
+            charged,
+        };
+        shared.outbox.put(failed).await;
+        return;
+    }
     loop {
         let ticket = tokio::select! {
             biased;

@@ -25,6 +25,7 @@ macro_rules! now_us {
 mod checkpoint;
 mod fleet;
 mod ident;
+mod keys;
 mod samples;
 mod statements;
 
@@ -42,8 +43,10 @@ use crate::error::usage;
 use crate::record::{ColumnKind, Value};
 use crate::selection::{IdSpec, Selection, stamp};
 
+pub use checkpoint::Rejected;
 pub use fleet::{Grant, GrantRequest, PaceGrant, WorkerRow};
 pub use ident::Ident;
+pub use keys::KeyProblems;
 pub use samples::{FailureGroup, Sample};
 use statements::Statements;
 
@@ -66,6 +69,8 @@ pub struct RunRow {
     pub credits_spent: i64,
     /// Credits reserved for calls out, as of the run's last checkpoint.
     pub reserved: i64,
+    /// Records its plan left out for their keys (NULL, or shared with another).
+    pub skipped: i64,
     pub created_at: String,
     pub updated_at: String,
     pub finished_at: Option<String>,
@@ -170,6 +175,7 @@ pub struct Store {
     table: String,
     sql: Statements,
     key_kind: ColumnKind,
+    key_column: keys::KeyColumn,
     mapped: Vec<ColumnKind>,
     /// The SQLite file and its identity (device, inode) when opened.
     sqlite_file: Option<(std::path::PathBuf, (u64, u64))>,
@@ -335,12 +341,20 @@ impl Store {
             Backend::Postgres => None,
         };
 
+        let key_column = keys::KeyColumn::inspect(
+            &pool,
+            backend,
+            config.source.table.as_str(),
+            config.source.key.as_str(),
+        )
+        .await?;
         Ok(Store {
             table: config.source.table.as_str().to_owned(),
-            sql: Statements::new(config, key_kind, &mapped, backend),
+            sql: Statements::new(config, key_kind, &key_column, &mapped, backend),
             pool,
             backend,
             key_kind,
+            key_column,
             mapped,
             sqlite_file,
         })
@@ -386,7 +400,21 @@ impl Store {
     /// Plans a new run: one row in `freshen_runs` and the selected keys snapshotted
     /// into `freshen_items`, stalest first, by one set-based statement, in one transaction.
     /// Plans a run of `selection`, at most `cap` records of it when given.
-    pub async fn plan(&self, selection: &Selection, cap: Option<u64>) -> Result<RunRow> {
+    /// Records whose key is NULL or shared are left out with a warning, or with
+    /// `strict` refused (a usage error) before anything is planned.
+    pub async fn plan(
+        &self,
+        selection: &Selection,
+        cap: Option<u64>,
+        strict: bool,
+    ) -> Result<RunRow> {
+        let problems = self.key_problems(selection).await?;
+        if problems.skipped() > 0 {
+            if strict {
+                return Err(problems.refusal());
+            }
+            tracing::warn!("{}", problems.warning());
+        }
         let binds = self.selection_binds(selection)?;
         let now = now_stamp();
         let mut tx = self
@@ -410,6 +438,7 @@ impl Store {
             .rows_affected() as i64;
         query(&self.sql.set_total)
             .bind(total)
+            .bind(problems.skipped())
             .bind(id)
             .execute(&mut *tx)
             .await?;
@@ -804,6 +833,7 @@ fn run_row(r: &AnyRow) -> Result<RunRow> {
         },
         credits_spent: r.try_get("credits_spent")?,
         reserved: r.try_get("reserved")?,
+        skipped: r.try_get("skipped")?,
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
         finished_at: r.try_get("finished_at")?,
@@ -881,6 +911,12 @@ fn migrator(backend: Backend) -> Migrator {
             "items_unchecked",
             include_str!("../../migrations/sqlite/0006_items_unchecked.sql"),
             include_str!("../../migrations/postgres/0006_items_unchecked.sql"),
+        ),
+        (
+            7,
+            "keys",
+            include_str!("../../migrations/sqlite/0007_keys.sql"),
+            include_str!("../../migrations/postgres/0007_keys.sql"),
         ),
     ];
     let migrations = all
