@@ -59,35 +59,9 @@ impl Store {
         } = *at;
         let now = now_stamp();
         let mut tx = self.pool.begin().await.context("starting a checkpoint")?;
-        // Two statements whatever the batch's size: one resolves the items (only
-        // those still pending, so nothing is written twice), one writes the records
-        // whose items it resolved. Each takes the batch as one JSON array, so its
-        // text never changes (prepared once, then cached) and it binds a few values,
-        // not a few per record.
-        let mut items = Vec::with_capacity(batch.len() * 32);
-        items.push(b'[');
-        for (i, f) in batch.iter().enumerate() {
-            if i > 0 {
-                items.push(b',');
-            }
-            let (state, reason) = match &f.resolution {
-                Resolution::Done(_) => ("done", None),
-                Resolution::Failed(reason) => ("failed", Some(reason.as_str())),
-            };
-            serde_json::to_writer(&mut items, &(f.seq, state, f.attempts, reason))?;
-        }
-        items.push(b']');
-        let claimed: HashSet<i64> = query(&self.sql.resolve_items)
-            .bind(now.clone())
-            .bind(run)
-            .bind(String::from_utf8(items)?)
-            .bind(worker.to_owned())
-            .fetch_all(&mut *tx)
-            .await
-            .context("checkpointing a batch of items")?
-            .iter()
-            .map(|r| r.try_get::<i64, _>(0))
-            .collect::<Result<_, _>>()?;
+        let claimed = self
+            .resolve_items(&mut tx, run, &now, worker, batch)
+            .await?;
         // Every billed answer is charged, written or not: the vendor billed it.
         // (An answer is not written when another worker of a joined run took
         // the item over, after this one's heartbeat went stale, or when the
@@ -151,6 +125,45 @@ impl Store {
         }
         tx.commit().await.context("committing a checkpoint")?;
         Ok(rejected)
+    }
+
+    /// Resolves the batch's items, each only while still pending and not claimed
+    /// by another worker, so nothing is written twice: the seqs it resolved.
+    async fn resolve_items(
+        &self,
+        conn: &mut AnyConnection,
+        run: i64,
+        now: &str,
+        worker: &str,
+        batch: &[Finished],
+    ) -> Result<HashSet<i64>> {
+        // One statement whatever the batch's size (and one for the records): it
+        // takes the batch as one JSON array, so its text never changes (prepared
+        // once, then cached) and it binds a few values, not a few per record.
+        let mut items = Vec::with_capacity(batch.len() * 32);
+        items.push(b'[');
+        for (i, f) in batch.iter().enumerate() {
+            if i > 0 {
+                items.push(b',');
+            }
+            let (state, reason) = match &f.resolution {
+                Resolution::Done(_) => ("done", None),
+                Resolution::Failed(reason) => ("failed", Some(reason.as_str())),
+            };
+            serde_json::to_writer(&mut items, &(f.seq, state, f.attempts, reason))?;
+        }
+        items.push(b']');
+        query(&self.sql.resolve_items)
+            .bind(now.to_owned())
+            .bind(run)
+            .bind(String::from_utf8(items)?)
+            .bind(worker.to_owned())
+            .fetch_all(&mut *conn)
+            .await
+            .context("checkpointing a batch of items")?
+            .iter()
+            .map(|r| r.try_get::<i64, _>(0).map_err(Into::into))
+            .collect()
     }
 
     /// Writes `records`, each alone if need be, and returns those that could not
