@@ -155,29 +155,30 @@ impl Vendor {
             Segment::Key => Some(item.key.as_str()),
             Segment::Param(i) => Some(item.params.get(*i).map_or("", String::as_str)),
         });
-        let record = format!("the record with key `{}`", shown(&item.key));
         for value in values {
             if value.is_empty() {
-                return Some(format!(
-                    "{record} cannot be sent: a placeholder of api.path is empty, and an \
-                     empty URL path segment names another resource (`/v1/people/` for \
-                     `/v1/people/{{id}}`); no call was made"
-                ));
+                return Some(
+                    "cannot be sent: a placeholder of api.path is empty, and an empty URL \
+                     path segment names another resource (`/v1/people/` for \
+                     `/v1/people/{id}`); no call was made"
+                        .to_owned(),
+                );
             }
         }
         let url = self.url(item);
         let path = url.split(['?', '#']).next().unwrap_or_default();
         if path.split('/').any(is_dot_segment) {
-            return Some(format!(
-                "{record} cannot be sent: as a URL path segment `.` and `..` mean this \
-                 level and the one above (RFC 3986 dot segments), which URL parsers remove, \
+            return Some(
+                "cannot be sent: as a URL path segment `.` and `..` mean this level and \
+                 the one above (RFC 3986 dot segments), which URL parsers remove, \
                  percent-encoded (%2E) or not, so the call would reach another resource; \
                  no call was made"
-            ));
+                    .to_owned(),
+            );
         }
         if url.len() > MAX_URL_BYTES {
             return Some(format!(
-                "{record} ({} bytes) cannot be sent: its URL would be {} bytes, more than \
+                "cannot be sent: its key of {} bytes makes a URL of {} bytes, more than \
                  the {MAX_URL_BYTES} that HTTP servers are asked to accept (RFC 9110 \
                  section 4.1); longer ones are commonly refused (414, 431) or cut off, so \
                  no call was made",
@@ -471,7 +472,7 @@ fn is_dot_segment(segment: &str) -> bool {
 }
 
 /// A key for a message: a long one cut to its first 32 characters.
-fn shown(key: &str) -> String {
+pub fn shown(key: &str) -> String {
     match key.char_indices().nth(32) {
         Some((at, _)) => format!("{}…", &key[..at]),
         None => key.to_owned(),

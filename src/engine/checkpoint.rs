@@ -172,7 +172,11 @@ fn note_rejected(tally: &Tally, rejected: &[crate::store::Rejected]) {
     tally.done.fetch_sub(n, Relaxed);
     tally.failed.fetch_add(n, Relaxed);
     for r in rejected.iter().take(3) {
-        tracing::warn!("{}", r.reason);
+        tracing::warn!(
+            "record {} not written: {}",
+            crate::api::shown(&r.key),
+            r.reason
+        );
     }
     if n > 3 {
         tracing::warn!(

@@ -290,7 +290,7 @@ async fn work(shared: Arc<Shared>, mut item: Item, _slot: OwnedSemaphorePermit, 
         // No call can send it intact: it fails at once, unbilled (the hold is
         // given back when dropped).
         Tally::bump(&tally.failed);
-        tracing::warn!("{why}");
+        tracing::warn!("record {} not sent: {why}", crate::api::shown(&item.key));
         let failed = Finished {
             seq: item.seq,
             key: item.key,

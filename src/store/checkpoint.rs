@@ -24,6 +24,8 @@ use super::{
 use crate::record::Value;
 
 /// A record the checkpoint could not write: its item fails with the reason.
+/// Reasons do not repeat the key (the item has it), so records that failed
+/// alike group under one reason in `status` and `report`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejected {
     pub seq: i64,
@@ -208,9 +210,8 @@ impl Store {
                             seq: records[i].seq,
                             key: records[i].key.to_owned(),
                             reason: format!(
-                                "the database refused to write the record with key {}: {why}; \
-                                 nothing of it was written (its answer was charged)",
-                                records[i].key
+                                "the database refused the record's new values: {why} \
+                                 (nothing of it was written; its answer was charged)"
                             ),
                         });
                     } else {
@@ -293,16 +294,13 @@ fn touched_other_than_one(
         .filter_map(|r| {
             let reason = match touched.get(r.key).copied().unwrap_or(0) {
                 1 => return None,
-                0 => format!(
-                    "the update of the record with key {} touched no row: since the plan it \
-                     was deleted, its key changed, or a trigger or rule skipped it; nothing \
-                     was written (its answer was charged)",
-                    r.key
-                ),
+                0 => "its update touched no row: since the plan the record was deleted, \
+                      its key changed, or a trigger or rule skipped the update (nothing was \
+                      written; its answer was charged)"
+                    .to_owned(),
                 n => format!(
-                    "the update of the record with key {} would have touched {n} rows: the \
-                     key no longer names one record; nothing was written (its answer was charged)",
-                    r.key
+                    "its update would have touched {n} rows: the key no longer names one \
+                     record (nothing was written; its answer was charged)"
                 ),
             };
             Some(Rejected {
