@@ -118,6 +118,11 @@ pub struct RunArgs {
     /// `2026-11-30` in credits.timezone
     #[arg(long, value_name = "DATETIME", conflicts_with = "join")]
     pub pace_until: Option<String>,
+
+    /// Refuse to plan when records of the selection have a NULL key or share a
+    /// key with another record (without it they are skipped, with a warning)
+    #[arg(long)]
+    pub strict: bool,
 }
 
 #[derive(Debug, Clone, Default, Args)]
@@ -136,6 +141,11 @@ pub struct EstimateArgs {
     /// Do not ask the vendor's account endpoint (credits.remaining_url)
     #[arg(long)]
     pub offline: bool,
+
+    /// As `run --strict`: fail when records of the selection have a NULL key or share a
+    /// key with another record (without it they are skipped, with a warning)
+    #[arg(long)]
+    pub strict: bool,
 }
 
 #[derive(Debug, Clone, Default, Args)]

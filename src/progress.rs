@@ -135,6 +135,8 @@ pub struct Summary {
     pub run: i64,
     pub status: String,
     pub records: ItemCounts,
+    /// Records the plan left out for their keys (NULL, or shared with another).
+    pub skipped: i64,
     pub calls: Calls,
     pub credits: CreditsSummary,
     /// This process's wall time, in seconds.
@@ -172,8 +174,12 @@ impl Summary {
         let r = &self.records;
         let c = &self.calls.by_outcome;
         println!("run {} {}", self.run, self.status);
+        let skipped = match self.skipped {
+            0 => String::new(),
+            n => format!(", {n} skipped (NULL or shared keys)"),
+        };
         println!(
-            "  records  {} total, {} done, {} failed, {} pending",
+            "  records  {} total, {} done, {} failed, {} pending{skipped}",
             r.total, r.done, r.failed, r.pending
         );
         println!(

@@ -140,6 +140,55 @@ impl Vendor {
         url
     }
 
+    /// Why this item cannot be sent, if it cannot: then it fails at once, without
+    /// a call (a call would reach another resource, or be refused, and be billed).
+    ///
+    /// - A placeholder filled with nothing, `.` or `..`: as a path segment these
+    ///   mean another URL (`/v1/people/..` is `/v1/`). Percent-encoding cannot
+    ///   save a dot segment: the WHATWG URL parser behind reqwest (and most
+    ///   servers) reads `%2E` as `.` and removes it all the same, so there is no
+    ///   spelling of the key that reaches the vendor intact.
+    /// - A URL longer than [`MAX_URL_BYTES`].
+    pub fn refuses(&self, item: &Item) -> Option<String> {
+        let values = self.segments.iter().filter_map(|segment| match segment {
+            Segment::Literal(_) => None,
+            Segment::Key => Some(item.key.as_str()),
+            Segment::Param(i) => Some(item.params.get(*i).map_or("", String::as_str)),
+        });
+        for value in values {
+            if value.is_empty() {
+                return Some(
+                    "cannot be sent: a placeholder of api.path is empty, and an empty URL \
+                     path segment names another resource (`/v1/people/` for \
+                     `/v1/people/{id}`); no call was made"
+                        .to_owned(),
+                );
+            }
+        }
+        let url = self.url(item);
+        let path = url.split(['?', '#']).next().unwrap_or_default();
+        if path.split('/').any(is_dot_segment) {
+            return Some(
+                "cannot be sent: as a URL path segment `.` and `..` mean this level and \
+                 the one above (RFC 3986 dot segments), which URL parsers remove, \
+                 percent-encoded (%2E) or not, so the call would reach another resource; \
+                 no call was made"
+                    .to_owned(),
+            );
+        }
+        if url.len() > MAX_URL_BYTES {
+            return Some(format!(
+                "cannot be sent: its key of {} bytes makes a URL of {} bytes, more than \
+                 the {MAX_URL_BYTES} that HTTP servers are asked to accept (RFC 9110 \
+                 section 4.1); longer ones are commonly refused (414, 431) or cut off, so \
+                 no call was made",
+                item.key.len(),
+                url.len()
+            ));
+        }
+        None
+    }
+
     /// Whether the vendor bills an answer with this status.
     pub fn is_billed(&self, status: Option<u16>) -> bool {
         status.is_some_and(|s| self.billed.iter().any(|p| p.matches(s)))
@@ -406,6 +455,30 @@ fn status_text(status: StatusCode) -> String {
     }
 }
 
+/// The longest URL freshen sends, in bytes. RFC 9110 (section 4.1) asks every
+/// HTTP sender and recipient to support URLs of at least 8,000 octets; past that,
+/// servers and proxies commonly answer 414 or 431 or drop the connection (nginx
+/// reads a request line into 8 KiB by default), which would look transient and
+/// be retried, each try billed or not as the vendor pleases.
+pub const MAX_URL_BYTES: usize = 8000;
+
+/// Whether a URL path segment is a dot segment, as the WHATWG URL parser reads
+/// one: `.` or `..`, with either dot percent-encoded or not.
+fn is_dot_segment(segment: &str) -> bool {
+    matches!(
+        segment.to_ascii_lowercase().as_str(),
+        "." | ".." | "%2e" | ".%2e" | "%2e." | "%2e%2e"
+    )
+}
+
+/// A key for a message: a long one cut to its first 32 characters.
+pub fn shown(key: &str) -> String {
+    match key.char_indices().nth(32) {
+        Some((at, _)) => format!("{}…", &key[..at]),
+        None => key.to_owned(),
+    }
+}
+
 /// Appends `s` percent-encoded as one path segment.
 fn push_encoded(url: &mut String, s: &str) {
     url.extend(
@@ -453,6 +526,19 @@ fn problem_type(body: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dot_segments_do_not_survive_percent_encoding() {
+        // Why `.` and `..` are refused rather than encoded: the parser reqwest
+        // uses removes `%2E` dot segments too.
+        for path in ["/v1/people/..", "/v1/people/%2E%2E", "/v1/people/.%2e"] {
+            let url = url::Url::parse(&format!("http://vendor{path}")).unwrap();
+            assert_eq!(url.path(), "/v1/", "{path}");
+        }
+        assert!(is_dot_segment("%2E%2e") && is_dot_segment("."));
+        assert!(!is_dot_segment("...") && !is_dot_segment("a.b") && !is_dot_segment("%252E"));
+        assert_eq!(shown(&"k".repeat(40)), format!("{}…", "k".repeat(32)));
+    }
 
     #[test]
     fn placeholders_are_encoded_as_path_segments() {

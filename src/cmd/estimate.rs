@@ -25,6 +25,12 @@ pub struct Estimate {
     pub selected: i64,
     /// Records the ids and filter select that `--stale-before` leaves out.
     pub skipped_fresh: i64,
+    /// Records the plan would leave out for their keys: NULL, or shared with
+    /// another record (`--strict` refuses such a plan).
+    pub skipped_keys: i64,
+    /// What those are, for the human report.
+    #[serde(skip)]
+    pub key_problems: Option<String>,
     pub credits: Credits,
     /// `covered`, or `partial` when the budget reaches only `covered` records.
     pub verdict: &'static str,
@@ -75,9 +81,18 @@ pub async fn compute(config: &Config, store: &Store, args: EstimateArgs) -> Resu
         .latest_run_with(&selection)
         .await?
         .filter(|r| !matches!(r.status.as_str(), "complete" | "superseded"));
+    let mut problems = None;
     let (selected, skipped_fresh) = match &resume {
         Some(run) => (store.item_counts(run.id).await?.pending, 0),
         None => {
+            // As `run` plans: the selected count already leaves them out.
+            let found = store.key_problems(&selection).await?;
+            if found.skipped() > 0 {
+                if args.strict {
+                    return Err(found.refusal());
+                }
+                problems = Some(found);
+            }
             let (count, fresh) = store.count_selection(&selection).await?;
             let limit = selection
                 .limit
@@ -136,6 +151,8 @@ pub async fn compute(config: &Config, store: &Store, args: EstimateArgs) -> Resu
         resumes_run: resume.map(|r| r.id),
         selected,
         skipped_fresh,
+        skipped_keys: problems.as_ref().map_or(0, |p| p.skipped()),
+        key_problems: problems.map(|p| p.describe()),
         credits: Credits {
             cost,
             retry_overhead,
@@ -183,6 +200,12 @@ impl Estimate {
             None => format!("{} selected", self.selected),
         };
         line("records", records);
+        if let Some(problems) = &self.key_problems {
+            line(
+                "keys",
+                format!("skipped: {problems} (run --strict refuses such a plan)"),
+            );
+        }
         line(
             "credits",
             format!(

@@ -436,6 +436,7 @@ async fn locked(
         run: run.id,
         status: status.to_owned(),
         records,
+        skipped: row.skipped,
         calls: Calls {
             total: row.calls.total(),
             by_outcome: row.calls,
@@ -547,7 +548,7 @@ async fn choose_run(
                 None
             };
             let planned = Instant::now();
-            let run = store.plan(selection, cap).await?;
+            let run = store.plan(selection, cap, args.strict).await?;
             tracing::info!(
                 "planned run {}: {} records, stalest first, in {:.2} s",
                 run.id,

@@ -131,12 +131,16 @@ impl Writer {
                     &holding,
                 )
                 .await;
-                if let Err(e) = written_now {
-                    // Nothing of this batch was written; its items stay pending.
-                    outbox.broken.cancel();
-                    stop.cancel();
-                    return Err(crate::store::explain_write_failure(e));
-                }
+                let rejected = match written_now {
+                    Ok(rejected) => rejected,
+                    Err(e) => {
+                        // Nothing of this batch was written; its items stay pending.
+                        outbox.broken.cancel();
+                        stop.cancel();
+                        return Err(crate::store::explain_write_failure(e));
+                    }
+                };
+                note_rejected(&tally, &rejected);
                 written = now;
                 let charged: i64 = batch.iter().map(Finished::charged).sum();
                 tally
@@ -148,6 +152,31 @@ impl Writer {
                 return Ok(());
             }
         }
+    }
+}
+
+/// Records the database did not write (see `Store::checkpoint`) were counted
+/// done when their answers came: they count as failed, and a few are logged.
+fn note_rejected(tally: &Tally, rejected: &[crate::store::Rejected]) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let n = rejected.len() as u64;
+    if n == 0 {
+        return;
+    }
+    tally.done.fetch_sub(n, Relaxed);
+    tally.failed.fetch_add(n, Relaxed);
+    for r in rejected.iter().take(3) {
+        tracing::warn!(
+            "record {} not written: {}",
+            crate::api::shown(&r.key),
+            r.reason
+        );
+    }
+    if n > 3 {
+        tracing::warn!(
+            "{} more records of this batch were not written; `freshen status` lists them",
+            n - 3
+        );
     }
 }
 

@@ -304,6 +304,21 @@ async fn work(shared: Arc<Shared>, mut item: Item, _slot: OwnedSemaphorePermit, 
     let pacer = &shared.pacer;
     let mut backoff: Option<Backoff> = None;
     let mut charges: Vec<(Arc<str>, i64)> = Vec::new();
+    if let Some(why) = shared.vendor.refuses(&item) {
+        // No call can send it intact: it fails at once, unbilled (the hold is
+        // given back when dropped).
+        Tally::bump(&tally.failed);
+        tracing::warn!("record {} not sent: {why}", crate::api::shown(&item.key));
+        let failed = Finished {
+            seq: item.seq,
+            key: item.key,
+            attempts: item.attempts,
+            resolution: Resolution::Failed(why),
+            charges,
+        };
+        shared.outbox.put(failed).await;
+        return;
+    }
     loop {
         let ticket = tokio::select! {
             biased;

@@ -22,14 +22,15 @@ macro_rules! now_us {
     };
 }
 
+mod checkpoint;
 mod fleet;
 mod ident;
+mod keys;
 mod ledger;
 mod samples;
 mod statements;
 
 use std::borrow::Cow;
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,8 +44,10 @@ use crate::error::usage;
 use crate::record::{ColumnKind, Value};
 use crate::selection::{IdSpec, Selection, stamp};
 
+pub use checkpoint::Rejected;
 pub use fleet::{PaceGrant, WorkerRow};
 pub use ident::Ident;
+pub use keys::KeyProblems;
 pub use ledger::{Account, Holder};
 pub use samples::{FailureGroup, Sample};
 use statements::Statements;
@@ -68,6 +71,8 @@ pub struct RunRow {
     pub credits_spent: i64,
     /// Credits reserved for calls out, as of the run's last checkpoint.
     pub reserved: i64,
+    /// Records its plan left out for their keys (NULL, or shared with another).
+    pub skipped: i64,
     pub created_at: String,
     pub updated_at: String,
     pub finished_at: Option<String>,
@@ -177,6 +182,7 @@ pub struct Store {
     sql: Statements,
     ledger: ledger::Sql,
     key_kind: ColumnKind,
+    key_column: keys::KeyColumn,
     mapped: Vec<ColumnKind>,
     /// The SQLite file and its identity (device, inode) when opened.
     sqlite_file: Option<(std::path::PathBuf, (u64, u64))>,
@@ -342,13 +348,21 @@ impl Store {
             Backend::Postgres => None,
         };
 
+        let key_column = keys::KeyColumn::inspect(
+            &pool,
+            backend,
+            config.source.table.as_str(),
+            config.source.key.as_str(),
+        )
+        .await?;
         Ok(Store {
             table: config.source.table.as_str().to_owned(),
-            sql: Statements::new(config, key_kind, &mapped, backend),
+            sql: Statements::new(config, key_kind, &key_column, &mapped, backend),
             ledger: ledger::Sql::new(backend),
             pool,
             backend,
             key_kind,
+            key_column,
             mapped,
             sqlite_file,
         })
@@ -394,7 +408,21 @@ impl Store {
     /// Plans a new run: one row in `freshen_runs` and the selected keys snapshotted
     /// into `freshen_items`, stalest first, by one set-based statement, in one transaction.
     /// Plans a run of `selection`, at most `cap` records of it when given.
-    pub async fn plan(&self, selection: &Selection, cap: Option<u64>) -> Result<RunRow> {
+    /// Records whose key is NULL or shared are left out with a warning, or with
+    /// `strict` refused (a usage error) before anything is planned.
+    pub async fn plan(
+        &self,
+        selection: &Selection,
+        cap: Option<u64>,
+        strict: bool,
+    ) -> Result<RunRow> {
+        let problems = self.key_problems(selection).await?;
+        if problems.skipped() > 0 {
+            if strict {
+                return Err(problems.refusal());
+            }
+            tracing::warn!("{}", problems.warning());
+        }
         let binds = self.selection_binds(selection)?;
         let now = now_stamp();
         let mut tx = self
@@ -418,6 +446,7 @@ impl Store {
             .rows_affected() as i64;
         query(&self.sql.set_total)
             .bind(total)
+            .bind(problems.skipped())
             .bind(id)
             .execute(&mut *tx)
             .await?;
@@ -541,118 +570,6 @@ impl Store {
             .await
             .context("reading pending items")?;
         rows.iter().map(item_row).collect()
-    }
-
-    /// Writes one batch of results in one transaction: each record's mapped columns
-    /// and `refreshed_at`, its item's state, the run's call counts and the period's
-    /// credits, together. An item that is no longer pending is skipped, so a result
-    /// is never written twice.
-    pub async fn checkpoint(
-        &self,
-        at: &Ledger<'_>,
-        batch: &[Finished],
-        calls: CallCounts,
-        reserved: i64,
-    ) -> Result<()> {
-        let Ledger { run, worker } = *at;
-        let now = now_stamp();
-        let mut tx = self.pool.begin().await.context("starting a checkpoint")?;
-        // Two statements whatever the batch's size: one resolves the items (only
-        // those still pending, so nothing is written twice), one writes the records
-        // whose items it resolved. Each takes the batch as one JSON array, so its
-        // text never changes (prepared once, then cached) and it binds a few values,
-        // not a few per record.
-        let mut items = Vec::with_capacity(batch.len() * 32);
-        items.push(b'[');
-        for (i, f) in batch.iter().enumerate() {
-            if i > 0 {
-                items.push(b',');
-            }
-            let (state, reason) = match &f.resolution {
-                Resolution::Done(_) => ("done", None),
-                Resolution::Failed(reason) => ("failed", Some(reason.as_str())),
-            };
-            serde_json::to_writer(&mut items, &(f.seq, state, f.attempts, reason))?;
-        }
-        items.push(b']');
-        let claimed: HashSet<i64> = query(&self.sql.resolve_items)
-            .bind(now.clone())
-            .bind(run)
-            .bind(String::from_utf8(items)?)
-            .bind(worker.to_owned())
-            .fetch_all(&mut *tx)
-            .await
-            .context("checkpointing a batch of items")?
-            .iter()
-            .map(|r| r.try_get::<i64, _>(0))
-            .collect::<Result<_, _>>()?;
-        let mut records = Vec::with_capacity(batch.len() * 64);
-        records.push(b'[');
-        for f in batch.iter().filter(|f| claimed.contains(&f.seq)) {
-            let Resolution::Done(values) = &f.resolution else {
-                continue;
-            };
-            if records.len() > 1 {
-                records.push(b',');
-            }
-            records.push(b'[');
-            match self.key_kind {
-                ColumnKind::Integer => {
-                    let key = f
-                        .key
-                        .parse::<i64>()
-                        .with_context(|| format!("the planned key {} is not an integer", f.key))?;
-                    serde_json::to_writer(&mut records, &key)?;
-                }
-                _ => serde_json::to_writer(&mut records, &f.key)?,
-            }
-            for value in values {
-                records.push(b',');
-                serde_json::to_writer(&mut records, value)?;
-            }
-            records.push(b']');
-        }
-        records.push(b']');
-        if records.len() > 2 {
-            query(&self.sql.update_records)
-                .bind(now.clone())
-                .bind(String::from_utf8(records)?)
-                .execute(&mut *tx)
-                .await
-                .context("writing a batch of records")?;
-        }
-        // Every billed answer is charged, written or not: the vendor billed it.
-        // (An answer is not written when another worker of a joined run took
-        // the item over, after this one's heartbeat went stale.) Each charge
-        // moves from this process's reservation in its period to that period's
-        // spent, in this transaction, so the ledger's sums never dip.
-        let mut charged = 0;
-        for (period, credits) in by_period(batch) {
-            charged += ledger::settle(&mut tx, worker, &period, credits).await?;
-        }
-        query(&self.sql.add_run_counts)
-            .bind(calls.ok)
-            .bind(calls.throttled)
-            .bind(calls.transient)
-            .bind(calls.permanent)
-            .bind(charged)
-            .bind(reserved)
-            .bind(now)
-            .bind(run)
-            .execute(&mut *tx)
-            .await
-            .context("updating the run's counts")?;
-        if let Some((path, id)) = &self.sqlite_file
-            && file_id(path) != Some(*id)
-        {
-            // Dropping the transaction rolls it back: nothing of this batch is kept.
-            bail!(
-                "the database file {} was removed or replaced during the run: stopping \
-                 without writing more; put it back and rerun to resume",
-                path.display()
-            );
-        }
-        tx.commit().await.context("committing a checkpoint")
     }
 
     pub async fn set_status(&self, run: i64, status: &str, finished: bool) -> Result<()> {
@@ -875,18 +792,6 @@ pub fn explain_write_failure(e: anyhow::Error) -> anyhow::Error {
     }
 }
 
-/// A batch's charges summed by period, in the order the periods first appear.
-fn by_period(batch: &[Finished]) -> Vec<(Arc<str>, i64)> {
-    let mut sums: Vec<(Arc<str>, i64)> = Vec::new();
-    for (period, credits) in batch.iter().flat_map(|f| &f.charges) {
-        match sums.iter_mut().find(|(p, _)| p == period) {
-            Some((_, sum)) => *sum += credits,
-            None => sums.push((period.clone(), *credits)),
-        }
-    }
-    sums
-}
-
 enum Bind {
     Int(i64),
     Text(String),
@@ -936,6 +841,7 @@ fn run_row(r: &AnyRow) -> Result<RunRow> {
         },
         credits_spent: r.try_get("credits_spent")?,
         reserved: r.try_get("reserved")?,
+        skipped: r.try_get("skipped")?,
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
         finished_at: r.try_get("finished_at")?,
@@ -1016,9 +922,15 @@ fn migrator(backend: Backend) -> Migrator {
         ),
         (
             7,
+            "keys",
+            include_str!("../../migrations/sqlite/0007_keys.sql"),
+            include_str!("../../migrations/postgres/0007_keys.sql"),
+        ),
+        (
+            8,
             "ledger",
-            include_str!("../../migrations/sqlite/0007_ledger.sql"),
-            include_str!("../../migrations/postgres/0007_ledger.sql"),
+            include_str!("../../migrations/sqlite/0008_ledger.sql"),
+            include_str!("../../migrations/postgres/0008_ledger.sql"),
         ),
     ];
     let migrations = all

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use super::Backend;
+use super::keys::KeyColumn;
 use crate::config::Config;
 use crate::record::ColumnKind;
 use crate::selection::{IdSpec, Selection};
@@ -13,6 +14,7 @@ pub(super) struct Statements {
     pub latest_run: Arc<str>,
     pub run_by_id: Arc<str>,
     pub insert_run: Arc<str>,
+    /// The run's total and the records its plan skipped for their keys.
     pub set_total: Arc<str>,
     pub pending_after: Arc<str>,
     /// `--join`: claims the next pending items no live worker holds.
@@ -28,6 +30,8 @@ pub(super) struct Statements {
     /// [`Statements::update_records_sql`]): the same text for every batch.
     pub resolve_items: Arc<str>,
     pub update_records: Arc<str>,
+    /// Fails one item the checkpoint could not write, with the reason.
+    pub fail_item: Arc<str>,
     pub failures: Arc<str>,
     pub ensure_period: Arc<str>,
     pub period: Arc<str>,
@@ -47,19 +51,22 @@ pub(super) struct Statements {
     key: String,
     refreshed_at: String,
     filter: Option<String>,
+    /// The key column as the schema defines it (see `keys`).
+    key_column: KeyColumn,
 }
 
 /// The database clock in Unix milliseconds (PostgreSQL).
 const NOW_MS: &str = now_ms!();
 
 const RUN_COLUMNS: &str = "id, selection, status, total, calls_ok, calls_throttled, calls_transient, \
-                           calls_permanent, credits_spent, reserved, created_at, updated_at, finished_at";
+                           calls_permanent, credits_spent, reserved, skipped, created_at, updated_at, finished_at";
 
 impl Statements {
     /// `mapped`: the kinds of the mapped columns, in `api.response` order.
     pub fn new(
         config: &Config,
         key_kind: ColumnKind,
+        key_column: &KeyColumn,
         mapped: &[ColumnKind],
         backend: Backend,
     ) -> Statements {
@@ -84,10 +91,7 @@ impl Statements {
                 .to_owned()
         } else {
             // The item's key is text; compare in the key column's own type so its index is used.
-            let item_key = match key_kind {
-                ColumnKind::Integer => "CAST(i.key AS BIGINT)",
-                _ => "i.key",
-            };
+            let item_key = item_key(backend, key_kind, key_column, "i");
             let cols: Vec<String> = params
                 .iter()
                 .map(|c| format!("CAST(t.{c} AS TEXT)"))
@@ -100,10 +104,7 @@ impl Statements {
         };
 
         let claim = {
-            let item_key = match key_kind {
-                ColumnKind::Integer => "CAST(c.key AS BIGINT)",
-                _ => "c.key",
-            };
+            let item_key = item_key(backend, key_kind, key_column, "c");
             let (cols, join): (String, String) = if params.is_empty() {
                 (String::new(), String::new())
             } else {
@@ -142,7 +143,7 @@ impl Statements {
                 "INSERT INTO freshen_runs (source_table, selection, status, created_at, updated_at) \
                  VALUES ({table_lit}, $1, 'planned', $2, $2) RETURNING id"
             )),
-            set_total: a("UPDATE freshen_runs SET total = $1 WHERE id = $2".into()),
+            set_total: a("UPDATE freshen_runs SET total = $1, skipped = $2 WHERE id = $3".into()),
             pending_after: a(pending_after),
             claim: a(claim),
             clear_leases: a("UPDATE freshen_items SET lease_owner = NULL \
@@ -160,6 +161,9 @@ impl Statements {
                 .into()),
             resolve_items: Arc::from(""),
             update_records: Arc::from(""),
+            fail_item: a("UPDATE freshen_items SET state = 'failed', reason = $1 \
+                 WHERE run_id = $2 AND seq = $3"
+                .into()),
             failures: a("SELECT key, reason FROM freshen_items WHERE run_id = $1 AND state = 'failed' \
                  ORDER BY seq LIMIT $2"
                 .into()),
@@ -202,6 +206,7 @@ impl Statements {
             key,
             refreshed_at,
             filter: s.filter.clone(),
+            key_column: key_column.clone(),
         };
         statements.resolve_items = a(statements.resolve_items_sql());
         statements.update_records = a(statements.update_records_sql(mapped));
@@ -212,6 +217,14 @@ impl Statements {
     /// the order `Store::selection_binds` gives the values. With `fresh`, the
     /// records the ids and filter select but `--stale-before` leaves out.
     fn selection_where(&self, selection: &Selection, first: usize, fresh: bool) -> String {
+        let mut conds = self.selection_conds(selection, first, fresh);
+        conds.extend(self.key_guard());
+        where_clause(&conds)
+    }
+
+    /// The conditions of `selection`, as [`Statements::selection_where`] numbers
+    /// them, without the key guard.
+    fn selection_conds(&self, selection: &Selection, first: usize, fresh: bool) -> Vec<String> {
         let (key, ra) = (&self.key, &self.refreshed_at);
         let mut n = first - 1;
         let mut next = || {
@@ -224,7 +237,7 @@ impl Statements {
                 .ids
                 .iter()
                 .map(|spec| match spec {
-                    IdSpec::Key(_) => format!("{key} = {}", next()),
+                    IdSpec::Key(_) => format!("{key} = {}", self.as_key(&next())),
                     IdSpec::Range { .. } => format!("{key} BETWEEN {} AND {}", next(), next()),
                 })
                 .collect();
@@ -237,11 +250,63 @@ impl Statements {
         if let Some(filter) = &self.filter {
             conds.push(format!("({filter})"));
         }
-        if conds.is_empty() {
-            String::new()
-        } else {
-            format!(" WHERE {}", conds.join(" AND "))
+        conds
+    }
+
+    /// What leaves out the records a key cannot write alone: a NULL key, or one
+    /// another record of the table shares (in the whole table, not only the
+    /// selection: an update by that key would write them all). Nothing when the
+    /// schema rules it out, so a unique `NOT NULL` key's plan costs no more.
+    fn key_guard(&self) -> Vec<String> {
+        let key = &self.key;
+        let mut guard = Vec::new();
+        if self.key_column.nullable {
+            guard.push(format!("{key} IS NOT NULL"));
         }
+        if !self.key_column.unique {
+            guard.push(format!(
+                "CAST({key} AS TEXT) NOT IN ({})",
+                self.shared_keys()
+            ));
+        }
+        guard
+    }
+
+    /// The keys, as text, that more than one record of the table has. As text:
+    /// records whose keys read the same would be sent to the same URL.
+    fn shared_keys(&self) -> String {
+        let (table, key) = (&self.table, &self.key);
+        format!(
+            "SELECT CAST({key} AS TEXT) FROM {table} WHERE {key} IS NOT NULL \
+             GROUP BY CAST({key} AS TEXT) HAVING COUNT(*) > 1"
+        )
+    }
+
+    /// How many records of `selection` have a NULL key: the selection's values.
+    pub fn null_keys(&self, selection: &Selection) -> String {
+        let mut conds = self.selection_conds(selection, 1, false);
+        conds.push(format!("{} IS NULL", self.key));
+        format!(
+            "SELECT COUNT(*) FROM {}{}",
+            self.table,
+            where_clause(&conds)
+        )
+    }
+
+    /// How many records of `selection` share their key with another, and the
+    /// first `examples` of those keys: the selection's values for each.
+    pub fn duplicate_keys(&self, selection: &Selection, examples: i64) -> (String, String) {
+        let (table, key) = (&self.table, &self.key);
+        let mut conds = self.selection_conds(selection, 1, false);
+        conds.push(format!("CAST({key} AS TEXT) IN ({})", self.shared_keys()));
+        let where_ = where_clause(&conds);
+        (
+            format!("SELECT COUNT(*) FROM {table}{where_}"),
+            format!(
+                "SELECT DISTINCT CAST({key} AS TEXT) AS freshen_key FROM {table}{where_} \
+                 ORDER BY 1 LIMIT {examples}"
+            ),
+        )
     }
 
     /// Stalest first: never refreshed, then oldest `refreshed_at`, then key.
@@ -264,10 +329,15 @@ impl Statements {
         let limit = limit
             .map(|l| format!(" ORDER BY 2 LIMIT {l}"))
             .unwrap_or_default();
+        // SQLite keeps the key's value too, in its own storage class (see `keys`).
+        let (value_col, value) = match self.backend {
+            Backend::Sqlite => (", key_value", format!(", {key}")),
+            Backend::Postgres => ("", String::new()),
+        };
         format!(
-            "INSERT INTO freshen_items (run_id, seq, key, state, attempts) \
-             SELECT $1, ROW_NUMBER() OVER (ORDER BY {order}), CAST({key} AS TEXT), 'pending', 0 \
-             FROM {table}{where_}{limit}"
+            "INSERT INTO freshen_items (run_id, seq, key{value_col}, state, attempts) \
+             SELECT $1, ROW_NUMBER() OVER (ORDER BY {order}), CAST({key} AS TEXT){value}, \
+             'pending', 0 FROM {table}{where_}{limit}"
         )
     }
 
@@ -297,9 +367,21 @@ impl Statements {
     /// `refreshed_at` of one record, by key.
     pub fn refreshed_at_of(&self) -> String {
         format!(
-            "SELECT {} FROM {} WHERE {} = $1",
-            self.refreshed_at, self.table, self.key
+            "SELECT {} FROM {} WHERE {} = {}",
+            self.refreshed_at,
+            self.table,
+            self.key,
+            self.as_key("$1")
         )
+    }
+
+    /// A bound key compared with the key column: on PostgreSQL cast to the
+    /// column's type (a text parameter does not compare with a `uuid`).
+    fn as_key(&self, placeholder: &str) -> String {
+        match (self.backend, &self.key_column.pg_type) {
+            (Backend::Postgres, Some(t)) => format!("CAST({placeholder} AS {t})"),
+            _ => placeholder.to_owned(),
+        }
     }
 
     /// A JSON array bound as parameter `$n`, read as rows `e` whose column `value`
@@ -336,18 +418,24 @@ impl Statements {
     }
 
     /// Writes a batch of records in one statement: `$1` refreshed_at, `$2` the
-    /// records as a JSON array of `[key, value...]` (the mapped columns' values in
-    /// `api.response` order), each cast to the column's kind.
+    /// records as a JSON array of `[seq, key, value...]` (the mapped columns'
+    /// values in `api.response` order, each cast to the column's kind), and on
+    /// SQLite `$3` the run. Returns the key, as text, of every row it wrote, so
+    /// the checkpoint can check that each record's update touched exactly one.
+    ///
+    /// The key is compared by the column's own rules (see `keys`): on SQLite with
+    /// the value the plan kept (`freshen_items.key_value`, found by the item's
+    /// seq), on PostgreSQL as the key's text cast to the column's type.
     fn update_records_sql(&self, kinds: &[ColumnKind]) -> String {
-        let mut fields = vec![format!(
-            "CAST(e.value ->> 0 AS {})",
-            sql_type(self.key_kind)
-        )];
+        let mut fields = vec![match self.backend {
+            Backend::Sqlite => "CAST(e.value ->> 0 AS BIGINT)".to_owned(),
+            Backend::Postgres => format!("CAST(e.value ->> 1 AS {})", self.key_type()),
+        }];
         fields.extend(
             kinds
                 .iter()
                 .enumerate()
-                .map(|(i, k)| format!("CAST(e.value ->> {} AS {})", i + 1, sql_type(*k))),
+                .map(|(i, k)| format!("CAST(e.value ->> {} AS {})", i + 2, sql_type(*k))),
         );
         let names: Vec<String> = (0..self.mapped.len()).map(|i| format!("c{i}")).collect();
         let mut sets: Vec<String> = self
@@ -357,16 +445,59 @@ impl Statements {
             .map(|(column, name)| format!("{column} = v.{name}"))
             .collect();
         sets.push(format!("{} = $1", self.refreshed_at));
+        let (table, key) = (&self.table, &self.key);
+        let (first, from) = match self.backend {
+            Backend::Sqlite => (
+                "seq",
+                format!(
+                    "v JOIN freshen_items AS freshen_i ON freshen_i.run_id = $3 \
+                     AND freshen_i.seq = v.seq WHERE {table}.{key} = {}",
+                    item_key(self.backend, self.key_kind, &self.key_column, "freshen_i")
+                ),
+            ),
+            Backend::Postgres => ("k", format!("v WHERE {table}.{key} = v.k")),
+        };
         format!(
-            "WITH v (k, {}) AS MATERIALIZED (SELECT {} FROM {}) UPDATE {table} SET {} FROM v \
-             WHERE {table}.{key} = v.k",
+            "WITH v ({first}, {}) AS MATERIALIZED (SELECT {} FROM {}) UPDATE {table} SET {} \
+             FROM {from} RETURNING CAST({table}.{key} AS TEXT)",
             names.join(", "),
             fields.join(", "),
             self.json_rows(2),
             sets.join(", "),
-            table = self.table,
-            key = self.key,
         )
+    }
+
+    /// PostgreSQL: the type the key's text is cast to, the column's own.
+    fn key_type(&self) -> String {
+        self.key_column
+            .pg_type
+            .clone()
+            .unwrap_or_else(|| sql_type(self.key_kind).to_owned())
+    }
+}
+
+/// ` WHERE a AND b`, or nothing.
+fn where_clause(conds: &[String]) -> String {
+    if conds.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conds.join(" AND "))
+    }
+}
+
+/// An item's key (`alias.key`, text) as the key column compares it: on SQLite
+/// the value the plan kept, in its own storage class (items planned before it
+/// was kept: by the column's declared kind); on PostgreSQL the text cast to the
+/// column's type.
+fn item_key(backend: Backend, kind: ColumnKind, key: &KeyColumn, alias: &str) -> String {
+    let by_kind = match kind {
+        ColumnKind::Integer => format!("CAST({alias}.key AS BIGINT)"),
+        _ => format!("{alias}.key"),
+    };
+    match (backend, &key.pg_type) {
+        (Backend::Sqlite, _) => format!("COALESCE({alias}.key_value, {by_kind})"),
+        (Backend::Postgres, Some(t)) => format!("CAST({alias}.key AS {t})"),
+        (Backend::Postgres, None) => by_kind,
     }
 }
 

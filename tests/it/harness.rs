@@ -217,6 +217,36 @@ impl TestEnv {
         }
     }
 
+    /// A directory whose database (SQLite or PostgreSQL, as `postgres` says) holds
+    /// what `sql` makes: the `people` table of a hostile schema, say. One or more
+    /// statements, without parameters.
+    pub async fn with_schema(postgres: bool, sql: &str) -> TestEnv {
+        let env = TestEnv::empty_on(postgres).await;
+        env.create_sqlite_file().await;
+        let db = env.db().await;
+        db.execute(sqlx::AssertSqlSafe(sql.to_owned()))
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        db.close().await;
+        env
+    }
+
+    /// Creates the SQLite file, empty, when the test is on SQLite.
+    async fn create_sqlite_file(&self) {
+        if self.pg.is_none() {
+            let options = SqliteConnectOptions::new()
+                .filename(self.db_path())
+                .create_if_missing(true);
+            SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(options)
+                .await
+                .unwrap()
+                .close()
+                .await;
+        }
+    }
+
     /// A directory whose `people` table has text keys, as given.
     pub async fn with_text_keys(keys: &[&str]) -> TestEnv {
         let env = TestEnv::empty().await;

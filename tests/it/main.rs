@@ -9,6 +9,7 @@ mod estimate;
 mod flow;
 mod harness;
 mod hostile;
+mod integrity;
 mod join;
 mod ledger;
 mod lock;

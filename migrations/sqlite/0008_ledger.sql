@@ -1,5 +1,5 @@
 -- One credit ledger for every run, solo or joined, of every table in the
--- database. Kept in step with migrations/postgres/0007_ledger.sql.
+-- database. Kept in step with migrations/postgres/0008_ledger.sql.
 
 -- Credits reserved by a live process (a run, or one worker of a joined run)
 -- against one period: granted before its calls are sent, settled into the
