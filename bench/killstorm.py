@@ -93,7 +93,7 @@ def storm(binary, kind, records, kills, rng, latency):
         count_writes(kind, url)
         port = free_port()
         config_path = os.path.join(tmp, "config.toml")
-        allowance = records + records // 10
+        allowance = records + records // 5
         with open(config_path, "w") as f:
             f.write(config(url, port, 64).replace("allowance = 100000000", f"allowance = {allowance}") + LOCK)
         sandbox = subprocess.Popen([binary, "sandbox", "--listen", f"127.0.0.1:{port}", "--latency", latency,

@@ -286,8 +286,11 @@ struct State {
 const BLOCK_SHORT: Duration = Duration::from_millis(100);
 /// A block that lasts more than this is larger than it need be.
 const BLOCK_LONG: Duration = Duration::from_millis(400);
-/// The largest block, in blocks of `want`.
-const BLOCK_MAX: i64 = 16;
+/// The largest block, in blocks of `want` (`max_concurrency` calls). What a
+/// kill can count as spent without the vendor billing it is what the process
+/// held unsent: the rest of one block and the next, fetched ahead (at most one
+/// and a half blocks), besides its calls in flight.
+const BLOCK_MAX: i64 = 4;
 
 impl Budget {
     /// `want`: credits to ask the ledger for at once (a few calls' worth).

@@ -365,7 +365,12 @@ async fn work(shared: Arc<Shared>, mut item: Item, _slot: OwnedSemaphorePermit, 
             }
         }
         // A process suspended past its lease must not spend what it no longer holds.
-        if !shared.lease.check().await {
+        let held = tokio::select! {
+            biased;
+            _ = shared.stop.cancelled() => return,
+            held = shared.lease.check() => held,
+        };
+        if !held {
             shared.halt(Stop::Fenced).await;
             return;
         }

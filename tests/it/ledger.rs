@@ -134,7 +134,7 @@ async fn killed_runs_never_push_the_vendors_bill_past_the_allowance() {
         child.kill().await.unwrap();
         child.wait().await.unwrap();
     }
-    let out = env.freshen(&["run"]).await;
+    let out = unlocked_run(&env).await;
     assert_exit(&out, 3);
     let billed = env.sandbox().stats().ok as i64;
     let ledger = spent(&env).await;
@@ -172,13 +172,33 @@ async fn working(env: &TestEnv, calls: u64) -> tokio::process::Child {
                 return child;
             }
             if let Some(status) = child.try_wait().unwrap() {
-                assert_eq!(status.code(), Some(5), "only a lock can stop it this early");
+                if status.code() != Some(5) {
+                    let out = child.wait_with_output().await.unwrap();
+                    panic!(
+                        "only a lock can stop it this early: {status}\n{}\n{}",
+                        text(&out.stdout),
+                        text(&out.stderr)
+                    );
+                }
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// `freshen run` to its end, started again while the table is still locked by
+/// a run just killed (exit 5).
+async fn unlocked_run(env: &TestEnv) -> std::process::Output {
+    for _ in 0..40 {
+        let out = env.freshen(&["run"]).await;
+        if out.status.code() != Some(5) {
+            return out;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("the table stayed locked");
 }
 
 /// SIGSTOP and SIGCONT.
@@ -231,7 +251,7 @@ async fn a_run_suspended_past_its_lease_spends_nothing_more() {
     let (a, b) = (finish(a).await, finish(b).await);
     let _ = (text(&a.stderr), text(&b.stderr));
     // Whatever is left, one more run finishes, at the budget.
-    let out = env.freshen(&["run"]).await;
+    let out = unlocked_run(&env).await;
     assert!(
         matches!(out.status.code(), Some(0 | 3)),
         "{}",
@@ -288,10 +308,11 @@ async fn a_joined_worker_suspended_past_its_lease_spends_nothing_more() {
         text(&out.stderr)
     );
     let ledger = spent(&env).await;
-    assert!(ledger <= 3000, "spent {ledger} of 3000");
-    assert!(env.sandbox().stats().ok as i64 <= 3000);
+    assert!(ledger <= 2500, "spent {ledger} of 2500");
+    assert!(env.sandbox().stats().ok as i64 <= 2500);
+    // The stopped worker's calls in flight (32) and its unwritten answers (10).
     assert!(
-        billed_twice(&env) <= 14,
+        billed_twice(&env) <= 42,
         "{} keys billed twice",
         billed_twice(&env)
     );
