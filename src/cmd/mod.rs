@@ -3,6 +3,7 @@
 
 pub mod demo;
 pub mod estimate;
+pub mod prune;
 pub mod run;
 pub mod status;
 
@@ -81,11 +82,11 @@ impl PeriodView {
         // A run's reservations count only while it is alive: a killed run's
         // last checkpoint says nothing about calls now.
         let stale_after = config.lock_stale_after;
-        let stale_ms = i64::try_from(stale_after.as_millis()).unwrap_or(i64::MAX);
-        let reserved = match (store.latest_run().await?, store.lock_holder().await?) {
-            (Some(run), Some(lock))
-                if run.status == "running" && lock.heartbeat_age_s * 1000 < stale_ms =>
-            {
+        let reserved = match (
+            store.latest_run().await?,
+            store.lock_holder(stale_after).await?,
+        ) {
+            (Some(run), Some(lock)) if run.status == "running" && lock.live => {
                 let workers = store.workers(run.id).await?;
                 if workers.is_empty() {
                     run.reserved

@@ -25,7 +25,9 @@ macro_rules! now_us {
 mod fleet;
 mod ident;
 mod lock;
+mod prune;
 mod samples;
+mod session;
 mod statements;
 
 use std::borrow::Cow;
@@ -45,7 +47,8 @@ use crate::selection::{IdSpec, Selection, stamp};
 
 pub use fleet::{Grant, GrantRequest, PaceGrant, WorkerRow};
 pub use ident::Ident;
-pub use lock::LockHolder;
+pub use lock::{LockHolder, gone_here, lock_file, this_process};
+pub use prune::Pruned;
 pub use samples::{FailureGroup, Sample};
 use statements::Statements;
 
@@ -166,6 +169,10 @@ pub struct Store {
     mapped: Vec<ColumnKind>,
     /// The SQLite file and its identity (device, inode) when opened.
     sqlite_file: Option<(std::path::PathBuf, (u64, u64))>,
+    /// The run lock's lower layer, while this process holds it (see [`lock`]).
+    os_lock: tokio::sync::Mutex<lock::OsLock>,
+    /// PostgreSQL: what each connection is set up with.
+    session: Option<session::Settings>,
 }
 
 /// A file's identity: the same path can come to name another file.
@@ -223,9 +230,14 @@ impl Store {
                     .await
             }
             Backend::Postgres => {
+                let settings = session::Settings::new(config);
                 AnyPoolOptions::new()
                     .max_connections(8)
                     .acquire_timeout(Duration::from_secs(30))
+                    .after_connect(move |conn, _| {
+                        let settings = settings.clone();
+                        Box::pin(async move { session::setup(conn, &settings).await })
+                    })
                     .connect(url)
                     .await
             }
@@ -270,10 +282,17 @@ impl Store {
             }
         };
 
+        // sqlx's migrator locks on PostgreSQL, not on SQLite: two first starts at
+        // once would both create freshen's tables.
+        let serial = match backend {
+            Backend::Sqlite => lock::migrations_lock(url).await?,
+            Backend::Postgres => None,
+        };
         migrator(backend)
             .run(&pool)
             .await
             .with_context(|| format!("applying freshen's migrations to {shown}"))?;
+        drop(serial);
 
         let columns = table_columns(&pool, backend, config.source.table.as_str()).await?;
         if columns.is_empty() {
@@ -336,6 +355,8 @@ impl Store {
             key_kind,
             mapped,
             sqlite_file,
+            os_lock: Default::default(),
+            session: (backend == Backend::Postgres).then(|| session::Settings::new(config)),
         })
     }
 
