@@ -33,7 +33,9 @@ pub(super) struct Statements {
     pub ensure_period: Arc<str>,
     pub period: Arc<str>,
     pub set_vendor_count: Arc<str>,
-    /// Credits spent, calls made and records resolved by all runs of the table.
+    /// Credits spent, calls made and records resolved by all runs of the table
+    /// that still have their items (`freshen prune` removes a finished run's: its
+    /// credits without its records would inflate the retry overhead).
     pub history: Arc<str>,
     /// The mapped columns, quoted, in `api.response` order.
     mapped: Vec<String>,
@@ -174,7 +176,8 @@ impl Statements {
                    + r.calls_permanent), 0) AS BIGINT), \
                  (SELECT COUNT(*) FROM freshen_items i JOIN freshen_runs r2 ON r2.id = i.run_id \
                   WHERE r2.source_table = {table_lit} AND i.state <> 'pending') \
-                 FROM freshen_runs r WHERE r.source_table = {table_lit}"
+                 FROM freshen_runs r WHERE r.source_table = {table_lit} \
+                 AND EXISTS (SELECT 1 FROM freshen_items i WHERE i.run_id = r.id)"
             )),
             mapped: config.api.response.iter().map(|m| m.column.quoted()).collect(),
             key_kind,

@@ -266,7 +266,7 @@ async fn sigterm_does_not_wait_out_another_sessions_lock() {
     signal(&child, "-TERM").await;
     let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
         .await
-        .expect("SIGTERM ended the run while the table stayed locked")
+        .expect("SIGTERM ends the run within a minute while the table stays locked")
         .unwrap();
     let took = started.elapsed();
     assert_exit(&out, 1);
@@ -421,6 +421,16 @@ async fn prune_removes_old_samples_and_finished_runs_items_and_says_how_many() {
         all_samples - old_samples
     );
     db.close().await;
+
+    // The estimate's history leaves the pruned run out whole: its credits
+    // without its records would read as a 50% retry overhead.
+    let estimate = env.freshen(&["estimate", "--json", "--offline"]).await;
+    assert_exit(&estimate, 0);
+    assert!(
+        text(&estimate.stdout).contains("\"retry_overhead\": 0.0"),
+        "{}",
+        text(&estimate.stdout)
+    );
 
     let text_out = env.freshen(&["prune", "--older-than", "30d"]).await;
     assert_exit(&text_out, 0);
