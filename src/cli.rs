@@ -55,6 +55,10 @@ pub enum Command {
     /// What happened in a run: one self-contained HTML page (summary, rate, throttles and
     /// outages over time, concurrency, credits, failures by reason), or JSON
     Report(ReportArgs),
+    /// Remove what freshen's own tables no longer need: samples older than
+    /// `--older-than`, and the items of runs finished before then (the runs and
+    /// their counts stay)
+    Prune(PruneArgs),
 }
 
 /// Which records a run covers. Without any flag: every record of `source.table`
@@ -146,6 +150,21 @@ pub struct EstimateArgs {
     /// key with another record (without it they are skipped, with a warning)
     #[arg(long)]
     pub strict: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PruneArgs {
+    /// The retention: what is older than this goes (e.g. `30d`, `12h`)
+    #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
+    pub older_than: std::time::Duration,
+
+    /// Count what would go, and remove nothing
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Print what was removed as JSON
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Default, Args)]

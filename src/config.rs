@@ -56,6 +56,20 @@ impl Default for FileLock {
 #[serde(deny_unknown_fields)]
 struct FileDatabase {
     url: String,
+    /// PostgreSQL: how long a statement may wait for a lock (`0s`: forever).
+    #[serde(default = "default_lock_timeout")]
+    lock_timeout: String,
+    /// PostgreSQL: how long a statement may run (`0s`: forever).
+    #[serde(default = "default_statement_timeout")]
+    statement_timeout: String,
+}
+
+fn default_lock_timeout() -> String {
+    "30s".into()
+}
+
+fn default_statement_timeout() -> String {
+    "10m".into()
 }
 
 #[derive(Debug, Deserialize)]
@@ -197,6 +211,10 @@ pub struct Config {
     pub credits: Credits,
     /// A run lock whose heartbeat is older than this is taken over.
     pub lock_stale_after: Duration,
+    /// `database.lock_timeout` and `database.statement_timeout` (PostgreSQL);
+    /// zero: no limit.
+    pub lock_timeout: Duration,
+    pub statement_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -670,6 +688,11 @@ impl Config {
                 remaining_url,
             },
             lock_stale_after,
+            lock_timeout: duration("database.lock_timeout", &raw.database.lock_timeout)?,
+            statement_timeout: duration(
+                "database.statement_timeout",
+                &raw.database.statement_timeout,
+            )?,
         })
     }
 

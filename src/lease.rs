@@ -53,6 +53,7 @@ impl Lease {
         worker: String,
         stale_after: Duration,
     ) -> Result<Arc<Lease>> {
+        store.expire_gone_here().await?;
         let sent = Instant::now();
         store.register(run, &worker).await?;
         let lease = Lease {

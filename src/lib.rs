@@ -71,7 +71,8 @@ pub enum Exit {
     Outage = 4,
     /// Another run of the same table holds the lock.
     Locked = 5,
-    /// Interrupted by SIGINT or SIGTERM after checkpointing.
+    /// Interrupted by SIGINT, SIGTERM or SIGHUP after checkpointing (or at once,
+    /// on a second signal).
     Interrupted = 130,
 }
 
@@ -81,7 +82,7 @@ impl Exit {
     }
 }
 
-/// Runs one command. `shutdown` is cancelled on the first SIGINT/SIGTERM (tests
+/// Runs one command. `shutdown` is cancelled on the first SIGINT/SIGTERM/SIGHUP (tests
 /// cancel it themselves): work in flight drains and is checkpointed. Can be called
 /// more than once in a process.
 pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<Exit> {
@@ -94,6 +95,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<Exit> {
         Command::Estimate(args) => cmd::estimate::estimate(config()?, args).await,
         Command::Demo(args) => cmd::demo::demo(config()?, args, shutdown, &display).await,
         Command::Report(args) => report::report(config()?, args).await,
+        Command::Prune(args) => cmd::prune::prune(config()?, args).await,
         Command::Sandbox(opts) => {
             sandbox::serve(opts, shutdown.cancelled_owned()).await?;
             Ok(Exit::Complete)

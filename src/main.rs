@@ -29,28 +29,41 @@ fn main() {
     std::process::exit(code);
 }
 
-/// First SIGINT or SIGTERM: stop taking work, drain, checkpoint. Second: exit now.
+/// First SIGINT, SIGTERM or SIGHUP: stop taking work, drain, checkpoint. Second:
+/// exit now; the run lock dies with the process (an OS file lock, a database
+/// session), so nothing is left that blocks the next run.
+///
+/// SIGHUP too: a terminal closed or an ssh session dropped under a run would
+/// otherwise kill it without a checkpoint, losing answers already paid for.
 async fn signals(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (
+    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
         signal(SignalKind::interrupt()),
         signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
     ) else {
-        eprintln!("warning: cannot listen for SIGINT/SIGTERM; an interrupt will not checkpoint");
+        eprintln!(
+            "warning: cannot listen for SIGINT/SIGTERM/SIGHUP; an interrupt will not checkpoint"
+        );
         return;
     };
     for first in [true, false] {
         tokio::select! {
             _ = int.recv() => {}
             _ = term.recv() => {}
+            _ = hup.recv() => {}
         }
+        // After a SIGHUP the terminal may be gone: a failed write must not stop
+        // the shutdown (eprintln! would panic), so cancel first and ignore it.
+        use std::io::Write;
         if first {
-            eprintln!(
+            shutdown.cancel();
+            let _ = writeln!(
+                std::io::stderr(),
                 "stopping: finishing calls in flight and checkpointing (again to exit at once)"
             );
-            shutdown.cancel();
         } else {
-            eprintln!("exiting at once");
+            let _ = writeln!(std::io::stderr(), "exiting at once");
             std::process::exit(Exit::Interrupted.code());
         }
     }

@@ -3,6 +3,7 @@
 
 pub mod demo;
 pub mod estimate;
+pub mod prune;
 pub mod run;
 pub mod status;
 

@@ -46,14 +46,14 @@ pub async fn run(
     // One run at a time per table: a cron run that starts while the last one is
     // still going must not work the same queue. The workers of a joined run
     // share one holder name, and with it the lock.
-    let worker = holder_name();
+    let worker = crate::store::this_process();
     let holder = if args.join {
         format!("the workers of `run --join` {}", selection.canonical())
     } else {
         worker.clone()
     };
     let stale_after = config.lock_stale_after;
-    if let Err(other) = store.lock(&holder, stale_after).await? {
+    if let Err(other) = store.lock(&holder, stale_after, args.join).await? {
         eprintln!(
             "another run of table `{}` holds the lock: {} since {}, last heartbeat {} s ago; \
              a lock is taken over once its heartbeat is older than lock.stale_after ({})",
@@ -71,8 +71,10 @@ pub async fn run(
         store.clone(),
         holder.clone(),
         stale_after,
+        args.join,
         stop.clone(),
     ));
+    let unblock = tokio::spawn(unblock_when_stopped(store.clone(), stop.clone()));
     let who_joined = args.join;
     let who = Who {
         worker: worker.clone(),
@@ -108,30 +110,24 @@ pub async fn run(
         m.finish(&store, &config, &result).await;
     }
     heartbeat.abort();
+    unblock.abort();
+    let result = match result {
+        Err(e) => Err(store.explain_timeout(e).await),
+        ok => ok,
+    };
     let unlocked = if who_joined {
         // The last worker out releases the lock; the others leave it to it.
-        store
-            .unlock_if_last(&holder, &worker, stale_after)
-            .await
-            .map(|_| ())
+        let last = store.unlock_if_last(&holder, &worker, stale_after).await;
+        store.release().await;
+        last.map(|_| ())
     } else {
         store.unlock(&holder).await
     };
     if let Err(e) = unlocked {
-        tracing::warn!("{e:#}; the lock goes stale and is taken over after lock.stale_after");
+        tracing::warn!("{e:#}; the next run takes the lock over once this process has ended");
     }
     store.close().await;
     result
-}
-
-/// `host:pid`, to name the holder of the lock in messages.
-fn holder_name() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into());
-    format!("{host}:{}", std::process::id())
 }
 
 /// This process: its name, and whether it is one of a joined run's workers.
@@ -158,13 +154,14 @@ async fn keep_lock(
     store: Arc<Store>,
     holder: String,
     stale_after: std::time::Duration,
+    shared: bool,
     stop: CancellationToken,
 ) {
     loop {
         tokio::time::sleep(stale_after / 4).await;
         let kept = match store.heartbeat(&holder).await {
             Ok(false) => store
-                .lock(&holder, stale_after)
+                .lock(&holder, stale_after, shared)
                 .await
                 .map(|taken| taken.is_ok()),
             kept => kept,
@@ -178,6 +175,22 @@ async fn keep_lock(
             }
             Err(e) => tracing::warn!("cannot refresh the run lock: {e:#}"),
         }
+    }
+}
+
+/// Once the run stops, cancels its statements that wait for another session's
+/// lock (PostgreSQL), every second: a SIGTERM does not wait out that session.
+async fn unblock_when_stopped(store: Arc<Store>, stop: CancellationToken) {
+    stop.cancelled().await;
+    loop {
+        match store.cancel_lock_waits().await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                "stopping: cancelled {n} statement(s) waiting for another session's lock"
+            ),
+            Err(e) => tracing::debug!("{e:#}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
 }
 

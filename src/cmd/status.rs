@@ -8,11 +8,13 @@ use crate::Exit;
 use crate::cli::StatusArgs;
 use crate::cmd::PeriodView;
 use crate::config::Config;
-use crate::store::{CallCounts, ItemCounts, Store, WorkerRow};
+use crate::store::{CallCounts, ItemCounts, LockHolder, Store, WorkerRow, gone_here};
 
 #[derive(Debug, Serialize)]
 struct Status {
     run: Option<RunStatus>,
+    /// The table's run lock, if a row names a holder (`live`: it may be at work).
+    lock: Option<LockHolder>,
     credits: PeriodView,
 }
 
@@ -35,25 +37,21 @@ struct RunStatus {
 struct WorkerView {
     #[serde(flatten)]
     row: WorkerRow,
-    /// Its heartbeat is fresher than lock.stale_after: its claims hold.
+    /// Its heartbeat is fresher than lock.stale_after and its process, if on
+    /// this host, is there: its claims hold.
     live: bool,
+    /// Gone, holding no credits: its row is removed as this status reports it.
+    pruned: bool,
 }
 
 pub async fn status(config: Config, args: StatusArgs) -> Result<Exit> {
     let json = args.json;
     let store = Store::connect(&config).await?;
     crate::cmd::ask_vendor(&config, &store, args.offline).await?;
+    let stale_after = config.lock_stale_after;
     let run = match store.latest_run().await? {
         Some(run) => Some(RunStatus {
-            workers: store
-                .workers(run.id)
-                .await?
-                .into_iter()
-                .map(|row| WorkerView {
-                    live: row.is_live(config.lock_stale_after),
-                    row,
-                })
-                .collect(),
+            workers: workers(&store, run.id, stale_after).await?,
             records: store.item_counts(run.id).await?,
             failures: store.failures(run.id, 10).await?,
             selection: serde_json::from_str(&run.selection).unwrap_or_default(),
@@ -68,6 +66,7 @@ pub async fn status(config: Config, args: StatusArgs) -> Result<Exit> {
     };
     let status = Status {
         run,
+        lock: store.lock_holder(stale_after).await?,
         credits: PeriodView::read(&store, &config).await?,
     };
     store.close().await;
@@ -108,12 +107,29 @@ pub async fn status(config: Config, args: StatusArgs) -> Result<Exit> {
                     w_.leases,
                     w_.reserved,
                     w_.heartbeat_age_ms as f64 / 1000.0,
-                    if w.live {
-                        ""
-                    } else {
-                        " (its claims are free for the others)"
+                    match (w.live, w.pruned) {
+                        (true, _) => "",
+                        (false, true) =>
+                            " (its claims are free for the others; its row is removed)",
+                        (false, false) => {
+                            " (its claims are free for the others; its row stays until its \
+                             reservation is settled)"
+                        }
                     }
                 );
+            }
+            if let Some(lock) = &status.lock {
+                if lock.live {
+                    println!(
+                        "  lock     held by {} since {}, heartbeat {} s ago",
+                        lock.holder, lock.acquired_at, lock.heartbeat_age_s
+                    );
+                } else {
+                    println!(
+                        "  lock     left by {}, which is gone (heartbeat {} s ago): the next run takes it over",
+                        lock.holder, lock.heartbeat_age_s
+                    );
+                }
             }
             for (key, reason) in &r.failures {
                 println!("  failed   {key}: {reason}");
@@ -122,4 +138,36 @@ pub async fn status(config: Config, args: StatusArgs) -> Result<Exit> {
     }
     println!("credits  {}", status.credits.describe());
     Ok(Exit::Complete)
+}
+
+/// The workers of a joined run, each marked live or gone; the rows of the gone
+/// ones that hold no credits are removed (a reservation stays in the ledger
+/// until it is settled, so such a row stays too).
+async fn workers(
+    store: &Store,
+    run: i64,
+    stale_after: std::time::Duration,
+) -> Result<Vec<WorkerView>> {
+    let views: Vec<WorkerView> = store
+        .workers(run)
+        .await?
+        .into_iter()
+        .map(|row| {
+            let live = row.is_live(stale_after) && !gone_here(&row.worker, &row.started_at);
+            WorkerView {
+                pruned: !live && row.reserved == 0,
+                live,
+                row,
+            }
+        })
+        .collect();
+    let dead: Vec<String> = views
+        .iter()
+        .filter(|w| w.pruned)
+        .map(|w| w.row.worker.clone())
+        .collect();
+    if !dead.is_empty() {
+        store.prune_workers(run, &dead).await?;
+    }
+    Ok(views)
 }

@@ -57,12 +57,20 @@ impl Store {
             .acquire()
             .await
             .context("taking the planning lock")?;
-        sqlx::query("SELECT pg_advisory_lock(hashtext($1))")
-            .bind(self.planning_lock_name())
-            .execute(&mut *conn)
-            .await
-            .context("taking the planning lock")?;
-        Ok(conn)
+        // Tried, not waited for: a wait would run into database.lock_timeout
+        // while the first worker plans a large table.
+        loop {
+            let got: bool = sqlx::query("SELECT pg_try_advisory_lock(hashtext($1))")
+                .bind(self.planning_lock_name())
+                .fetch_one(&mut *conn)
+                .await
+                .context("taking the planning lock")?
+                .try_get(0)?;
+            if got {
+                return Ok(conn);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     fn planning_lock_name(&self) -> String {

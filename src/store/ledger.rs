@@ -171,6 +171,27 @@ impl Store {
         tx.commit().await.context("registering the run")
     }
 
+    /// Marks dead at once the registered processes of this host that are gone
+    /// (no such pid, or the pid reused since): their reservations then count as
+    /// spent at the next grant, without waiting out `lock.stale_after`.
+    pub async fn expire_gone_here(&self) -> Result<()> {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT worker, started_at FROM freshen_workers WHERE heartbeat_at > 0")
+                .fetch_all(&self.pool)
+                .await
+                .context("reading the registered runs")?;
+        for (worker, started_at) in rows {
+            if super::gone_here(&worker, &started_at) {
+                sqlx::query("UPDATE freshen_workers SET heartbeat_at = 0 WHERE worker = $1")
+                    .bind(worker)
+                    .execute(&self.pool)
+                    .await
+                    .context("marking a dead run")?;
+            }
+        }
+        Ok(())
+    }
+
     /// Refreshes the holder's heartbeat. False if it had gone stale (or its row
     /// is gone): the holder is fenced and must stop calling.
     pub async fn lease_heartbeat(&self, worker: &str, stale_after: Duration) -> Result<bool> {

@@ -27,7 +27,10 @@ mod fleet;
 mod ident;
 mod keys;
 mod ledger;
+mod lock;
+mod prune;
 mod samples;
+mod session;
 mod statements;
 
 use std::borrow::Cow;
@@ -49,6 +52,8 @@ pub use fleet::{PaceGrant, WorkerRow};
 pub use ident::Ident;
 pub use keys::KeyProblems;
 pub use ledger::{Account, Holder};
+pub use lock::{LockHolder, gone_here, lock_file, this_process};
+pub use prune::Pruned;
 pub use samples::{FailureGroup, Sample};
 use statements::Statements;
 
@@ -146,15 +151,6 @@ pub struct Ledger<'a> {
     pub worker: &'a str,
 }
 
-/// Who holds a table's run lock.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct LockHolder {
-    pub holder: String,
-    pub acquired_at: String,
-    /// Seconds since its last heartbeat.
-    pub heartbeat_age_s: i64,
-}
-
 /// Credits of one period, as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeriodRow {
@@ -186,6 +182,10 @@ pub struct Store {
     mapped: Vec<ColumnKind>,
     /// The SQLite file and its identity (device, inode) when opened.
     sqlite_file: Option<(std::path::PathBuf, (u64, u64))>,
+    /// The run lock's lower layer, while this process holds it (see [`lock`]).
+    os_lock: tokio::sync::Mutex<lock::OsLock>,
+    /// PostgreSQL: what each connection is set up with.
+    session: Option<session::Settings>,
 }
 
 /// A file's identity: the same path can come to name another file.
@@ -243,9 +243,14 @@ impl Store {
                     .await
             }
             Backend::Postgres => {
+                let settings = session::Settings::new(config);
                 AnyPoolOptions::new()
                     .max_connections(8)
                     .acquire_timeout(Duration::from_secs(30))
+                    .after_connect(move |conn, _| {
+                        let settings = settings.clone();
+                        Box::pin(async move { session::setup(conn, &settings).await })
+                    })
                     .connect(url)
                     .await
             }
@@ -290,10 +295,17 @@ impl Store {
             }
         };
 
+        // sqlx's migrator locks on PostgreSQL, not on SQLite: two first starts at
+        // once would both create freshen's tables.
+        let serial = match backend {
+            Backend::Sqlite => lock::migrations_lock(url).await?,
+            Backend::Postgres => None,
+        };
         migrator(backend)
             .run(&pool)
             .await
             .with_context(|| format!("applying freshen's migrations to {shown}"))?;
+        drop(serial);
 
         let columns = table_columns(&pool, backend, config.source.table.as_str()).await?;
         if columns.is_empty() {
@@ -365,6 +377,8 @@ impl Store {
             key_column,
             mapped,
             sqlite_file,
+            os_lock: Default::default(),
+            session: (backend == Backend::Postgres).then(|| session::Settings::new(config)),
         })
     }
 
@@ -676,71 +690,6 @@ impl Store {
             calls: r.try_get(1)?,
             resolved: r.try_get(2)?,
         })
-    }
-
-    /// Takes the table's run lock for `holder`, or reports who holds it. A lock whose
-    /// heartbeat is older than `stale_after` is taken over.
-    pub async fn lock(
-        &self,
-        holder: &str,
-        stale_after: Duration,
-    ) -> Result<Result<(), LockHolder>> {
-        let now = jiff::Timestamp::now().as_millisecond();
-        let stale_after = i64::try_from(stale_after.as_millis()).unwrap_or(i64::MAX);
-        let taken = query(&self.sql.take_lock)
-            .bind(holder.to_owned())
-            .bind(now_stamp())
-            .bind(now)
-            .bind(now - stale_after)
-            .execute(&self.pool)
-            .await
-            .context("taking the run lock")?
-            .rows_affected();
-        if taken == 1 {
-            return Ok(Ok(()));
-        }
-        Ok(Err(self.lock_holder().await?.unwrap_or(LockHolder {
-            holder: "(released just now)".into(),
-            acquired_at: String::new(),
-            heartbeat_age_s: 0,
-        })))
-    }
-
-    /// The lock's holder, if any.
-    pub async fn lock_holder(&self) -> Result<Option<LockHolder>> {
-        let now = jiff::Timestamp::now().as_millisecond();
-        let row = query(&self.sql.lock_holder)
-            .fetch_optional(&self.pool)
-            .await
-            .context("reading the run lock")?;
-        row.map(|r| {
-            Ok(LockHolder {
-                holder: r.try_get(0)?,
-                acquired_at: r.try_get(1)?,
-                heartbeat_age_s: (now - r.try_get::<i64, _>(2)?) / 1000,
-            })
-        })
-        .transpose()
-    }
-
-    /// Refreshes the heartbeat; false if the lock is no longer this holder's.
-    pub async fn heartbeat(&self, holder: &str) -> Result<bool> {
-        let now = jiff::Timestamp::now().as_millisecond();
-        let kept = query(&self.sql.heartbeat)
-            .bind(now)
-            .bind(holder.to_owned())
-            .execute(&self.pool)
-            .await?;
-        Ok(kept.rows_affected() == 1)
-    }
-
-    pub async fn unlock(&self, holder: &str) -> Result<()> {
-        query(&self.sql.unlock)
-            .bind(holder.to_owned())
-            .execute(&self.pool)
-            .await
-            .context("releasing the run lock")?;
-        Ok(())
     }
 
     pub async fn close(&self) {

@@ -36,12 +36,10 @@ pub(super) struct Statements {
     pub ensure_period: Arc<str>,
     pub period: Arc<str>,
     pub set_vendor_count: Arc<str>,
-    /// Credits spent, calls made and records resolved by all runs of the table.
+    /// Credits spent, calls made and records resolved by all runs of the table
+    /// that still have their items (`freshen prune` removes a finished run's: its
+    /// credits without its records would inflate the retry overhead).
     pub history: Arc<str>,
-    pub take_lock: Arc<str>,
-    pub lock_holder: Arc<str>,
-    pub heartbeat: Arc<str>,
-    pub unlock: Arc<str>,
     /// The mapped columns, quoted, in `api.response` order.
     mapped: Vec<String>,
     key_kind: ColumnKind,
@@ -182,23 +180,9 @@ impl Statements {
                    + r.calls_permanent), 0) AS BIGINT), \
                  (SELECT COUNT(*) FROM freshen_items i JOIN freshen_runs r2 ON r2.id = i.run_id \
                   WHERE r2.source_table = {table_lit} AND i.state <> 'pending') \
-                 FROM freshen_runs r WHERE r.source_table = {table_lit}"
+                 FROM freshen_runs r WHERE r.source_table = {table_lit} \
+                 AND EXISTS (SELECT 1 FROM freshen_items i WHERE i.run_id = r.id)"
             )),
-            // One statement takes a free lock, a stale one, or the holder's own
-            // (the workers of a joined run share one holder name), and nothing else.
-            take_lock: a(format!(
-                "INSERT INTO freshen_locks (name, holder, acquired_at, heartbeat_at) VALUES ({table_lit}, $1, $2, $3) \
-                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, acquired_at = excluded.acquired_at, \
-                 heartbeat_at = excluded.heartbeat_at \
-                 WHERE freshen_locks.heartbeat_at < $4 OR freshen_locks.holder = excluded.holder"
-            )),
-            lock_holder: a(format!(
-                "SELECT holder, acquired_at, heartbeat_at FROM freshen_locks WHERE name = {table_lit}"
-            )),
-            heartbeat: a(format!(
-                "UPDATE freshen_locks SET heartbeat_at = $1 WHERE name = {table_lit} AND holder = $2"
-            )),
-            unlock: a(format!("DELETE FROM freshen_locks WHERE name = {table_lit} AND holder = $1")),
             mapped: config.api.response.iter().map(|m| m.column.quoted()).collect(),
             key_kind,
             backend,
