@@ -301,7 +301,7 @@ pub struct Summary {
     pub failures: Vec<Failure>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Calls {
     pub total: i64,
     #[serde(flatten)]
