@@ -85,10 +85,22 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<Exit> {
     init_logging(&cli.log, &display);
     let config = || Config::load(&cli.config, cli.database_url.as_deref());
     match cli.command {
-        Command::Run(args) => cmd::run::run(config()?, args, shutdown, &display).await,
+        Command::Run(args) => {
+            let path = args.summary_json.clone();
+            progress::with_summary_file(path.as_deref(), async {
+                cmd::run::run(config()?, args, shutdown, &display).await
+            })
+            .await
+        }
         Command::Status(args) => cmd::status::status(config()?, args).await,
         Command::Estimate(args) => cmd::estimate::estimate(config()?, args).await,
-        Command::Demo(args) => cmd::demo::demo(config()?, args, shutdown, &display).await,
+        Command::Demo(args) => {
+            let path = args.summary_json.clone();
+            progress::with_summary_file(path.as_deref(), async {
+                cmd::demo::demo(config()?, args, shutdown, &display).await
+            })
+            .await
+        }
         Command::Report(args) => report::report(config()?, args).await,
         Command::Sandbox(opts) => {
             sandbox::serve(opts, shutdown.cancelled_owned()).await?;

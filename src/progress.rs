@@ -3,6 +3,7 @@
 //! optionally written as JSON.
 
 use std::io::{IsTerminal, Write};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -265,6 +266,65 @@ fn draw_bar(position: u64, total: u64, cells: usize) -> String {
     format!("[{bar}]")
 }
 
+/// `--summary-json` on every exit after the flags parse: a stale file (last
+/// month's) is removed before the command starts; the run writes its full
+/// summary when it gets that far; any other end (a config error, the lock held,
+/// nothing to spend, a database error) writes a short one with the status and
+/// the exit code, and the error's message. A second SIGINT exits at once and
+/// leaves no file, never an old one.
+pub async fn with_summary_file(
+    path: Option<&Path>,
+    work: impl Future<Output = anyhow::Result<crate::Exit>>,
+) -> anyhow::Result<crate::Exit> {
+    let Some(path) = path else {
+        return work.await;
+    };
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(crate::error::usage(format!(
+                "--summary-json {}: cannot replace the file: {e}",
+                path.display()
+            )));
+        }
+    }
+    let result = work.await;
+    if path.exists() {
+        return result;
+    }
+    let (status, exit, message) = match &result {
+        Ok(exit) => (exit_status(*exit), *exit, None),
+        Err(e) if crate::error::is_usage(e) => ("usage_error", crate::Exit::Usage, Some(e)),
+        Err(e) => ("error", crate::Exit::Error, Some(e)),
+    };
+    let short = serde_json::json!({
+        "run": null,
+        "status": status,
+        "exit_code": exit.code(),
+        "message": message.map(|e| format!("{e:#}")),
+    });
+    let text = serde_json::to_string_pretty(&short).expect("JSON") + "\n";
+    if let Err(e) = std::fs::write(path, text) {
+        tracing::warn!("cannot write --summary-json {}: {e}", path.display());
+    }
+    result
+}
+
+/// The summary's `status` for an exit without a run's summary.
+fn exit_status(exit: crate::Exit) -> &'static str {
+    use crate::Exit::*;
+    match exit {
+        Complete => "complete",
+        Error => "error",
+        Usage => "usage_error",
+        Budget => "budget",
+        Outage => "outage",
+        Locked => "locked",
+        Interrupted => "interrupted",
+    }
+}
+
 /// A `tracing` writer that suspends the bars while a line is written.
 #[derive(Clone)]
 pub struct LogWriter(MultiProgress);
@@ -290,6 +350,8 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
 pub struct Summary {
     pub run: i64,
     pub status: String,
+    /// The process's exit code ([`crate::Exit`]).
+    pub exit_code: i32,
     pub records: ItemCounts,
     pub calls: Calls,
     pub credits: CreditsSummary,

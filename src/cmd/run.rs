@@ -411,6 +411,7 @@ async fn locked(
     let summary = Summary {
         run: run.id,
         status: status.to_owned(),
+        exit_code: exit.code(),
         records,
         calls: Calls {
             total: row.calls.total(),

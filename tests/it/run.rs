@@ -1,5 +1,7 @@
 //! The main job end to end: every selected record refreshed with the vendor's values.
 
+use std::time::Duration;
+
 use freshen::sandbox::SandboxOptions;
 
 use crate::harness::{Conf, TestEnv, assert_exit, read_json, text};
@@ -217,4 +219,78 @@ async fn text_keys_are_encoded_into_the_path_and_written_back() {
         "{}",
         text(&out.stderr)
     );
+}
+
+/// `--summary-json` after every exit: a script reading it after the run must
+/// never find last month's file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_summary_json_is_written_on_every_exit() {
+    let mut env = TestEnv::new(300).await;
+    env.vendor(SandboxOptions::default()).await;
+    env.write_config(&Conf {
+        reserve: Conf::default().allowance,
+        ..Conf::default()
+    });
+    let path = env.dir.path().join("last.json");
+    let file = path.to_str().unwrap();
+    let stale = || std::fs::write(&path, "{\"status\": \"last month\"}").unwrap();
+    let check = |out: &std::process::Output, code: i32, status: &str| {
+        assert_exit(out, code);
+        let json = read_json(&path);
+        assert_eq!(json["exit_code"], code, "{json}");
+        assert_eq!(json["status"], status, "{json}");
+    };
+
+    // Nothing to spend: exit 3 before any call.
+    stale();
+    let out = env
+        .freshen(&["run", "--spend-remaining", "--summary-json", file])
+        .await;
+    check(&out, 3, "budget");
+
+    // A usage error after the flags parse: exit 2, the message kept.
+    stale();
+    let out = env
+        .freshen(&["run", "--pace-until", "2001-01-01", "--summary-json", file])
+        .await;
+    check(&out, 2, "usage_error");
+    assert!(
+        read_json(&path)["message"]
+            .as_str()
+            .unwrap()
+            .contains("--pace-until")
+    );
+
+    // The database cannot be opened: exit 1.
+    stale();
+    let missing = env.dir.path().join("no/such/dir/x.db");
+    let url = format!("sqlite://{}", missing.display());
+    let out = env
+        .freshen(&["run", "--database-url", &url, "--summary-json", file])
+        .await;
+    check(&out, 1, "error");
+
+    // Another run holds the lock: exit 5.
+    env.write_config(&Conf {
+        rate: 50,
+        ..Conf::default()
+    });
+    let mut first = env.spawn(&["run"]);
+    env.wait_for_calls(1).await;
+    stale();
+    let out = env.freshen(&["run", "--summary-json", file]).await;
+    check(&out, 5, "locked");
+    first.kill().await.unwrap();
+    let _ = first.wait().await;
+
+    // The full summary carries the exit code too.
+    env.write_config(&Conf {
+        lock_stale_after: "1s",
+        ..Conf::default()
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stale();
+    let out = env.freshen(&["run", "--summary-json", file]).await;
+    check(&out, 0, "complete");
+    assert_eq!(read_json(&path)["records"]["done"], 300);
 }
