@@ -70,7 +70,7 @@ pub struct SelectionArgs {
     pub stale_before: Option<StaleBefore>,
 
     /// At most this many records, stalest first
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_hyphen_values = true, value_parser = whole_number)]
     pub limit: Option<u64>,
 }
 
@@ -94,7 +94,7 @@ pub struct RunArgs {
     pub summary_json: Option<PathBuf>,
 
     /// Spend at most N credits on this run, over all its resumes (exit 3 when reached)
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_hyphen_values = true, value_parser = whole_number)]
     pub max_credits: Option<u64>,
 
     /// Keep this file in Prometheus' text format (node_exporter's textfile collector):
@@ -126,7 +126,7 @@ pub struct EstimateArgs {
     pub selection: SelectionArgs,
 
     /// As `run --max-credits`: the run may spend at most N credits
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_hyphen_values = true, value_parser = whole_number)]
     pub max_credits: Option<u64>,
 
     /// Print the estimate as JSON
@@ -154,6 +154,11 @@ pub struct DemoArgs {
     /// Start a fresh run over the sample records even if the last demo run is complete
     #[arg(long)]
     pub new: bool,
+
+    /// Where the simulated vendor listens (default: the host and port of
+    /// api.base_url); the run calls it there
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
 
     /// How many sample records to create when the demo database does not exist yet
     #[arg(long, default_value_t = 3000)]
@@ -194,4 +199,11 @@ pub struct ReportArgs {
     /// Print the report's figures as JSON (summary, samples, failures by reason)
     #[arg(long)]
     pub json: bool,
+}
+
+/// A count given on the command line: `-1` is a number said wrong, not an
+/// unknown flag (clap's "unexpected argument '-1'" without this).
+fn whole_number(text: &str) -> Result<u64, String> {
+    text.parse::<u64>()
+        .map_err(|_| format!("`{text}` must be a positive whole number (0 or more), e.g. 100"))
 }

@@ -116,6 +116,7 @@ struct FileRetry {
     base_delay: String,
     max_delay: String,
     max_outage: String,
+    connect_grace: String,
 }
 
 impl Default for FileRetry {
@@ -125,6 +126,7 @@ impl Default for FileRetry {
             base_delay: "500ms".into(),
             max_delay: "60s".into(),
             max_outage: "30m".into(),
+            connect_grace: "1m".into(),
         }
     }
 }
@@ -244,6 +246,9 @@ pub struct Retry {
     pub base_delay: Duration,
     pub max_delay: Duration,
     pub max_outage: Duration,
+    /// A vendor that has not answered once in the run while every call fails to
+    /// connect (a wrong api.base_url) stops the run after this long (exit 4).
+    pub connect_grace: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -534,6 +539,7 @@ impl Config {
             base_delay: duration("retry.base_delay", &raw.retry.base_delay)?,
             max_delay: duration("retry.max_delay", &raw.retry.max_delay)?,
             max_outage: duration("retry.max_outage", &raw.retry.max_outage)?,
+            connect_grace: duration("retry.connect_grace", &raw.retry.connect_grace)?,
         };
         if retry.base_delay > retry.max_delay {
             return Err(key_err(

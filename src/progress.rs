@@ -361,6 +361,10 @@ pub struct Summary {
     pub rate: f64,
     /// A few failed records and why, for a first look (`freshen status` lists them too).
     pub failures: Vec<Failure>,
+    /// For an outage (exit 4): the last failed call's cause (a refused
+    /// connection, a DNS failure, a 503).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -408,6 +412,9 @@ impl Summary {
         );
         for f in &self.failures {
             println!("  failed   {}: {}", f.key, f.reason);
+        }
+        if let Some(cause) = &self.cause {
+            println!("  cause    {cause}");
         }
     }
 

@@ -16,6 +16,7 @@
 mod breaker;
 mod control;
 mod limit;
+pub mod reach;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -61,6 +62,8 @@ pub struct Pacer {
     retries: RetryBudget,
     max_pause: Duration,
     base_delay: Duration,
+    /// Whether the vendor was reached at all, and the last failure's cause.
+    pub reach: reach::Reach,
 }
 
 /// A live view of the pacer, for the progress display.
@@ -92,6 +95,7 @@ impl Pacer {
             retries: RetryBudget::default(),
             max_pause: retry.max_delay,
             base_delay: retry.base_delay,
+            reach: reach::Reach::new(retry.connect_grace),
         }
     }
 
@@ -103,6 +107,11 @@ impl Pacer {
         loop {
             let probe = match self.breaker.admit().await {
                 Admission::Call => false,
+                // A vendor never reached in this run is not down but not there
+                // (a wrong api.base_url): stop after retry.connect_grace.
+                Admission::Probe if self.reach.unreachable(Instant::now()) => {
+                    return Err(Outage);
+                }
                 Admission::Probe => true,
                 Admission::GiveUp => return Err(Outage),
             };
@@ -214,9 +223,26 @@ impl Pacer {
                 Signal::Failed => Outcome::Failed,
                 _ => Outcome::Ok(ticket.level),
             };
-            self.breaker.record(item, seq, outcome, now);
+            if self.breaker.record(item, seq, outcome, now) {
+                let cause = self.reach.cause().unwrap_or_else(|| "no answer".into());
+                tracing::warn!(
+                    "the vendor fails every call ({cause}): pausing all workers and probing"
+                );
+            }
         }
         self.breaker.is_open()
+    }
+
+    /// What a call came back with, for [`reach::Reach`]: an HTTP status means the
+    /// vendor is there; an error is the cause the outage line and the stop name.
+    pub fn saw(&self, status: Option<u16>, error: Option<&crate::api::CallError>) {
+        if let Some(e) = error {
+            let connect = status.is_none() && e.is_connect_failure();
+            self.reach.failed(&e.to_string(), connect, Instant::now());
+        }
+        if status.is_some() {
+            self.reach.answered();
+        }
     }
 
     fn apply(&self, setting: Setting) {
@@ -440,6 +466,7 @@ mod tests {
             max_concurrency: nz(max),
         };
         let retry = Retry {
+            connect_grace: Duration::from_secs(60),
             max_attempts: nz(5),
             base_delay: Duration::from_millis(100),
             max_delay: Duration::from_secs(10),
@@ -568,6 +595,7 @@ mod tests {
     #[test]
     fn backoff_grows_and_stays_capped() {
         let retry = Retry {
+            connect_grace: Duration::from_secs(60),
             max_attempts: NonZeroU32::new(5).unwrap(),
             base_delay: Duration::from_millis(100),
             max_delay: Duration::from_secs(1),
