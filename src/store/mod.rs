@@ -22,6 +22,7 @@ macro_rules! now_us {
     };
 }
 
+mod first_connect;
 mod fleet;
 mod ident;
 mod samples;
@@ -230,6 +231,7 @@ impl Store {
                     .await
             }
             Backend::Postgres => {
+                first_connect::probe(url, &shown, &config.database_source).await?;
                 AnyPoolOptions::new()
                     .max_connections(8)
                     .acquire_timeout(Duration::from_secs(30))
@@ -270,10 +272,14 @@ impl Store {
                     }
                     _ => String::new(),
                 };
-                return Err(anyhow::Error::new(e).context(format!(
-                    "cannot open the database {shown} (database.url in {}){why}",
-                    config.path.display()
-                )));
+                let why = match why.is_empty() {
+                    true => format!(": {}", first_connect::describe(&e)),
+                    false => why,
+                };
+                return Err(anyhow::anyhow!(
+                    "cannot open the database {shown} ({}){why}",
+                    config.database_source
+                ));
             }
         };
 
