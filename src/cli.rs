@@ -7,10 +7,20 @@ use clap::{Args, Parser, Subcommand};
 use crate::sandbox::SandboxOptions;
 use crate::selection::{IdSpec, StaleBefore};
 
+/// The exit codes, for `--help` (the README's table says what to do about each).
+const EXIT_CODES: &str = "Exit codes:
+  0    complete (every selected record refreshed or failed permanently)
+  1    an error freshen could not work around (database unreachable, ...)
+  2    configuration or usage error (the message names the key or flag)
+  3    stopped at the credit budget, or the vendor is out of credits
+  4    the vendor was down past retry.max_outage, or unreachable (api.base_url)
+  5    another run of the same table holds the lock
+  130  interrupted (SIGINT/SIGTERM) after checkpointing";
+
 /// Refresh database records against a rate-limited, credit-metered API:
 /// as fast as the vendor allows, never past the credit budget, resumable after any crash.
 #[derive(Debug, Parser)]
-#[command(name = "freshen", version, about)]
+#[command(name = "freshen", version, about, after_help = EXIT_CODES)]
 pub struct Cli {
     /// The configuration file
     #[arg(
@@ -42,6 +52,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Plan a run (or resume the unfinished one with the same selection) and execute it
+    #[command(after_help = EXIT_CODES)]
     Run(RunArgs),
     /// The current or last run and this period's credits, read from the database
     Status(StatusArgs),

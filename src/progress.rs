@@ -158,16 +158,27 @@ impl Frame {
             "" => String::new(),
             s => format!(" | {s}"),
         };
+        // A slow pace (`--pace-until` far away) as the time between calls, not
+        // "0/s".
+        let pace = if self.paced_rate >= 1.0 {
+            format!("at {:.0}/s", self.paced_rate)
+        } else {
+            let every =
+                Duration::from_secs_f64(1.0 / self.paced_rate.max(crate::pacer::SLOWEST_RATE));
+            format!("paced to one call every {}", short_duration(every))
+        };
+        let achieved = match self.rate() {
+            r if r >= 1.0 || self.done + self.failed == 0 => format!("{r:.0}/s"),
+            r => format!("{r:.4}/s"),
+        };
         format!(
-            "run {}: {}/{} records, {:.0}/s achieved, eta {}, limit {} in flight at {:.0}/s, \
+            "run {}: {}/{} records, {achieved} achieved, eta {}, limit {} in flight {pace}, \
              {} failed, {} retries, {} throttled{state}",
             self.run,
             self.position(),
             self.total,
-            self.rate(),
             self.eta().map_or("-".into(), short_duration),
             self.concurrency,
-            self.paced_rate,
             self.failed,
             self.retries,
             self.throttled,
@@ -499,6 +510,15 @@ mod tests {
         }
         // 80 columns less the spinner and a spare column.
         let narrow = line(&resumed(), 77);
+        let slow = Frame {
+            paced_rate: 3.0 / (20.0 * 86_400.0),
+            ..resumed()
+        };
+        assert!(
+            slow.log_line().contains("paced to one call every 160h00m"),
+            "{}",
+            slow.log_line()
+        );
         assert!(narrow.contains("1563/2940 eta 15s 98/s"), "{narrow}");
         assert!(!narrow.contains("retries"), "{narrow}");
         assert!(line(&resumed(), 30).contains("1563/2940"));

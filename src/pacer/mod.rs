@@ -66,6 +66,10 @@ pub struct Pacer {
     pub reach: reach::Reach,
 }
 
+/// The slowest pace, calls per second: one call per 116 days (10^7 s), longer
+/// than any credit period, so any `--pace-until` is honoured.
+pub const SLOWEST_RATE: f64 = 1e-7;
+
 /// A live view of the pacer, for the progress display.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Gauges {
@@ -317,7 +321,8 @@ impl Pacer {
 /// buckets are never drawn from at once.
 struct Gate {
     limiter: RwLock<(u64, Arc<DefaultDirectRateLimiter>)>,
-    rate_milli: AtomicU64,
+    /// The rate's f64 bits: a paced rate can be far below one call a second.
+    rate_bits: AtomicU64,
     ceiling: f64,
     burst_at_ceiling: u32,
 }
@@ -329,7 +334,7 @@ impl Gate {
                 0,
                 Arc::new(RateLimiter::direct(Quota::per_second(nonzero(1)))),
             )),
-            rate_milli: AtomicU64::new(0),
+            rate_bits: AtomicU64::new(0),
             ceiling,
             burst_at_ceiling,
         };
@@ -338,7 +343,7 @@ impl Gate {
     }
 
     fn rate(&self) -> f64 {
-        self.rate_milli.load(Ordering::Acquire) as f64 / 1000.0
+        f64::from_bits(self.rate_bits.load(Ordering::Acquire))
     }
 
     /// Changes the rate when it moved by more than 1%.
@@ -351,7 +356,7 @@ impl Gate {
         let burst = (f64::from(self.burst_at_ceiling) * rate / self.ceiling)
             .round()
             .max(1.0) as u32;
-        let period = Duration::from_secs_f64(1.0 / rate.max(0.01));
+        let period = Duration::from_secs_f64(1.0 / rate.max(SLOWEST_RATE));
         let quota = Quota::with_period(period)
             .expect("a positive period")
             .allow_burst(nonzero(burst));
@@ -361,8 +366,7 @@ impl Gate {
             let mut current = self.limiter.write().expect("gate lock");
             *current = (current.0 + 1, Arc::new(limiter));
         }
-        self.rate_milli
-            .store((rate * 1000.0) as u64, Ordering::Release);
+        self.rate_bits.store(rate.to_bits(), Ordering::Release);
     }
 
     async fn ready(&self) {
@@ -606,5 +610,15 @@ mod tests {
         assert!(delays[0] >= Duration::from_millis(100));
         assert!(delays.iter().all(|d| *d <= Duration::from_secs(1)));
         assert!(delays[9] >= Duration::from_millis(500), "{delays:?}");
+    }
+
+    #[test]
+    fn a_deadline_a_month_away_is_paced_as_asked() {
+        let p = pacer(100, 10, 16);
+        // The run: 3 records to the end of a 20-day month.
+        let rate = 3.0 / (20.0 * 86_400.0);
+        p.set_ceiling(rate);
+        let shown = p.gauges().rate;
+        assert!((shown - rate).abs() < rate * 0.01, "{shown} for {rate}");
     }
 }
