@@ -7,10 +7,20 @@ use clap::{Args, Parser, Subcommand};
 use crate::sandbox::SandboxOptions;
 use crate::selection::{IdSpec, StaleBefore};
 
+/// The exit codes, for `--help` (the README's table says what to do about each).
+const EXIT_CODES: &str = "Exit codes:
+  0    complete (every selected record refreshed or failed permanently)
+  1    an error freshen could not work around (database unreachable, ...)
+  2    configuration or usage error (the message names the key or flag)
+  3    stopped at the credit budget, or the vendor is out of credits
+  4    the vendor was down past retry.max_outage, or unreachable (api.base_url)
+  5    another run of the same table holds the lock
+  130  interrupted (SIGINT/SIGTERM) after checkpointing";
+
 /// Refresh database records against a rate-limited, credit-metered API:
 /// as fast as the vendor allows, never past the credit budget, resumable after any crash.
 #[derive(Debug, Parser)]
-#[command(name = "freshen", version, about)]
+#[command(name = "freshen", version, about, after_help = EXIT_CODES)]
 pub struct Cli {
     /// The configuration file
     #[arg(
@@ -42,6 +52,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Plan a run (or resume the unfinished one with the same selection) and execute it
+    #[command(after_help = EXIT_CODES)]
     Run(RunArgs),
     /// The current or last run and this period's credits, read from the database
     Status(StatusArgs),
@@ -74,7 +85,7 @@ pub struct SelectionArgs {
     pub stale_before: Option<StaleBefore>,
 
     /// At most this many records, stalest first
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_hyphen_values = true, value_parser = whole_number)]
     pub limit: Option<u64>,
 }
 
@@ -98,7 +109,7 @@ pub struct RunArgs {
     pub summary_json: Option<PathBuf>,
 
     /// Spend at most N credits on this run, over all its resumes (exit 3 when reached)
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_hyphen_values = true, value_parser = whole_number)]
     pub max_credits: Option<u64>,
 
     /// Keep this file in Prometheus' text format (node_exporter's textfile collector):
@@ -135,7 +146,7 @@ pub struct EstimateArgs {
     pub selection: SelectionArgs,
 
     /// As `run --max-credits`: the run may spend at most N credits
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_hyphen_values = true, value_parser = whole_number)]
     pub max_credits: Option<u64>,
 
     /// Print the estimate as JSON
@@ -184,6 +195,11 @@ pub struct DemoArgs {
     #[arg(long)]
     pub new: bool,
 
+    /// Where the simulated vendor listens (default: the host and port of
+    /// api.base_url); the run calls it there
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
+
     /// How many sample records to create when the demo database does not exist yet
     #[arg(long, default_value_t = 3000)]
     pub records: u64,
@@ -223,4 +239,11 @@ pub struct ReportArgs {
     /// Print the report's figures as JSON (summary, samples, failures by reason)
     #[arg(long)]
     pub json: bool,
+}
+
+/// A count given on the command line: `-1` is a number said wrong, not an
+/// unknown flag (clap's "unexpected argument '-1'" without this).
+fn whole_number(text: &str) -> Result<u64, String> {
+    text.parse::<u64>()
+        .map_err(|_| format!("`{text}` must be a positive whole number (0 or more), e.g. 100"))
 }

@@ -130,6 +130,7 @@ struct FileRetry {
     base_delay: String,
     max_delay: String,
     max_outage: String,
+    connect_grace: String,
 }
 
 impl Default for FileRetry {
@@ -139,6 +140,7 @@ impl Default for FileRetry {
             base_delay: "500ms".into(),
             max_delay: "60s".into(),
             max_outage: "30m".into(),
+            connect_grace: "1m".into(),
         }
     }
 }
@@ -203,6 +205,9 @@ pub struct Config {
     /// The file it was read from, for messages.
     pub path: PathBuf,
     pub database_url: Secret,
+    /// Where the URL came from, for messages: `database.url in FILE` or
+    /// `--database-url (or FRESHEN_DATABASE_URL)`.
+    pub database_source: String,
     pub source: Source,
     pub api: Api,
     pub limits: Limits,
@@ -262,6 +267,9 @@ pub struct Retry {
     pub base_delay: Duration,
     pub max_delay: Duration,
     pub max_outage: Duration,
+    /// A vendor that has not answered once in the run while every call fails to
+    /// connect (a wrong api.base_url) stops the run after this long (exit 4).
+    pub connect_grace: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -377,21 +385,29 @@ impl Config {
             .map_err(|e| usage(format!("{file}: {}", e.to_string().trim_end())))?;
         let key_err = |key: &str, msg: String| usage(format!("{file}: `{key}` {msg}"));
 
-        let database_url = match database_url {
-            Some(url) => Secret::new(url.to_owned()),
-            None => Secret::new(
-                expand(&raw.database.url, env)
-                    .map_err(|m| key_err("database.url", m))?
-                    .0,
+        // A URL from the flag is relative to where freshen runs; one from the
+        // file, to the file's directory (as api.ca_file is), so a cron job started
+        // anywhere finds the same database.
+        let (database_url, database_source) = match database_url {
+            Some(url) => (
+                Secret::new(resolve_sqlite(url, Path::new(""))),
+                "--database-url (or FRESHEN_DATABASE_URL)".to_owned(),
             ),
+            None => {
+                let url = expand(&raw.database.url, env).map_err(|m| key_err("database.url", m))?;
+                let base = path.parent().unwrap_or(Path::new(""));
+                (
+                    Secret::new(resolve_sqlite(&url.0, base)),
+                    format!("database.url in {file}"),
+                )
+            }
         };
         let scheme = database_url.expose().split(':').next().unwrap_or_default();
         if !matches!(scheme, "sqlite" | "postgres" | "postgresql") {
-            return Err(key_err(
-                "database.url",
-                "must start with `sqlite:` or `postgres://` (the scheme names the database engine)"
-                    .into(),
-            ));
+            return Err(usage(format!(
+                "{database_source}: must start with `sqlite:` or `postgres://` (the scheme \
+                 names the database engine)"
+            )));
         }
 
         // A filter is one condition. A `;` would end the plan's statement and start
@@ -552,6 +568,7 @@ impl Config {
             base_delay: duration("retry.base_delay", &raw.retry.base_delay)?,
             max_delay: duration("retry.max_delay", &raw.retry.max_delay)?,
             max_outage: duration("retry.max_outage", &raw.retry.max_outage)?,
+            connect_grace: duration("retry.connect_grace", &raw.retry.connect_grace)?,
         };
         if retry.base_delay > retry.max_delay {
             return Err(key_err(
@@ -662,6 +679,7 @@ impl Config {
         Ok(Config {
             path: path.to_owned(),
             database_url,
+            database_source,
             source,
             api: Api {
                 base_url: base.as_str().trim_end_matches('/').to_owned(),
@@ -701,6 +719,13 @@ impl Config {
         match Url::parse(self.database_url.expose()) {
             Ok(mut url) if url.password().is_some() => {
                 let _ = url.set_password(Some("(redacted)"));
+                url.set_query(None);
+                url.to_string()
+            }
+            // Engine, user, host and database; the query (which may carry a
+            // `password=`) left out.
+            Ok(mut url) => {
+                url.set_query(None);
                 url.to_string()
             }
             _ if self.database_url.expose().starts_with("sqlite:") => {
@@ -708,6 +733,29 @@ impl Config {
             }
             _ => "(database url)".into(),
         }
+    }
+}
+
+/// A SQLite URL with its relative file path resolved against `base` and made
+/// absolute (messages then show the file meant); other URLs, `:memory:` and
+/// absolute paths as given.
+fn resolve_sqlite(url: &str, base: &Path) -> String {
+    let Some(rest) = url.strip_prefix("sqlite:") else {
+        return url.to_owned();
+    };
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    let (file, query) = match rest.split_once('?') {
+        Some((f, q)) => (f, Some(q)),
+        None => (rest, None),
+    };
+    if file.is_empty() || file.starts_with('/') || file.starts_with(':') {
+        return url.to_owned();
+    }
+    let joined = base.join(file);
+    let absolute = std::path::absolute(&joined).unwrap_or(joined);
+    match query {
+        Some(q) => format!("sqlite://{}?{q}", absolute.display()),
+        None => format!("sqlite://{}", absolute.display()),
     }
 }
 

@@ -87,13 +87,25 @@ impl Exit {
 /// more than once in a process.
 pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<Exit> {
     let display = Display::new();
-    init_logging(&cli.log, &display);
+    init_logging(&cli.log, &display)?;
     let config = || Config::load(&cli.config, cli.database_url.as_deref());
     match cli.command {
-        Command::Run(args) => cmd::run::run(config()?, args, shutdown, &display).await,
+        Command::Run(args) => {
+            let path = args.summary_json.clone();
+            progress::with_summary_file(path.as_deref(), async {
+                cmd::run::run(config()?, args, shutdown, &display).await
+            })
+            .await
+        }
         Command::Status(args) => cmd::status::status(config()?, args).await,
         Command::Estimate(args) => cmd::estimate::estimate(config()?, args).await,
-        Command::Demo(args) => cmd::demo::demo(config()?, args, shutdown, &display).await,
+        Command::Demo(args) => {
+            let path = args.summary_json.clone();
+            progress::with_summary_file(path.as_deref(), async {
+                cmd::demo::demo(config()?, args, shutdown, &display).await
+            })
+            .await
+        }
         Command::Report(args) => report::report(config()?, args).await,
         Command::Prune(args) => cmd::prune::prune(config()?, args).await,
         Command::Sandbox(opts) => {
@@ -104,18 +116,25 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<Exit> {
 }
 
 /// Logs go to stderr, through the progress bars; the first call in a process wins.
-fn init_logging(filter: &str, display: &Display) {
+fn init_logging(filter: &str, display: &Display) -> Result<()> {
     use std::io::IsTerminal;
     // PostgreSQL's notices ("relation already exists, skipping" from the
     // migrations) are not news, nor is each dead connection the pool drops
     // while the database is away (freshen says what it does about that).
+    // A filter that does not parse is said, not replaced by `info` in silence.
+    let given = filter;
     let filter = format!("{filter},sqlx::postgres::notice=warn,sqlx::pool=warn");
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| {
+        error::usage(format!(
+            "--log `{given}` (or FRESHEN_LOG) is not a log filter ({e}); give a level \
+             (`info`, `debug`) or targets (`freshen=debug,info`)"
+        ))
+    })?;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(display.log_writer())
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .try_init();
+    Ok(())
 }

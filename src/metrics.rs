@@ -297,7 +297,7 @@ impl Metrics {
             family(
                 "freshen_last_run_exit_code",
                 "gauge",
-                "Exit code of the last `freshen run` that ended: 0 complete, 3 budget, 4 vendor down, 130 interrupted, 1 and 2 errors.",
+                "Exit code of the last `freshen run` that ended: 0 complete, 3 budget, 4 vendor down, 5 locked by another run, 130 interrupted, 1 and 2 errors.",
                 &one(f64::from(last.code)),
             );
             family(

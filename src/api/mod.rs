@@ -44,6 +44,16 @@ pub enum CallError {
     Fatal(String),
 }
 
+/// How the reason of a call that could not connect starts.
+const CONNECT_FAILED: &str = "connection failed";
+
+impl CallError {
+    /// No connection to the vendor could be made (refused, unresolvable, timed out).
+    pub fn is_connect_failure(&self) -> bool {
+        matches!(self, CallError::Transient { reason, .. } if reason.starts_with(CONNECT_FAILED))
+    }
+}
+
 /// One call's result: the status (if an answer arrived) decides billing; the
 /// vendor's quota headers and the latency feed the pacer.
 #[derive(Debug)]
@@ -349,13 +359,15 @@ impl Vendor {
                  private CA, set api.ca_file to that CA's PEM certificate"
             ));
         }
-        let what = if e.is_timeout() {
+        // A connection that could not be made first: a connect timeout is that,
+        // not a slow answer.
+        let what = if e.is_connect() {
+            CONNECT_FAILED.to_owned()
+        } else if e.is_timeout() {
             format!(
                 "no answer within api.timeout ({})",
                 humantime::format_duration(self.timeout)
             )
-        } else if e.is_connect() {
-            "connection failed".to_owned()
         } else if e.is_body() || e.is_decode() {
             "answer cut off".to_owned()
         } else {

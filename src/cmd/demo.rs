@@ -37,6 +37,11 @@ pub async fn demo(
         );
     }
 
+    let mut config = config;
+    if let Some(addr) = args.listen {
+        // The run calls the sandbox wherever it listens.
+        config.api.base_url = format!("http://{addr}");
+    }
     let listen = url::Url::parse(&config.api.base_url)
         .ok()
         .and_then(|u| u.socket_addrs(|| None).ok())
@@ -60,7 +65,14 @@ pub async fn demo(
         error_rate: 0.01,
         ..SandboxOptions::default()
     })
-    .await?;
+    .await
+    .with_context(|| {
+        format!(
+            "the demo's vendor cannot listen on {listen} (api.base_url in {}, or demo --listen); \
+             pick a free address with `freshen demo --listen 127.0.0.1:8078`",
+            config.path.display()
+        )
+    })?;
     println!("sandbox vendor listening on {}", sandbox.base_url());
 
     let run = RunArgs {

@@ -19,6 +19,9 @@ use crate::store::Store;
 #[derive(Debug, Serialize)]
 pub struct Estimate {
     pub table: String,
+    /// The estimate asked the vendor's account endpoint (`credits.remaining_url`,
+    /// unbilled); otherwise it read the database only.
+    pub asked_account: bool,
     /// The unfinished run with this selection that `run` would resume.
     pub resumes_run: Option<i64>,
     /// Records the run would call for.
@@ -75,7 +78,7 @@ pub async fn estimate(config: Config, args: EstimateArgs) -> Result<Exit> {
 }
 
 pub async fn compute(config: &Config, store: &Store, args: EstimateArgs) -> Result<Estimate> {
-    crate::cmd::ask_vendor(config, store, args.offline).await?;
+    let asked_account = crate::cmd::ask_vendor(config, store, args.offline).await?;
     let selection = selection(args.selection, config);
     let resume = store
         .latest_run_with(&selection)
@@ -148,6 +151,7 @@ pub async fn compute(config: &Config, store: &Store, args: EstimateArgs) -> Resu
     let rate = config.limits.rate.get();
     Ok(Estimate {
         table: config.source.table.to_string(),
+        asked_account,
         resumes_run: resume.map(|r| r.id),
         selected,
         skipped_fresh,
@@ -183,10 +187,18 @@ impl Estimate {
         };
         line(
             "estimate",
-            format!(
-                "table `{}`, from the database only: no call to the vendor",
-                self.table
-            ),
+            if self.asked_account {
+                format!(
+                    "table `{}`, from the database and one unbilled call to the vendor's \
+                     account endpoint (credits.remaining_url); no billed call",
+                    self.table
+                )
+            } else {
+                format!(
+                    "table `{}`, from the database only: no call to the vendor",
+                    self.table
+                )
+            },
         );
         let records = match self.resumes_run {
             Some(run) => format!(
@@ -229,7 +241,9 @@ impl Estimate {
         if c.budget < p.available {
             line("budget", format!("{} (--max-credits)", c.budget));
         }
-        let verdict = if self.verdict == "covered" {
+        let verdict = if self.selected == 0 {
+            "nothing matched: the selection takes no record; `run` would plan nothing".to_owned()
+        } else if self.verdict == "covered" {
             format!("covered: the budget reaches all {} records", self.selected)
         } else {
             format!("covers {} of {} records", self.covered, self.selected)

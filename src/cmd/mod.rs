@@ -28,13 +28,14 @@ pub fn selection(args: SelectionArgs, config: &Config) -> Selection {
 
 /// With `credits.remaining_url` (and not `--offline`), asks the vendor's account
 /// endpoint for the credits left and records the count with this period. If the
-/// vendor cannot say, a warning, and the database's figures stand.
-pub async fn ask_vendor(config: &Config, store: &Store, offline: bool) -> Result<()> {
+/// vendor cannot say, a warning, and the database's figures stand. Returns
+/// whether it called the endpoint.
+pub async fn ask_vendor(config: &Config, store: &Store, offline: bool) -> Result<bool> {
     let Some((url, pointer)) = &config.credits.remaining_url else {
-        return Ok(());
+        return Ok(false);
     };
     if offline {
-        return Ok(());
+        return Ok(false);
     }
     let label = config.credits.periods.label_at(crate::credits::now());
     store.period(&label, config.credits.allowance).await?;
@@ -51,7 +52,7 @@ pub async fn ask_vendor(config: &Config, store: &Store, offline: bool) -> Result
         }
         Err(e) => eprintln!("warning: {e:#}; the figures below use the database's last count"),
     }
-    Ok(())
+    Ok(true)
 }
 
 /// This period's credits as the ledger has them, for `status` and `estimate`:

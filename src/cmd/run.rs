@@ -310,6 +310,7 @@ async fn locked(
     store.set_status(run.id, "running", false).await?;
     let tally = Arc::new(Tally::default());
     let pacer = Arc::new(Pacer::new(&config.limits, &config.retry));
+    let reach = pacer.clone();
     let watching = CancellationToken::new();
     display.watch(
         run.id,
@@ -448,6 +449,7 @@ async fn locked(
     let summary = Summary {
         run: run.id,
         status: status.to_owned(),
+        exit_code: exit.code(),
         records,
         skipped: row.skipped,
         calls: Calls {
@@ -462,6 +464,10 @@ async fn locked(
         wall_s,
         rate: resolved as f64 / wall_s.max(1e-3),
         failures: failures(&store, &row).await?,
+        cause: match stop {
+            Stop::Outage => reach.reach.cause(),
+            _ => None,
+        },
     };
     summary.print();
     if let Some(path) = &args.summary_json {
@@ -479,9 +485,7 @@ async fn locked(
             println!("stopped: the vendor reports no credits left (402); the rest stays pending")
         }
         Stop::Interrupted => println!("interrupted: `freshen run` with the same selection resumes"),
-        Stop::Outage => println!(
-            "stopped: the vendor has been down longer than retry.max_outage; `freshen run` with the same selection resumes"
-        ),
+        Stop::Outage => println!("{}", outage_message(&reach, &config)),
         Stop::Drained | Stop::Fenced => {}
     }
     if others > 0 && records.pending > 0 {
@@ -560,6 +564,16 @@ async fn choose_run(
             } else {
                 None
             };
+            // An empty selection (`--limit 0`, `--ids` that match no key) is not a
+            // run: say so, and plan nothing.
+            let (matched, _) = store.count_selection(selection).await?;
+            if matched == 0 || selection.limit == Some(0) {
+                println!(
+                    "nothing matched: the selection (--ids, --stale-before, --limit and \
+                     source.filter) takes no record of the table; no run planned"
+                );
+                return Ok(Err(Exit::Complete));
+            }
             let planned = Instant::now();
             let run = store.plan(selection, cap, args.strict).await?;
             tracing::info!(
@@ -613,4 +627,36 @@ async fn failures(store: &Store, run: &RunRow) -> Result<Vec<Failure>> {
         .into_iter()
         .map(|(key, reason)| Failure { key, reason })
         .collect())
+}
+
+/// Why the run stopped at exit 4: the vendor down past `retry.max_outage`, or
+/// never reached at all (a wrong `api.base_url`), with the last call's cause.
+fn outage_message(pacer: &Pacer, config: &Config) -> String {
+    let cause = pacer.reach.cause().unwrap_or_else(|| "no answer".into());
+    if pacer.reach.unreachable(tokio::time::Instant::now()) {
+        format!(
+            "stopped: cannot reach the vendor at api.base_url ({}): {cause}; no call was answered \
+             in this run and every call failed to connect for retry.connect_grace ({}). Check \
+             api.base_url in {} (and the network, DNS or proxy); nothing was marked failed",
+            without_password(&config.api.base_url),
+            humantime::format_duration(pacer.reach.grace()),
+            config.path.display()
+        )
+    } else {
+        format!(
+            "stopped: the vendor has been down longer than retry.max_outage (last error: {cause}); \
+             `freshen run` with the same selection resumes"
+        )
+    }
+}
+
+/// A URL as it may be shown: any password in it replaced.
+fn without_password(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("(redacted)"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
 }

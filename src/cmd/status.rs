@@ -79,7 +79,12 @@ pub async fn status(config: Config, args: StatusArgs) -> Result<Exit> {
         None => println!("no run yet for table `{}`", config.source.table),
         Some(r) => {
             let (n, c) = (&r.records, &r.calls);
-            println!("run {} {} (selection {})", r.id, r.status, r.selection);
+            println!(
+                "run {} {} (selection: {})",
+                r.id,
+                r.status,
+                describe_selection(&r.selection)
+            );
             println!(
                 "  records  {} total, {} done, {} failed, {} pending",
                 n.total, n.done, n.failed, n.pending
@@ -170,4 +175,19 @@ async fn workers(
         store.prune_workers(run, &dead).await?;
     }
     Ok(views)
+}
+
+/// A stored selection for people: `all records`, or its flags.
+fn describe_selection(selection: &serde_json::Value) -> String {
+    let Some(fields) = selection.as_object().filter(|o| !o.is_empty()) else {
+        return "all records".to_owned();
+    };
+    fields
+        .iter()
+        .map(|(k, v)| match v {
+            serde_json::Value::String(s) => format!("{k} {s}"),
+            other => format!("{k} {other}"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }

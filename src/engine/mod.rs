@@ -392,6 +392,7 @@ async fn work(shared: Arc<Shared>, mut item: Item, _slot: OwnedSemaphorePermit, 
                 shared.budget.vendor_says(left);
             }
         }
+        pacer.saw(call.status, call.result.as_ref().err());
         let (signal, retry_after) = match &call.result {
             Ok(_) => (Signal::Success(started.elapsed()), None),
             Err(CallError::Throttled { retry_after }) => (Signal::Throttled, *retry_after),

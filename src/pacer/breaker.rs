@@ -232,7 +232,7 @@ impl Breaker {
             probing: false,
             schedule,
         });
-        tracing::warn!("the vendor fails every call: pausing all workers and probing");
+        // The pacer says it, with the cause (a refused connection, a DNS failure).
         tracing::debug!(
             consecutive_failures = needed,
             failure_share = format!("{:.4}", s.failure_share),

@@ -229,7 +229,10 @@ impl Control {
     /// spread over time to a deadline. The rate follows at once when it must fall,
     /// and climbs back by the usual steps when it may rise.
     pub fn set_ceiling(&mut self, ceiling: f64) -> Setting {
-        self.ceiling = ceiling.clamp(1e-4, self.configured);
+        // Any deadline is honoured down to one call per 116 days (longer than
+        // any credit period): `--pace-until` far away spreads a few records
+        // over it instead of a hidden floor of one call per 3 h.
+        self.ceiling = ceiling.clamp(super::SLOWEST_RATE, self.configured);
         self.floor = self.floor.min(self.ceiling);
         self.rate = self.rate.min(self.ceiling);
         if let Some(stated) = self.stated {

@@ -16,6 +16,7 @@
 mod breaker;
 mod control;
 mod limit;
+pub mod reach;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -61,7 +62,13 @@ pub struct Pacer {
     retries: RetryBudget,
     max_pause: Duration,
     base_delay: Duration,
+    /// Whether the vendor was reached at all, and the last failure's cause.
+    pub reach: reach::Reach,
 }
+
+/// The slowest pace, calls per second: one call per 116 days (10^7 s), longer
+/// than any credit period, so any `--pace-until` is honoured.
+pub const SLOWEST_RATE: f64 = 1e-7;
 
 /// A live view of the pacer, for the progress display.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -92,6 +99,7 @@ impl Pacer {
             retries: RetryBudget::default(),
             max_pause: retry.max_delay,
             base_delay: retry.base_delay,
+            reach: reach::Reach::new(retry.connect_grace),
         }
     }
 
@@ -103,6 +111,11 @@ impl Pacer {
         loop {
             let probe = match self.breaker.admit().await {
                 Admission::Call => false,
+                // A vendor never reached in this run is not down but not there
+                // (a wrong api.base_url): stop after retry.connect_grace.
+                Admission::Probe if self.reach.unreachable(Instant::now()) => {
+                    return Err(Outage);
+                }
                 Admission::Probe => true,
                 Admission::GiveUp => return Err(Outage),
             };
@@ -214,9 +227,26 @@ impl Pacer {
                 Signal::Failed => Outcome::Failed,
                 _ => Outcome::Ok(ticket.level),
             };
-            self.breaker.record(item, seq, outcome, now);
+            if self.breaker.record(item, seq, outcome, now) {
+                let cause = self.reach.cause().unwrap_or_else(|| "no answer".into());
+                tracing::warn!(
+                    "the vendor fails every call ({cause}): pausing all workers and probing"
+                );
+            }
         }
         self.breaker.is_open()
+    }
+
+    /// What a call came back with, for [`reach::Reach`]: an HTTP status means the
+    /// vendor is there; an error is the cause the outage line and the stop name.
+    pub fn saw(&self, status: Option<u16>, error: Option<&crate::api::CallError>) {
+        if let Some(e) = error {
+            let connect = status.is_none() && e.is_connect_failure();
+            self.reach.failed(&e.to_string(), connect, Instant::now());
+        }
+        if status.is_some() {
+            self.reach.answered();
+        }
     }
 
     fn apply(&self, setting: Setting) {
@@ -291,7 +321,8 @@ impl Pacer {
 /// buckets are never drawn from at once.
 struct Gate {
     limiter: RwLock<(u64, Arc<DefaultDirectRateLimiter>)>,
-    rate_milli: AtomicU64,
+    /// The rate's f64 bits: a paced rate can be far below one call a second.
+    rate_bits: AtomicU64,
     ceiling: f64,
     burst_at_ceiling: u32,
 }
@@ -303,7 +334,7 @@ impl Gate {
                 0,
                 Arc::new(RateLimiter::direct(Quota::per_second(nonzero(1)))),
             )),
-            rate_milli: AtomicU64::new(0),
+            rate_bits: AtomicU64::new(0),
             ceiling,
             burst_at_ceiling,
         };
@@ -312,7 +343,7 @@ impl Gate {
     }
 
     fn rate(&self) -> f64 {
-        self.rate_milli.load(Ordering::Acquire) as f64 / 1000.0
+        f64::from_bits(self.rate_bits.load(Ordering::Acquire))
     }
 
     /// Changes the rate when it moved by more than 1%.
@@ -325,7 +356,7 @@ impl Gate {
         let burst = (f64::from(self.burst_at_ceiling) * rate / self.ceiling)
             .round()
             .max(1.0) as u32;
-        let period = Duration::from_secs_f64(1.0 / rate.max(0.01));
+        let period = Duration::from_secs_f64(1.0 / rate.max(SLOWEST_RATE));
         let quota = Quota::with_period(period)
             .expect("a positive period")
             .allow_burst(nonzero(burst));
@@ -335,8 +366,7 @@ impl Gate {
             let mut current = self.limiter.write().expect("gate lock");
             *current = (current.0 + 1, Arc::new(limiter));
         }
-        self.rate_milli
-            .store((rate * 1000.0) as u64, Ordering::Release);
+        self.rate_bits.store(rate.to_bits(), Ordering::Release);
     }
 
     async fn ready(&self) {
@@ -440,6 +470,7 @@ mod tests {
             max_concurrency: nz(max),
         };
         let retry = Retry {
+            connect_grace: Duration::from_secs(60),
             max_attempts: nz(5),
             base_delay: Duration::from_millis(100),
             max_delay: Duration::from_secs(10),
@@ -568,6 +599,7 @@ mod tests {
     #[test]
     fn backoff_grows_and_stays_capped() {
         let retry = Retry {
+            connect_grace: Duration::from_secs(60),
             max_attempts: NonZeroU32::new(5).unwrap(),
             base_delay: Duration::from_millis(100),
             max_delay: Duration::from_secs(1),
@@ -578,5 +610,15 @@ mod tests {
         assert!(delays[0] >= Duration::from_millis(100));
         assert!(delays.iter().all(|d| *d <= Duration::from_secs(1)));
         assert!(delays[9] >= Duration::from_millis(500), "{delays:?}");
+    }
+
+    #[test]
+    fn a_deadline_a_month_away_is_paced_as_asked() {
+        let p = pacer(100, 10, 16);
+        // The run: 3 records to the end of a 20-day month.
+        let rate = 3.0 / (20.0 * 86_400.0);
+        p.set_ceiling(rate);
+        let shown = p.gauges().rate;
+        assert!((shown - rate).abs() < rate * 0.01, "{shown} for {rate}");
     }
 }

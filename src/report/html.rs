@@ -114,6 +114,51 @@ fn spans(placed: &[Placed], flag: impl Fn(&Sample) -> bool) -> Vec<(f64, f64)> {
     out
 }
 
+/// A sample shorter than this (the last one of a process, cut short by its end)
+/// holds too few calls for a rate of its own: 16 answers landing in its 122 ms
+/// would plot as 131/s. It is folded into the sample before it, over their joint
+/// length, for the chart and the header's peak alike, so the two agree.
+const SHORTEST_RATE_MS: i64 = 500;
+
+/// Calls answered per second over a stretch of the timeline.
+#[derive(Debug, Clone, PartialEq)]
+struct RatePoint {
+    start: f64,
+    end: f64,
+    rate: f64,
+    after_gap: bool,
+}
+
+/// The rate of calls answered, one point per sample, short samples folded into
+/// the one before them.
+fn rate_points(placed: &[Placed]) -> Vec<RatePoint> {
+    let mut out: Vec<(RatePoint, i64)> = Vec::new();
+    for p in placed {
+        let calls = p.s.calls.total();
+        match out.last_mut() {
+            Some((last, sum)) if p.s.interval_ms < SHORTEST_RATE_MS && !p.after_gap => {
+                last.end = p.end;
+                *sum += calls;
+            }
+            _ => out.push((
+                RatePoint {
+                    start: p.start,
+                    end: p.end,
+                    rate: 0.0,
+                    after_gap: p.after_gap,
+                },
+                calls,
+            )),
+        }
+    }
+    out.into_iter()
+        .map(|(mut point, calls)| {
+            point.rate = calls as f64 / (point.end - point.start).max(1e-3);
+            point
+        })
+        .collect()
+}
+
 fn status_color(status: &str) -> &'static str {
     match status {
         "complete" => GREEN,
@@ -224,10 +269,9 @@ fn cards(h: &mut String, r: &Report, placed: &[Placed]) {
         .filter(|p| p.s.outage)
         .map(|p| p.end - p.start)
         .sum();
-    let peak = placed
+    let peak = rate_points(placed)
         .iter()
-        .filter(|p| p.s.interval_ms >= 500)
-        .map(|p| p.s.rate)
+        .map(|p| p.rate)
         .fold(0.0, f64::max);
     let ceiling = placed
         .last()
@@ -313,9 +357,11 @@ fn rate_chart(h: &mut String, r: &Report, placed: &[Placed]) {
     } else {
         f64::from(r.limits.rate)
     };
+    let points = rate_points(placed);
     let top = placed
         .iter()
-        .map(|p| p.s.rate.max(p.s.paced_rate))
+        .map(|p| p.s.paced_rate)
+        .chain(points.iter().map(|p| p.rate))
         .fold(ceiling, f64::max);
     let f = Frame::new(WIDTH - 22.0, 280.0, t1, top * 1.05);
     h.push_str(r#"<div class="panel">"#);
@@ -368,7 +414,14 @@ fn rate_chart(h: &mut String, r: &Report, placed: &[Placed]) {
         GRAY,
         r#"stroke-width="1.5" stroke-dasharray="4 3""#,
     );
-    let rate = segments(placed, |p| vec![((p.start + p.end) / 2.0, p.s.rate)]);
+    let mut rate: Vec<Vec<(f64, f64)>> = Vec::new();
+    for p in &points {
+        if p.after_gap || rate.is_empty() {
+            rate.push(Vec::new());
+        }
+        let line = rate.last_mut().expect("pushed");
+        line.push(((p.start + p.end) / 2.0, p.rate));
+    }
     f.line(h, &rate, BLUE, r#"stroke-width="2.2""#);
     h.push_str("</svg></div>\n");
 }
@@ -562,5 +615,36 @@ mod tests {
         assert!(placed[3].after_gap);
         assert_eq!(segments(&placed, |p| vec![(p.end, 0.0)]).len(), 2);
         assert_eq!(spans(&placed, |s| s.paused), vec![(0.0, 2.0), (59.0, 60.0)]);
+    }
+
+    #[test]
+    fn a_short_last_sample_is_a_rate_over_its_own_length_with_the_one_before() {
+        let s = |at_ms, interval_ms, ok| Sample {
+            at_ms,
+            interval_ms,
+            calls: crate::store::CallCounts {
+                ok,
+                ..Default::default()
+            },
+            ..Sample::default()
+        };
+        // The issue's run: 8 calls a second, then 16 answers in a last 122 ms.
+        let samples = [s(1000, 1000, 8), s(2000, 1000, 8), s(2122, 122, 16)];
+        let placed = place(&samples);
+        let points = rate_points(&placed);
+        assert_eq!(points.len(), 2);
+        assert_eq!(points[0].rate, 8.0);
+        assert!((points[1].rate - 24.0 / 1.122).abs() < 1e-9, "{points:?}");
+        assert_eq!((points[1].start, points[1].end), (1.0, 2.122));
+        // The header's peak is the chart's highest point.
+        let page = page(&Report {
+            samples: samples.to_vec(),
+            ..Report::default()
+        });
+        assert!(
+            page.contains("peak 21.4/s"),
+            "{}",
+            &page[..page.len().min(4000)]
+        );
     }
 }

@@ -24,7 +24,7 @@ const EXAMPLES: i64 = 5;
 
 /// Everything the report shows. `records`, `calls` and `credits.spent` and
 /// `credits.remaining` are the figures of `run --summary-json`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {
     pub run: i64,
     pub table: String,
@@ -43,7 +43,7 @@ pub struct Report {
     pub failures: Vec<FailureGroup>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Credits {
     /// The period the run last worked in.
     pub period: String,
@@ -59,7 +59,7 @@ pub struct Credits {
 }
 
 /// The configured ceilings, as the report is made.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Limits {
     pub rate: u32,
     pub max_concurrency: u32,
@@ -74,9 +74,24 @@ pub async fn report(config: Config, args: ReportArgs) -> Result<Exit> {
     let store = Store::connect(&config).await?;
     let result = gather(&store, &config, args.run).await;
     store.close().await;
+    if let (Err(e), true) = (&result, args.json) {
+        println!("{}", json_error(&format!("{e:#}"), &config));
+    }
     let Some(report) = result? else {
-        println!("no run yet for table `{}`", config.source.table);
-        return Ok(Exit::Complete);
+        // Nothing to report is not success: a script that mails the page or
+        // pipes the JSON to jq must see it, and `--json` keeps stdout JSON.
+        let message = format!(
+            "no run yet for table `{}`: nothing to report; `freshen run` makes one",
+            config.source.table
+        );
+        if args.json {
+            let error =
+                serde_json::json!({"error": message, "table": config.source.table.to_string()});
+            println!("{}", serde_json::to_string_pretty(&error).expect("JSON"));
+        } else {
+            eprintln!("{message}");
+        }
+        return Ok(Exit::Error);
     };
     if let Some(out) = &args.out {
         write_html(&report, out)?;
@@ -89,6 +104,12 @@ pub async fn report(config: Config, args: ReportArgs) -> Result<Exit> {
         );
     }
     Ok(Exit::Complete)
+}
+
+/// What `--json` prints instead of a report: `{"error": …, "table": …}`.
+fn json_error(message: &str, config: &Config) -> String {
+    let error = serde_json::json!({"error": message, "table": config.source.table.to_string()});
+    serde_json::to_string_pretty(&error).expect("JSON always serializes")
 }
 
 /// The report of run `run`, or of the table's latest run; None when there is no run.

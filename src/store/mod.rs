@@ -23,6 +23,7 @@ macro_rules! now_us {
 }
 
 mod checkpoint;
+mod first_connect;
 mod fleet;
 mod ident;
 mod keys;
@@ -243,6 +244,7 @@ impl Store {
                     .await
             }
             Backend::Postgres => {
+                first_connect::probe(url, &shown, &config.database_source).await?;
                 let settings = session::Settings::new(config);
                 AnyPoolOptions::new()
                     .max_connections(8)
@@ -288,10 +290,14 @@ impl Store {
                     }
                     _ => String::new(),
                 };
-                return Err(anyhow::Error::new(e).context(format!(
-                    "cannot open the database {shown} (database.url in {}){why}",
-                    config.path.display()
-                )));
+                let why = match why.is_empty() {
+                    true => format!(": {}", first_connect::describe(&e)),
+                    false => why,
+                };
+                return Err(anyhow::anyhow!(
+                    "cannot open the database {shown} ({}){why}",
+                    config.database_source
+                ));
             }
         };
 

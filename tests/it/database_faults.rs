@@ -313,3 +313,81 @@ async fn a_database_made_read_only_mid_run_stops_without_writing_half() {
     assert_exit(&env.freshen(&["run"]).await, 0);
     env.assert_each_written_once(400).await;
 }
+
+/// Each way of naming the database wrong gets a message that blames the right
+/// place, names the database once (engine, user, host) and comes at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_messages_blame_the_right_place_and_name_the_database() {
+    let env = TestEnv::new_sqlite(5).await;
+    env.write_config(&Conf::default());
+
+    // A bad --database-url is the flag's fault, not config.toml's.
+    let out = env
+        .freshen(&["status", "--database-url", "mysql://u@h/db"])
+        .await;
+    assert_exit(&out, 2);
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("--database-url") && !err.contains("database.url in"),
+        "{err}"
+    );
+
+    // A missing PostgreSQL database: engine, user, host and name, the cause once.
+    let server = std::env::var("FRESHEN_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    let missing = format!("{server}/freshen_no_such_database");
+    let out = env.freshen(&["status", "--database-url", &missing]).await;
+    assert_exit(&out, 1);
+    let err = text(&out.stderr);
+    assert!(err.contains(&missing), "{err}");
+    assert_eq!(err.matches("does not exist").count(), 1, "{err}");
+    assert!(!err.contains("(database url)"), "{err}");
+
+    // A closed port: said as such, not "pool timed out" after 30 s.
+    let out = env
+        .freshen(&[
+            "status",
+            "--database-url",
+            "postgres://postgres@127.0.0.1:1/x",
+        ])
+        .await;
+    assert_exit(&out, 1);
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("connection refused") && !err.contains("timed out"),
+        "{err}"
+    );
+}
+
+/// A relative SQLite path in config.toml is read from the config file's
+/// directory, like api.ca_file, wherever freshen runs; errors show the resolved path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relative_sqlite_path_is_relative_to_the_config_file() {
+    let env = TestEnv::new_sqlite(5).await;
+    env.write_config(&Conf::default());
+    env.edit_config(|c| c.replace(&env.db_url(), "sqlite://test.db"));
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = env
+        .command(&["status"])
+        .current_dir(elsewhere.path())
+        .output()
+        .await
+        .unwrap();
+    assert_exit(&out, 0);
+    assert!(!elsewhere.path().join("test.db").exists());
+
+    env.edit_config(|c| c.replace("sqlite://test.db", "sqlite://gone.db"));
+    let out = env
+        .command(&["status"])
+        .current_dir(elsewhere.path())
+        .output()
+        .await
+        .unwrap();
+    assert_exit(&out, 1);
+    let resolved = env.dir.path().join("gone.db");
+    assert!(
+        text(&out.stderr).contains(&resolved.display().to_string()),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -208,6 +208,10 @@ async fn the_account_endpoint_is_asked_unbilled_unless_offline() {
 
     let e = estimate_json(&env, &["--offline"]).await;
     assert_eq!(env.sandbox().stats().account, 0, "--offline asks nothing");
+    assert_eq!(e["asked_account"], false);
+    let out = env.freshen(&["estimate", "--offline"]).await;
+    assert!(text(&out.stdout).contains("no call to the vendor"));
+
     assert_eq!(e["credits"]["period"]["available"], 1000);
 
     let e = estimate_json(&env, &[]).await;
@@ -217,6 +221,16 @@ async fn the_account_endpoint_is_asked_unbilled_unless_offline() {
     assert_eq!(e["credits"]["period"]["available"], 30, "the lower count");
     assert_eq!(e["covered"], 30);
     assert_eq!(e["verdict"], "partial");
+    assert_eq!(e["asked_account"], true);
+    // The text says what it called.
+    let out = env.freshen(&["estimate"]).await;
+    assert_exit(&out, 0);
+    assert!(
+        text(&out.stdout).contains("one unbilled call to the vendor's account endpoint")
+            && !text(&out.stdout).contains("no call to the vendor"),
+        "{}",
+        text(&out.stdout)
+    );
 
     // The run trusts it too: 30 billed calls, and no 402.
     assert_exit(&env.freshen(&["run"]).await, 3);

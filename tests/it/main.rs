@@ -4,6 +4,7 @@
 mod answers;
 mod config_errors;
 mod credits;
+mod cron;
 mod database_faults;
 mod estimate;
 mod flow;

@@ -158,7 +158,7 @@ async fn report_names_a_missing_run_and_needs_an_output() {
     env.vendor(SandboxOptions::default()).await;
     env.write_config(&Conf::default());
     let out = env.freshen(&["report", "--json"]).await;
-    assert_exit(&out, 0);
+    assert_exit(&out, 1);
     assert!(
         text(&out.stdout).contains("no run yet"),
         "{}",
@@ -172,6 +172,12 @@ async fn report_names_a_missing_run_and_needs_an_output() {
         text(&out.stderr).contains("no run 99"),
         "{}",
         text(&out.stderr)
+    );
+    // With --json, standard output stays JSON.
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        json["error"].as_str().unwrap().contains("no run 99"),
+        "{json}"
     );
     let out = env.freshen(&["report"]).await;
     assert_exit(&out, 2);
@@ -353,4 +359,32 @@ async fn an_unwritable_metrics_file_is_a_usage_error_naming_the_flag() {
         text(&out.stderr)
     );
     assert_eq!(env.item_states().await, (0, 0, 0), "no run started");
+}
+
+#[tokio::test]
+async fn with_no_run_the_report_says_so_in_json_and_fails() {
+    let mut env = TestEnv::new(5).await;
+    env.vendor(SandboxOptions::default()).await;
+    env.write_config(&Conf::default());
+    let out = env.freshen(&["report", "--json"]).await;
+    assert_exit(&out, 1);
+    let json: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is JSON ({e}): {}", text(&out.stdout)));
+    assert!(
+        json["error"].as_str().unwrap().contains("no run yet"),
+        "{json}"
+    );
+    assert_eq!(json["table"], "people");
+
+    let page = env.dir.path().join("report.html");
+    let out = env
+        .freshen(&["report", "--out", page.to_str().unwrap()])
+        .await;
+    assert_exit(&out, 1);
+    assert!(
+        text(&out.stderr).contains("nothing to report"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!page.exists());
 }

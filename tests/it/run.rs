@@ -1,5 +1,7 @@
 //! The main job end to end: every selected record refreshed with the vendor's values.
 
+use std::time::Duration;
+
 use freshen::sandbox::SandboxOptions;
 
 use crate::harness::{Conf, TestEnv, assert_exit, read_json, text};
@@ -217,4 +219,191 @@ async fn text_keys_are_encoded_into_the_path_and_written_back() {
         "{}",
         text(&out.stderr)
     );
+}
+
+/// `--summary-json` after every exit: a script reading it after the run must
+/// never find last month's file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_summary_json_is_written_on_every_exit() {
+    let mut env = TestEnv::new(300).await;
+    env.vendor(SandboxOptions::default()).await;
+    env.write_config(&Conf {
+        reserve: Conf::default().allowance,
+        ..Conf::default()
+    });
+    let path = env.dir.path().join("last.json");
+    let file = path.to_str().unwrap();
+    let stale = || std::fs::write(&path, "{\"status\": \"last month\"}").unwrap();
+    let check = |out: &std::process::Output, code: i32, status: &str| {
+        assert_exit(out, code);
+        let json = read_json(&path);
+        assert_eq!(json["exit_code"], code, "{json}");
+        assert_eq!(json["status"], status, "{json}");
+    };
+
+    // Nothing to spend: exit 3 before any call.
+    stale();
+    let out = env
+        .freshen(&["run", "--spend-remaining", "--summary-json", file])
+        .await;
+    check(&out, 3, "budget");
+
+    // A usage error after the flags parse: exit 2, the message kept.
+    stale();
+    let out = env
+        .freshen(&["run", "--pace-until", "2001-01-01", "--summary-json", file])
+        .await;
+    check(&out, 2, "usage_error");
+    assert!(
+        read_json(&path)["message"]
+            .as_str()
+            .unwrap()
+            .contains("--pace-until")
+    );
+
+    // The database cannot be opened: exit 1.
+    stale();
+    let missing = env.dir.path().join("no/such/dir/x.db");
+    let url = format!("sqlite://{}", missing.display());
+    let out = env
+        .freshen(&["run", "--database-url", &url, "--summary-json", file])
+        .await;
+    check(&out, 1, "error");
+
+    // Another run holds the lock: exit 5.
+    env.write_config(&Conf {
+        rate: 50,
+        ..Conf::default()
+    });
+    let mut first = env.spawn(&["run"]);
+    env.wait_for_calls(1).await;
+    stale();
+    let out = env.freshen(&["run", "--summary-json", file]).await;
+    check(&out, 5, "locked");
+    first.kill().await.unwrap();
+    let _ = first.wait().await;
+
+    // The full summary carries the exit code too.
+    env.write_config(&Conf {
+        lock_stale_after: "1s",
+        ..Conf::default()
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stale();
+    let out = env.freshen(&["run", "--summary-json", file]).await;
+    check(&out, 0, "complete");
+    assert_eq!(read_json(&path)["records"]["done"], 300);
+}
+
+/// A wrong `api.base_url` (nothing listens there) is not an outage to probe for
+/// `retry.max_outage` (30 minutes here): the run stops after
+/// `retry.connect_grace` with exit 4, naming the key and the cause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_base_url_stops_within_the_connect_grace() {
+    let env = TestEnv::new(50).await;
+    // No sandbox: the config points at 127.0.0.1:9, where nothing listens.
+    env.write_config(&Conf {
+        max_outage: "30m",
+        ..Conf::default()
+    });
+    env.edit_config(|c| c.replace("[retry]\n", "[retry]\nconnect_grace = \"2s\"\n"));
+    let summary = env.dir.path().join("last.json");
+    let out = env
+        .freshen(&["run", "--summary-json", summary.to_str().unwrap()])
+        .await;
+    assert_exit(&out, 4);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(
+        stdout.contains("cannot reach the vendor at api.base_url (http://127.0.0.1:9)")
+            && stdout.contains("retry.connect_grace (2s)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("Connection refused"), "{stdout}");
+    // The outage line names the cause at info level.
+    assert!(
+        stderr.contains("the vendor fails every call (connection failed:"),
+        "{stderr}"
+    );
+    let json = read_json(&summary);
+    assert_eq!(json["status"], "outage");
+    assert_eq!(json["exit_code"], 4);
+    assert!(
+        json["cause"]
+            .as_str()
+            .unwrap()
+            .contains("Connection refused"),
+        "{json}"
+    );
+    assert_eq!(env.item_states().await, (0, 0, 50), "nothing marked failed");
+}
+
+/// `demo` on a busy port: the advice names a flag `demo` takes, and the flag works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_on_a_busy_port_advises_its_own_listen_flag() {
+    let env = TestEnv::new_sqlite(20).await;
+    env.write_config(&Conf::default());
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy_addr = busy.local_addr().unwrap().to_string();
+    let out = env.freshen(&["demo", "--listen", &busy_addr]).await;
+    assert_exit(&out, 1);
+    assert!(
+        text(&out.stderr).contains("`freshen demo --listen 127.0.0.1:8078`"),
+        "{}",
+        text(&out.stderr)
+    );
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let free_addr = free.local_addr().unwrap().to_string();
+    drop(free);
+    let out = env.freshen(&["demo", "--listen", &free_addr]).await;
+    assert_exit(&out, 0);
+    assert!(text(&out.stdout).contains(&format!("listening on http://{free_addr}")));
+    assert_eq!(env.item_states().await, (20, 0, 0));
+}
+
+/// A selection of nothing plans nothing; a negative count is a number said wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_selection_plans_nothing_and_negative_counts_are_named() {
+    let mut env = TestEnv::new(20).await;
+    env.vendor(SandboxOptions::default()).await;
+    env.write_config(&Conf::default());
+    for args in [
+        &["run", "--limit", "0"][..],
+        &["run", "--ids", "5000..6000"],
+    ] {
+        let out = env.freshen(args).await;
+        assert_exit(&out, 0);
+        assert!(
+            text(&out.stdout).contains("nothing matched"),
+            "{}",
+            text(&out.stdout)
+        );
+    }
+    let out = env.freshen(&["estimate", "--ids", "5000"]).await;
+    assert_exit(&out, 0);
+    assert!(
+        text(&out.stdout).contains("nothing matched"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(env.sandbox().stats().requests, 0);
+    let db = env.db().await;
+    let runs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM freshen_runs")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    db.close().await;
+    assert_eq!(runs, 0, "no run planned");
+
+    for args in [
+        &["run", "--limit", "-1"][..],
+        &["run", "--max-credits", "-3"],
+    ] {
+        let out = env.freshen(args).await;
+        assert_exit(&out, 2);
+        assert!(
+            text(&out.stderr).contains("must be a positive whole number"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
 }

@@ -73,3 +73,42 @@ async fn status_shows_the_right_counts_during_and_after_a_run() {
         text(&human.stdout)
     );
 }
+
+/// Smaller things an operator meets: the selection said in words, a bad log
+/// filter named, the exit codes in `--help`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_says_all_records_and_bad_log_filters_and_help_are_plain() {
+    let mut env = TestEnv::new(10).await;
+    env.vendor(SandboxOptions::default()).await;
+    env.write_config(&Conf::default());
+    assert_exit(&env.freshen(&["run"]).await, 0);
+    let out = env.freshen(&["status"]).await;
+    assert_exit(&out, 0);
+    assert!(
+        text(&out.stdout).contains("(selection: all records)"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let out = env.freshen(&["status", "--log", "freshen=loud"]).await;
+    assert_exit(&out, 2);
+    assert!(
+        text(&out.stderr).contains("--log `freshen=loud`"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    for args in [&["--help"][..], &["run", "--help"]] {
+        let out = env.bare_command(args).output().await.unwrap();
+        assert_exit(&out, 0);
+        let help = text(&out.stdout);
+        assert!(
+            help.contains("Exit codes:") && help.contains("130  interrupted"),
+            "{help}"
+        );
+        assert!(
+            help.contains("5    another run of the same table holds the lock"),
+            "{help}"
+        );
+    }
+}
