@@ -160,7 +160,9 @@ async fn keep_lock(
     loop {
         tokio::time::sleep(stale_after / 4).await;
         let kept = match store.heartbeat(&holder).await {
-            Ok(false) => store
+            // A solo run whose row was taken over stops; a joined run's row
+            // may have been released by the last worker out as this one came.
+            Ok(false) if shared => store
                 .lock(&holder, stale_after, shared)
                 .await
                 .map(|taken| taken.is_ok()),

@@ -53,8 +53,11 @@ pub(super) struct OsLock {
 /// What taking the lower layer found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Layer {
-    /// Held by this process alone: any other holder is dead.
+    /// Taken just now, and held by this process alone: any other holder is dead.
     Sole,
+    /// Held by this process since before: the row's own rule (free, stale, or
+    /// this holder's) decides.
+    Kept,
     /// Held shared with other live processes (the workers of a joined run).
     Shared,
     /// Held by another live process.
@@ -96,7 +99,7 @@ impl Store {
         let stale = now - i64::try_from(stale_after.as_millis()).unwrap_or(i64::MAX);
         let (sql, stale, dead) = match layer {
             Layer::Sole => (TAKE, i64::MAX, String::new()),
-            Layer::Shared => (TAKE, stale, String::new()),
+            Layer::Shared | Layer::Kept => (TAKE, stale, String::new()),
             Layer::Busy => (TAKE_OVER, stale, String::new()),
             Layer::Unavailable => {
                 let dead = match self.lock_row().await? {
@@ -161,9 +164,10 @@ impl Store {
         }))
     }
 
-    /// Refreshes the heartbeat, and takes the lower layer if the lock was taken
-    /// over from a holder that then held it; false if the lock is no longer this
-    /// holder's.
+    /// Refreshes the heartbeat, and takes the lower layer again if this process
+    /// does not hold it (the lock was taken over from a suspended holder that has
+    /// let go since, or the server dropped the lock's session); false if the lock
+    /// is no longer this holder's.
     pub async fn heartbeat(&self, holder: &str) -> Result<bool> {
         let now = jiff::Timestamp::now().as_millisecond();
         let kept = sqlx::query(
@@ -175,13 +179,8 @@ impl Store {
         .execute(&self.pool)
         .await?;
         if kept.rows_affected() == 1 {
-            let shared = {
-                let os = self.os_lock.lock().await;
-                os.guard.is_none().then_some(os.shared)
-            };
-            if let Some(shared) = shared {
-                self.take_layer(shared).await;
-            }
+            let shared = self.os_lock.lock().await.shared;
+            self.take_layer(shared).await;
         }
         Ok(kept.rows_affected() == 1)
     }
@@ -228,14 +227,26 @@ impl Store {
     async fn take_layer(&self, shared: bool) -> Layer {
         let mut os = self.os_lock.lock().await;
         os.shared = shared;
-        if os.guard.is_none() {
-            match self.new_guard(shared).await {
-                Ok(Some(guard)) => os.guard = Some(guard),
-                Ok(None) => return Layer::Busy,
-                Err(e) => {
-                    tracing::debug!("no lock that dies with its holder: {e:#}");
-                    return Layer::Unavailable;
-                }
+        // A session the server dropped (a restart, pg_terminate_backend) holds
+        // nothing any more: take it again, or learn that another run has.
+        if let Some(Guard::Session(conn)) = &mut os.guard
+            && conn.ping().await.is_err()
+        {
+            tracing::warn!("the run lock's database session was lost: taking the lock again");
+            os.guard = None;
+        }
+        if os.guard.is_some() {
+            // Held from before: the row may have been taken over meanwhile (this
+            // process was suspended past lock.stale_after). Only a lock taken
+            // just now proves its last holder dead.
+            return Layer::Kept;
+        }
+        match self.new_guard(shared).await {
+            Ok(Some(guard)) => os.guard = Some(guard),
+            Ok(None) => return Layer::Busy,
+            Err(e) => {
+                tracing::debug!("no lock that dies with its holder: {e:#}");
+                return Layer::Unavailable;
             }
         }
         if !shared {

@@ -440,3 +440,45 @@ async fn prune_removes_old_samples_and_finished_runs_items_and_says_how_many() {
         text(&text_out.stdout)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspended_holder_is_taken_over_after_stale_after_and_stops_when_it_resumes() {
+    let mut env = TestEnv::new(300).await;
+    env.vendor(SandboxOptions {
+        latency: Duration::from_millis(50),
+        ..SandboxOptions::default()
+    })
+    .await;
+    env.write_config(&Conf {
+        rate: 40,
+        max_concurrency: 2,
+        lock_stale_after: "6s",
+        ..Conf::default()
+    });
+    let first = env.spawn(&["run"]);
+    env.wait_for_calls(10).await;
+    // Stopped, its process (and its OS or session lock) stays: only the
+    // heartbeat's age lets another run in.
+    signal(&first, "-STOP").await;
+    let stopped = Instant::now();
+    let out = env.freshen(&["run"]).await;
+    // (Unless this machine took longer than stale_after to start that run.)
+    if stopped.elapsed() < Duration::from_secs(5) {
+        assert_exit(&out, 5);
+    }
+    tokio::time::sleep(Duration::from_secs(7).saturating_sub(stopped.elapsed())).await;
+    let second = env.spawn(&["run"]);
+    env.wait_for_calls(env.sandbox().stats().requests + 10)
+        .await;
+    signal(&first, "-CONT").await;
+    let first = crate::harness::finish(first).await;
+    assert_exit(&first, 130);
+    assert!(
+        text(&first.stderr).contains("another run took over the lock"),
+        "{}",
+        text(&first.stderr)
+    );
+    let second = crate::harness::finish(second).await;
+    assert_exit(&second, 0);
+    assert_eq!(env.item_states().await, (300, 0, 0));
+}
