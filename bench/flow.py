@@ -11,7 +11,9 @@ sandbox's counters. It prints one table row per scenario:
   in outage    calls that reached the vendor during its outage window
   failed       records that ended failed
 
-Usage: python3 bench/flow.py [--bin target/release/freshen] [--records 2000] [--only NAME]
+Usage: python3 bench/flow.py [--bin target/release/freshen] [--records 2000] [--only NAME] [--long]
+  --long: issue 15's rows instead (20,000 and 60,000 records, 1 s and 2 s latency,
+          5/10/20% instant 503s), each with its own record count and latency
 Build first: cargo build --release
 """
 
@@ -40,8 +42,25 @@ SCENARIOS = [
      ["--rate", "200", "--burst", "20", "--outage-start", "3s", "--outage", "5s", "--ratelimit-headers"], (200, 32), 15.0),
     # Not an outage: a vendor that fails one call in ten at random. Ideal: the
     # 2,000 / 0.9 calls it takes, at 200/s.
-    ("limit 200/s, 10% of calls fail (500)", ["--rate", "200", "--burst", "20", "--error-rate", "0.1"], (200, 32),
-     2000 / 0.9 / 200),
+    ("limit 200/s, 10% of calls fail (500)", ["--rate", "200", "--burst", "20", "--error-rate", "0.1", "--instant-errors"],
+     (200, 32), 2000 / 0.9 / 200),
+]
+
+# Issue 15's rows: (name, sandbox flags, config (rate, max_concurrency), ideal seconds,
+# records, latency). Ideal: records over what the vendor takes (successes only).
+LONG = [
+    ("limit 200/s, config 1000/s x64, 20k", ["--rate", "200", "--burst", "20"], (1000, 64), 100.0, 20000, "50ms"),
+    ("limit 1200/s, config 1500/s, 60k", ["--rate", "1200", "--burst", "120"], (1500, 64), 50.0, 60000, "10ms"),
+    ("limit 200/s, 1 s latency, x256", ["--rate", "200", "--burst", "20"], (200, 256), 20.0, 4000, "1s"),
+    ("limit 100/s, 2 s latency, x256", ["--rate", "100", "--burst", "10"], (100, 256), 20.0, 2000, "2s"),
+] + [
+    (f"limit 200/s, {p}% instant 503", ["--rate", "200", "--burst", "20", "--error-rate", str(p / 100),
+                                         "--error-status", "503", "--instant-errors"],
+     (200, 32), 2000 / (200 * (1 - p / 100)), 2000, "50ms")
+    for p in (5, 10, 20)
+] + [
+    ("limit 200/s, 10% 503 after the latency", ["--rate", "200", "--burst", "20", "--error-rate", "0.1",
+                                                 "--error-status", "503"], (200, 32), 2000 / 180, 2000, "50ms"),
 ]
 
 
@@ -55,7 +74,7 @@ def seed(path, records):
     db.close()
 
 
-def run(binary, name, sandbox_flags, rate, conc, ideal, records, latency, log="warn", log_to=None):
+def run(binary, name, sandbox_flags, rate, conc, ideal, records, latency, log="warn", log_to=None, sandbox_bin=None):
     with tempfile.TemporaryDirectory() as tmp:
         db = os.path.join(tmp, "bench.db")
         seed(db, records)
@@ -64,7 +83,7 @@ def run(binary, name, sandbox_flags, rate, conc, ideal, records, latency, log="w
         with open(config_path, "w") as f:
             f.write(config(f"sqlite://{db}", port, conc, rate=rate, base_delay="500ms", max_delay="60s", max_outage="5m"))
         sandbox = subprocess.Popen(
-            [binary, "sandbox", "--listen", f"127.0.0.1:{port}", "--latency", latency] + sandbox_flags,
+            [sandbox_bin or binary, "sandbox", "--listen", f"127.0.0.1:{port}", "--latency", latency] + sandbox_flags,
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         try:
             wait_for(port)
@@ -107,20 +126,26 @@ def main():
     p.add_argument("--json", help="also write the rows as JSON to this file")
     p.add_argument("--log", default="warn", help="freshen's log level (--log), e.g. debug to see every pace change")
     p.add_argument("--log-dir", help="keep each run's log in this directory, one file per scenario")
+    p.add_argument("--sandbox-bin", help="run the sandbox from this binary (to bench an older freshen against "
+                   "a sandbox with --error-status and --instant-errors)")
+    p.add_argument("--long", action="store_true", help="run issue 15's rows (long runs, own record counts) instead")
     args = p.parse_args()
     if not os.path.exists(args.bin):
         raise SystemExit(f"{args.bin} not found: run `cargo build --release` first, or pass --bin")
 
     rows = []
     print(f"{'scenario':44} {'wall/ideal':>10} {'rejected':>9} {'calls':>6} {'in outage':>9} {'failed':>6}")
-    for name, flags, (rate, conc), ideal in SCENARIOS:
+    table = [(n, f, c, i, args.records, args.latency) for n, f, c, i in SCENARIOS]
+    if args.long:
+        table = [(n, f, c, i * 2000 / r, r, lat) for n, f, c, i, r, lat in LONG]
+    for name, flags, (rate, conc), ideal, records, latency in table:
         if args.only and args.only not in name:
             continue
         log_to = None
         if args.log_dir:
             os.makedirs(args.log_dir, exist_ok=True)
             log_to = os.path.join(args.log_dir, re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") + ".log")
-        row = run(args.bin, name, flags, rate, conc, ideal, args.records, args.latency, args.log, log_to)
+        row = run(args.bin, name, flags, rate, conc, ideal, records, latency, args.log, log_to, args.sandbox_bin)
         rows.append(row)
         print(f"{name:44} {row['wall_over_ideal']:>10.3f} {row['rejected_share']:>8.1%} {row['calls']:>6} "
               f"{row['calls_in_outage']:>9} {row['failed']:>6}", flush=True)

@@ -47,9 +47,19 @@ pub struct SandboxOptions {
     /// Latency of every accepted call, e.g. `50ms` (refusals are immediate)
     #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
     pub latency: Duration,
-    /// Share of calls (0..1) answered 500, chosen by a seeded generator
+    /// Share of calls (0..1) answered with --error-status, chosen by a seeded
+    /// generator; they come after --latency, as a failing backend's do, unless
+    /// --instant-errors
     #[arg(long, default_value_t = 0.0)]
     pub error_rate: f64,
+    /// The status of --error-rate's errors: 500, or 503 (without Retry-After, as a
+    /// load balancer answers when a backend is unhealthy)
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u16).range(500..600))]
+    pub error_status: u16,
+    /// Answer --error-rate's errors at once, before the latency, as a load balancer
+    /// does
+    #[arg(long)]
+    pub instant_errors: bool,
     /// Start of an outage, from server start: every call answered 503 during it
     #[arg(long, value_parser = humantime::parse_duration)]
     pub outage_start: Option<Duration>,
@@ -89,6 +99,8 @@ impl Default for SandboxOptions {
             max_concurrency: 0,
             latency: Duration::ZERO,
             error_rate: 0.0,
+            error_status: 500,
+            instant_errors: false,
             outage_start: None,
             outage: Duration::ZERO,
             credits: None,
@@ -217,7 +229,7 @@ pub struct Stats {
     pub throttled: u64,
     /// 503 answers (concurrency cap, outage, flaky keys).
     pub unavailable: u64,
-    /// 500 answers from --error-rate.
+    /// Answers from --error-rate (500, or --error-status).
     pub errors: u64,
     /// Scripted 4xx answers other than 429 and 402.
     pub client_errors: u64,
@@ -283,6 +295,8 @@ enum Verdict {
         fault: Option<Fault>,
         remaining: Option<u64>,
         quota: Option<(f64, u64)>,
+        /// An --error-rate error, answered after the latency.
+        error: Option<StatusCode>,
     },
 }
 
@@ -401,10 +415,23 @@ impl Vendor {
                 (c.rng.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64;
             if draw < self.opts.error_rate {
                 c.stats.errors += 1;
-                return (
-                    Verdict::Refuse(status(StatusCode::INTERNAL_SERVER_ERROR, "internal error")),
-                    None,
-                );
+                let code = StatusCode::from_u16(self.opts.error_status)
+                    .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                if self.opts.instant_errors {
+                    return (Verdict::Refuse(status(code, "internal error")), None);
+                }
+                // A backend that fails after doing the work: it holds a slot, and
+                // is not billed.
+                c.in_flight += 1;
+                c.stats.max_in_flight = c.stats.max_in_flight.max(c.in_flight);
+                drop(c);
+                let verdict = Verdict::Serve {
+                    fault: None,
+                    remaining: None,
+                    quota: None,
+                    error: Some(code),
+                };
+                return (verdict, Some(InFlight(self.clone())));
             }
         }
 
@@ -423,6 +450,7 @@ impl Vendor {
                 fault,
                 remaining,
                 quota,
+                error: None,
             },
             Some(InFlight(self.clone())),
         )
@@ -467,13 +495,14 @@ async fn answer(
         c.headers_seen.push(seen);
     }
     let (verdict, in_flight) = vendor.admit(&key);
-    let (fault, remaining, quota) = match verdict {
+    let (fault, remaining, quota, error) = match verdict {
         Verdict::Refuse(response) => return response,
         Verdict::Serve {
             fault,
             remaining,
             quota,
-        } => (fault, remaining, quota),
+            error,
+        } => (fault, remaining, quota, error),
     };
     let mut delay = vendor.opts.latency;
     if let Some(Fault::Slow(extra)) = fault {
@@ -481,6 +510,10 @@ async fn answer(
     }
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
+    }
+    if let Some(code) = error {
+        drop(in_flight);
+        return status(code, "internal error");
     }
     let mut response = match fault {
         Some(Fault::Status(code)) => {

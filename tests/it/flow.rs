@@ -198,6 +198,7 @@ async fn a_vendor_failing_one_call_in_ten_is_not_an_outage() {
     // together while the successes sent between them are still on the way.
     env.vendor(SandboxOptions {
         error_rate: 0.1,
+        instant_errors: true,
         latency: Duration::from_millis(20),
         ..SandboxOptions::default()
     })
@@ -328,4 +329,37 @@ async fn a_rate_that_drops_mid_run_is_followed() {
         stats.throttled,
         stats.requests
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_503s_do_not_shrink_the_concurrency_limit() {
+    // A load balancer answering one call in ten with a 503 and no Retry-After: at
+    // once, before the vendor's latency, or after it (a backend failing its work).
+    for instant in [true, false] {
+        let mut env = TestEnv::new(1500).await;
+        env.vendor(SandboxOptions {
+            error_rate: 0.1,
+            error_status: 503,
+            instant_errors: instant,
+            latency: Duration::from_millis(30),
+            ..SandboxOptions::default()
+        })
+        .await;
+        env.write_config(&Conf {
+            max_attempts: 10,
+            ..Conf::default()
+        });
+        let out = env.freshen(&["run"]).await;
+        assert_exit(&out, 0);
+        let stats = env.sandbox().stats();
+        assert!(stats.errors >= 50, "the vendor failed calls: {stats:?}");
+        // Errors that do not grow with the calls in flight are not overload: the
+        // limit stays at its maximum of 16 (the old law fell to 1 or 2 in flight).
+        assert!(
+            stats.max_in_flight >= 12,
+            "instant errors {instant}: at most {} in flight",
+            stats.max_in_flight
+        );
+        assert_eq!(env.item_states().await, (1500, 0, 0));
+    }
 }
