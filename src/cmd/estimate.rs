@@ -221,10 +221,10 @@ impl Estimate {
         line(
             "credits",
             format!(
-                "{} needed: {} per record, +{:.1}% retry overhead seen in past runs",
+                "{} needed: {} per record, +{}% retry overhead seen in past runs",
                 c.needed,
                 c.cost,
-                c.retry_overhead * 100.0
+                percent(c.retry_overhead)
             ),
         );
         let vendor = p
@@ -279,11 +279,45 @@ impl Estimate {
     }
 }
 
+/// A share as a percentage with one decimal; an overhead too small for that is
+/// `<0.1`, never `0.0` (which it is not: it can add a credit to the count).
+fn percent(share: f64) -> String {
+    let p = share * 100.0;
+    if p > 0.0 && p < 0.05 {
+        "<0.1".to_owned()
+    } else {
+        format!("{p:.1}")
+    }
+}
+
+/// Seconds for people, rounded to the nearest (the JSON's `seconds` is exact),
+/// and at least 1 s for any work at all.
 fn human_seconds(s: f64) -> String {
-    let s = s.ceil() as u64;
+    let s = if s > 0.0 {
+        s.round().max(1.0) as u64
+    } else {
+        0
+    };
     match s {
         0..=119 => format!("{s} s"),
         120..=7199 => format!("{} min", s.div_ceil(60)),
         _ => format!("{:.1} h", s as f64 / 3600.0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_text_rounds_as_the_figures_do() {
+        // JSON `seconds 1.01` is "about 1 s", not 2.
+        assert_eq!(human_seconds(1.01), "1 s");
+        assert_eq!(human_seconds(0.05), "1 s");
+        assert_eq!(human_seconds(0.0), "0 s");
+        // 10,001 credits over 10,000 records: an overhead, if a small one.
+        assert_eq!(percent(1.0 / 10_000.0), "<0.1");
+        assert_eq!(percent(0.0), "0.0");
+        assert_eq!(percent(0.104), "10.4");
     }
 }

@@ -85,7 +85,9 @@ impl PeriodView {
         let credits = &config.credits;
         let label = credits.periods.label_at(crate::credits::now());
         let reserve = i64::try_from(credits.reserve).unwrap_or(i64::MAX);
-        let funds = store.funds(&label, credits.allowance, reserve).await?;
+        let funds = store
+            .funds(&label, credits.allowance, reserve, config.lock_stale_after)
+            .await?;
         let row = store.period(&label, credits.allowance).await?;
         Ok(PeriodView {
             period: row.period,

@@ -232,7 +232,9 @@ async fn locked(
     crate::cmd::ask_vendor(&config, &store, false).await?;
     let period = credits.periods.label_at(crate::credits::now());
     let reserve = i64::try_from(credits.reserve).unwrap_or(i64::MAX);
-    let funds = store.funds(&period, credits.allowance, reserve).await?;
+    let funds = store
+        .funds(&period, credits.allowance, reserve, config.lock_stale_after)
+        .await?;
 
     // The workers of a joined run start together: the first plans, the others
     // find its run.

@@ -145,9 +145,8 @@ pub async fn status(config: Config, args: StatusArgs) -> Result<Exit> {
     Ok(Exit::Complete)
 }
 
-/// The workers of a joined run, each marked live or gone; the rows of the gone
-/// ones that hold no credits are removed (a reservation stays in the ledger
-/// until it is settled, so such a row stays too).
+/// The workers of a run, each marked live or gone; the rows of the gone ones
+/// are removed (their reservations count as spent in the ledger).
 async fn workers(
     store: &Store,
     run: i64,
@@ -160,7 +159,9 @@ async fn workers(
         .map(|row| {
             let live = row.is_live(stale_after) && !gone_here(&row.worker, &row.started_at);
             WorkerView {
-                pruned: !live && row.reserved == 0,
+                // A gone worker's reservation counts as spent in the ledger
+                // (store::ledger), whether its row stays or not.
+                pruned: !live,
                 live,
                 row,
             }

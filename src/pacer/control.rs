@@ -661,17 +661,17 @@ mod tests {
                 let extra = v
                     .rising
                     .map_or(0.0, |(knee, per)| level.saturating_sub(knee) as f64 * per);
-                out.push(if draw() < v.random + extra {
-                    Answer::Overloaded(soon)
-                } else if v.cap.is_some_and(|cap| serving >= cap) {
-                    Answer::Overloaded(soon)
-                } else if v.bucket.is_some() && vendor_tokens < 1.0 {
-                    Answer::Throttled(soon)
-                } else {
-                    vendor_tokens -= 1.0;
-                    serving += 1;
-                    Answer::Ok(now + v.latency)
-                });
+                out.push(
+                    if draw() < v.random + extra || v.cap.is_some_and(|cap| serving >= cap) {
+                        Answer::Overloaded(soon)
+                    } else if v.bucket.is_some() && vendor_tokens < 1.0 {
+                        Answer::Throttled(soon)
+                    } else {
+                        vendor_tokens -= 1.0;
+                        serving += 1;
+                        Answer::Ok(now + v.latency)
+                    },
+                );
             }
             // `SIM_TRACE=1 cargo test ... -- --nocapture` prints the laws at work.
             if std::env::var("SIM_TRACE").is_ok() && ms % 500 == 0 {

@@ -44,6 +44,8 @@ pub(super) struct Sql {
     register: String,
     heartbeat: String,
     reap: String,
+    /// Credits dead holders still hold reserved in a period.
+    dead: String,
 }
 
 impl Sql {
@@ -59,6 +61,11 @@ impl Sql {
             heartbeat: format!(
                 "UPDATE freshen_workers SET heartbeat_at = {now} \
                  WHERE worker = $1 AND heartbeat_at >= {now} - $2"
+            ),
+            dead: format!(
+                "SELECT CAST(COALESCE(SUM(reserved), 0) AS BIGINT) FROM freshen_reservations \
+                 WHERE period = $1 AND NOT EXISTS (SELECT 1 FROM freshen_workers w \
+                 WHERE w.worker = freshen_reservations.holder AND w.heartbeat_at >= {now} - $2)"
             ),
             reap: format!(
                 "DELETE FROM freshen_reservations WHERE period = $1 AND NOT EXISTS \
@@ -133,6 +140,13 @@ impl Store {
     /// reservations count as spent (the next grant moves them there).
     pub async fn register(&self, run: i64, worker: &str) -> Result<()> {
         let mut tx = self.pool.begin().await.context("registering the run")?;
+        // A write first: on SQLite it takes the write lock (waiting for it)
+        // before anything is read, so the transaction cannot fail to upgrade.
+        sqlx::query("DELETE FROM freshen_workers WHERE worker = $1")
+            .bind(worker.to_owned())
+            .execute(&mut *tx)
+            .await
+            .context("registering the run")?;
         // An earlier process of this name (a container's pid 1 restarted, say)
         // may have died holding credits: they become spent, as the next grant
         // would have made them, before the name is taken again.
@@ -156,11 +170,6 @@ impl Store {
             .context("registering the run")?;
             count_as_spent(&mut tx, &period, &rows).await?;
         }
-        sqlx::query("DELETE FROM freshen_workers WHERE worker = $1")
-            .bind(worker.to_owned())
-            .execute(&mut *tx)
-            .await
-            .context("registering the run")?;
         sqlx::query(sqlx::AssertSqlSafe(self.ledger.register.clone()))
             .bind(worker.to_owned())
             .bind(run)
@@ -278,6 +287,12 @@ impl Store {
     /// holds is moved to spent by the next grant instead: see [`Store::grant`].)
     pub async fn leave(&self, worker: &str) -> Result<()> {
         let mut tx = self.pool.begin().await.context("leaving the ledger")?;
+        // A write first (see `register`).
+        sqlx::query("DELETE FROM freshen_workers WHERE worker = $1")
+            .bind(worker.to_owned())
+            .execute(&mut *tx)
+            .await
+            .context("leaving the ledger")?;
         let periods: Vec<String> =
             sqlx::query_scalar("SELECT period FROM freshen_reservations WHERE holder = $1")
                 .bind(worker.to_owned())
@@ -292,21 +307,36 @@ impl Store {
             .execute(&mut *tx)
             .await
             .context("leaving the ledger")?;
-        sqlx::query("DELETE FROM freshen_workers WHERE worker = $1")
-            .bind(worker.to_owned())
-            .execute(&mut *tx)
-            .await
-            .context("leaving the ledger")?;
         tx.commit().await.context("leaving the ledger")
     }
 
     /// The period's figures as every grant sees them, for `status` and
     /// `estimate` (reads only; dead holders' reservations count as reserved).
-    pub async fn funds(&self, period: &str, allowance: u64, reserve: i64) -> Result<Funds> {
+    /// What dead holders (heartbeat older than `stale_after`, or gone from this
+    /// host) still hold reserved is shown as spent and uncertain, as the next
+    /// grant will count it.
+    pub async fn funds(
+        &self,
+        period: &str,
+        allowance: u64,
+        reserve: i64,
+        stale_after: Duration,
+    ) -> Result<Funds> {
         let allowance = i64::try_from(allowance).context("credits.allowance is too large")?;
         self.ensure_period(period, allowance).await?;
+        self.expire_gone_here().await?;
         let mut conn = self.pool.acquire().await.context("reading the credits")?;
-        Ok(read_funds(&mut conn, period, reserve, None).await?.0)
+        let (mut funds, _) = read_funds(&mut conn, period, reserve, None).await?;
+        let dead: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(self.ledger.dead.clone()))
+            .bind(period.to_owned())
+            .bind(millis(stale_after))
+            .fetch_one(&mut *conn)
+            .await
+            .context("reading dead runs' reservations")?;
+        funds.reserved -= dead;
+        funds.spent += dead;
+        funds.uncertain += dead;
+        Ok(funds)
     }
 
     async fn ensure_period(&self, period: &str, allowance: i64) -> Result<()> {

@@ -23,21 +23,20 @@ const FINISHED_BEFORE: &str = "SELECT id FROM freshen_runs WHERE source_table = 
 
 impl Store {
     /// Removes the rows of run `run`'s workers named in `gone` (their heartbeat
-    /// older than `lock.stale_after`, or their process ended on this host) that
-    /// hold no credits reserved: a reservation stays in the ledger until it is
-    /// settled. Their claims have lapsed already (a claim holds only while its
-    /// worker's row is fresh). The number removed.
+    /// older than `lock.stale_after`, or their process ended on this host).
+    /// Their claims have lapsed already (a claim holds only while its worker's
+    /// row is fresh), and their reservations count as spent in the ledger
+    /// (`store::ledger`), row or no row. The number removed.
     pub async fn prune_workers(&self, run: i64, gone: &[String]) -> Result<u64> {
         let mut removed = 0;
         for worker in gone {
-            let deleted = sqlx::query(
-                "DELETE FROM freshen_workers WHERE run_id = $1 AND worker = $2 AND reserved = 0",
-            )
-            .bind(run)
-            .bind(worker.clone())
-            .execute(&self.pool)
-            .await
-            .context("removing the rows of gone workers")?;
+            let deleted =
+                sqlx::query("DELETE FROM freshen_workers WHERE run_id = $1 AND worker = $2")
+                    .bind(run)
+                    .bind(worker.clone())
+                    .execute(&self.pool)
+                    .await
+                    .context("removing the rows of gone workers")?;
             removed += deleted.rows_affected();
         }
         Ok(removed)
