@@ -411,8 +411,17 @@ impl Statements {
     /// the value the plan kept (`freshen_items.key_value`, found by the item's
     /// seq), on PostgreSQL as the key's text cast to the column's type.
     fn update_records_sql(&self, kinds: &[ColumnKind]) -> String {
+        // The key as the table holds it, read first, one lookup per record, so
+        // the update then finds each row by its key's index (`table.key = v.k`).
+        // With the key compared to an expression of the joined item instead,
+        // SQLite walked the whole table for every batch (2,200 records/s, 447 ms
+        // of CPU per 1,000 records at 100,000, against 9,000/s and 152 ms).
         let mut fields = vec![match self.backend {
-            Backend::Sqlite => "CAST(e.value ->> 0 AS BIGINT)".to_owned(),
+            Backend::Sqlite => format!(
+                "(SELECT {} FROM freshen_items AS freshen_i WHERE freshen_i.run_id = $3 \
+                 AND freshen_i.seq = CAST(e.value ->> 0 AS BIGINT))",
+                item_key(self.backend, self.key_kind, &self.key_column, "freshen_i")
+            ),
             Backend::Postgres => format!("CAST(e.value ->> 1 AS {})", self.key_type()),
         }];
         fields.extend(
@@ -430,20 +439,9 @@ impl Statements {
             .collect();
         sets.push(format!("{} = $1", self.refreshed_at));
         let (table, key) = (&self.table, &self.key);
-        let (first, from) = match self.backend {
-            Backend::Sqlite => (
-                "seq",
-                format!(
-                    "v JOIN freshen_items AS freshen_i ON freshen_i.run_id = $3 \
-                     AND freshen_i.seq = v.seq WHERE {table}.{key} = {}",
-                    item_key(self.backend, self.key_kind, &self.key_column, "freshen_i")
-                ),
-            ),
-            Backend::Postgres => ("k", format!("v WHERE {table}.{key} = v.k")),
-        };
         format!(
-            "WITH v ({first}, {}) AS MATERIALIZED (SELECT {} FROM {}) UPDATE {table} SET {} \
-             FROM {from} RETURNING CAST({table}.{key} AS TEXT)",
+            "WITH v (k, {}) AS MATERIALIZED (SELECT {} FROM {}) UPDATE {table} SET {} \
+             FROM v WHERE {table}.{key} = v.k RETURNING CAST({table}.{key} AS TEXT)",
             names.join(", "),
             fields.join(", "),
             self.json_rows(2),
