@@ -96,6 +96,9 @@ impl Fleet {
                 if grant.paused_us > 0 {
                     pacer.pause(Duration::from_micros(grant.paused_us as u64));
                 }
+                if grant.outage != pacer.outage_view().open {
+                    pacer.outage_hint();
+                }
                 let now = Instant::now();
                 for i in 0..self.block {
                     let offset = grant.first_us + i * self.interval_us;

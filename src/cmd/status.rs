@@ -31,6 +31,16 @@ struct RunStatus {
     failures: Vec<(String, String)>,
     /// The workers of a joined run (`run --join`), live or not.
     workers: Vec<WorkerView>,
+    /// The vendor's outage the run is in, while it runs.
+    outage: Option<OutageView>,
+}
+
+#[derive(Debug, Serialize)]
+struct OutageView {
+    /// Seconds since the first worker found the vendor down.
+    seconds: f64,
+    /// Why the calls fail, as the outage line says it.
+    cause: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -51,6 +61,13 @@ pub async fn status(config: Config, args: StatusArgs) -> Result<Exit> {
     let stale_after = config.lock_stale_after;
     let run = match store.latest_run().await? {
         Some(run) => Some(RunStatus {
+            outage: match run.status.as_str() {
+                "running" => store.outage().await?.map(|o| OutageView {
+                    seconds: o.age.as_secs_f64(),
+                    cause: o.cause,
+                }),
+                _ => None,
+            },
             workers: workers(&store, run.id, stale_after).await?,
             records: store.item_counts(run.id).await?,
             failures: store.failures(run.id, 10).await?,
@@ -103,6 +120,13 @@ pub async fn status(config: Config, args: StatusArgs) -> Result<Exit> {
                 r.updated_at,
                 r.finished_at.as_deref().unwrap_or("-")
             );
+            if let Some(o) = &r.outage {
+                println!(
+                    "  outage   the vendor fails every call ({}), for {:.0} s: one probe at a time until it answers",
+                    o.cause.as_deref().unwrap_or("no answer"),
+                    o.seconds
+                );
+            }
             for w in &r.workers {
                 let w_ = &w.row;
                 println!(

@@ -14,6 +14,7 @@
 //! at most `max_concurrency + checkpoint.batch_size` answers are held unwritten.
 
 mod checkpoint;
+mod outage;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -166,9 +167,18 @@ pub async fn execute(job: Job, shutdown: &CancellationToken) -> Result<Stop> {
         config.limits.max_concurrency.get() as usize * 4,
     ));
     let tracker = TaskTracker::new();
+    let watching = CancellationToken::new();
+    let outages = tokio::spawn(outage::share(
+        store.clone(),
+        shared.pacer.clone(),
+        shared.fleet.is_some(),
+        watching.clone(),
+    ));
     let dispatched = dispatch(&store, run, &shared, &slots, &tracker).await;
     tracker.close();
     tracker.wait().await;
+    watching.cancel();
+    outages.await.expect("the outage watcher does not panic");
 
     let reason = *shared.reason.lock().await;
     workers_done.cancel(); // the writer writes what is left and ends

@@ -19,6 +19,12 @@
 //! until `retry.max_outage`. The price: if the vendor goes down when only records
 //! that already failed once are left, those use up their attempts.
 //!
+//! The workers of a joined run share one breaker through the database (see
+//! `engine::outage`): a worker's breaker that opens opens everyone's, one worker
+//! at a time carries the probe, and the first probe that succeeds closes them
+//! all. In that mode ([`Breaker::share`]) a breaker probes only when the fleet
+//! grants it the probe ([`Breaker::grant_probe`]).
+//!
 //! A capacity error (503 without Retry-After, a timeout) of a call sent with more
 //! calls in flight than the vendor has lately answered is the concurrency law's
 //! business, not an outage: a vendor capped at 8 calls refuses the 9th and 10th
@@ -55,6 +61,9 @@ const PROBE_EVERY_AT_MOST: Duration = Duration::from_millis(750);
 pub struct Breaker {
     state: Mutex<State>,
     changed: Notify,
+    /// Wakes whoever shares the breaker's state (one waiter; a wake-up that
+    /// finds nobody waiting is kept for the next).
+    news: Notify,
     max_outage: Duration,
 }
 
@@ -71,6 +80,10 @@ struct State {
     /// once a call sent after it has succeeded (it was not an outage).
     failure_share: f64,
     open: Option<Open>,
+    /// Probes are granted by the fleet, not scheduled here.
+    shared: bool,
+    /// Probes answered so far (failed ones; a success closes the breaker).
+    probes_failed: u64,
 }
 
 struct Open {
@@ -160,8 +173,11 @@ impl Breaker {
                 answered: BTreeMap::new(),
                 failure_share: FIRST_FAILURE_SHARE,
                 open: None,
+                shared: false,
+                probes_failed: 0,
             }),
             changed: Notify::new(),
+            news: Notify::new(),
             max_outage,
         }
     }
@@ -226,12 +242,18 @@ impl Breaker {
             .next()
             .unwrap_or(FIRST_PROBE)
             .min(PROBE_EVERY_AT_MOST);
+        let next_probe = if s.shared {
+            now + self.max_outage
+        } else {
+            now + first
+        };
         s.open = Some(Open {
             since: now,
-            next_probe: now + first,
+            next_probe,
             probing: false,
             schedule,
         });
+        self.news.notify_one();
         // The pacer says it, with the cause (a refused connection, a DNS failure).
         tracing::debug!(
             consecutive_failures = needed,
@@ -282,7 +304,7 @@ impl Breaker {
                     now.duration_since(open.since).as_secs_f64()
                 );
             }
-            s.last_ok = Some(seq);
+            s.last_ok = Some(s.last_ok.map_or(seq, |last| last.max(seq)));
             s.answered.clear();
         } else if let Some(open) = s.open.as_mut() {
             let wait = open
@@ -293,6 +315,88 @@ impl Breaker {
             open.next_probe = now + wait;
             open.probing = false;
             tracing::debug!(next_in_ms = wait.as_millis() as u64, "the probe failed");
+            if s.shared {
+                // The fleet grants the next probe, to whichever worker asks first.
+                let open = s.open.as_mut().expect("open");
+                open.next_probe = open.since + self.max_outage;
+            }
+            s.probes_failed += 1;
+        }
+        drop(s);
+        self.changed.notify_waiters();
+        self.news.notify_one();
+    }
+
+    /// From now on probes go out only when [`Breaker::grant_probe`] says so.
+    pub fn share(&self) {
+        self.state.lock().expect("breaker lock").shared = true;
+    }
+
+    /// Whether the breaker is open, whether its probe is out, and how many
+    /// probes have failed so far.
+    pub fn view(&self) -> (bool, bool, u64) {
+        let s = self.state.lock().expect("breaker lock");
+        let probing = s.open.as_ref().is_some_and(|o| o.probing);
+        (s.open.is_some(), probing, s.probes_failed)
+    }
+
+    /// Waits for a change of [`Breaker::view`] (or a [`Breaker::hint`]).
+    pub async fn news(&self) {
+        self.news.notified().await;
+    }
+
+    /// Something outside may have changed (the fleet's outage): wake
+    /// [`Breaker::news`].
+    pub fn hint(&self) {
+        self.news.notify_one();
+    }
+
+    /// Another worker's breaker opened: this one opens too, without probing
+    /// until granted. Returns false if it was open already.
+    pub fn open_from_fleet(&self, now: Instant) -> bool {
+        let mut s = self.state.lock().expect("breaker lock");
+        if s.open.is_some() {
+            return false;
+        }
+        let schedule = ExponentialBuilder::default()
+            .with_min_delay(FIRST_PROBE)
+            .with_max_delay(PROBE_EVERY_AT_MOST)
+            .with_jitter()
+            .without_max_times()
+            .build();
+        s.open = Some(Open {
+            since: now,
+            next_probe: now + self.max_outage,
+            probing: false,
+            schedule,
+        });
+        drop(s);
+        self.changed.notify_waiters();
+        true
+    }
+
+    /// Another worker's probe came back: the vendor answers. `sent` is the send
+    /// order of the next call, so failures of calls sent before now do not
+    /// open the breaker again. Returns false if it was closed already.
+    pub fn close_from_fleet(&self, sent: u64) -> bool {
+        let mut s = self.state.lock().expect("breaker lock");
+        if s.open.take().is_none() {
+            return false;
+        }
+        s.last_ok = Some(sent);
+        s.answered.clear();
+        drop(s);
+        self.changed.notify_waiters();
+        true
+    }
+
+    /// The fleet gives this worker the probe: the next admitted call carries it.
+    pub fn grant_probe(&self, now: Instant) {
+        let mut s = self.state.lock().expect("breaker lock");
+        if let Some(open) = s.open.as_mut()
+            && !open.probing
+        {
+            open.next_probe = now;
         }
         drop(s);
         self.changed.notify_waiters();
@@ -525,5 +629,50 @@ mod tests {
         }
         assert!(Instant::now().duration_since(t0) >= Duration::from_secs(2));
         assert!((2..=10).contains(&probes), "{probes} probes in 2 s");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shared_breaker_probes_only_when_the_fleet_grants_it() {
+        let b = std::sync::Arc::new(Breaker::new(Duration::from_secs(60)));
+        b.share();
+        let t0 = Instant::now();
+        for i in 0..3 {
+            b.record(i as i64, i, Outcome::Failed, t0 + Duration::from_millis(i));
+        }
+        assert!(b.is_open());
+        let waiter = b.clone();
+        let w = tokio::spawn(async move { waiter.admit().await });
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(!w.is_finished(), "no probe of its own schedule");
+        b.grant_probe(Instant::now());
+        assert_eq!(w.await.unwrap(), Admission::Probe);
+        b.probe_result(false, 3, Instant::now());
+        assert_eq!(b.view(), (true, false, 1));
+        let waiter = b.clone();
+        let w = tokio::spawn(async move { waiter.admit().await });
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(!w.is_finished(), "a failed probe waits for the next grant");
+        // Another worker's probe is answered: everyone calls again.
+        assert!(b.close_from_fleet(10));
+        assert_eq!(w.await.unwrap(), Admission::Call);
+        // Failures of calls sent before the fleet closed do not reopen it.
+        for i in 4..8 {
+            assert!(!b.record(i as i64, i, Outcome::Failed, Instant::now()));
+        }
+        assert!(!b.is_open());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_breaker_opened_by_the_fleet_holds_its_worker() {
+        let b = std::sync::Arc::new(Breaker::new(Duration::from_secs(60)));
+        b.share();
+        assert!(b.open_from_fleet(Instant::now()));
+        assert!(!b.open_from_fleet(Instant::now()), "open already");
+        let waiter = b.clone();
+        let w = tokio::spawn(async move { waiter.admit().await });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!w.is_finished());
+        b.grant_probe(Instant::now());
+        assert_eq!(w.await.unwrap(), Admission::Probe);
     }
 }

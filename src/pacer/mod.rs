@@ -47,6 +47,18 @@ pub struct Ticket {
     level: usize,
 }
 
+/// The circuit breaker's state, for the run's other workers and for `status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutageView {
+    pub open: bool,
+    /// This worker's probe is out.
+    pub probing: bool,
+    /// Probes that failed so far.
+    pub probes_failed: u64,
+    /// Why the last failed call failed.
+    pub cause: Option<String>,
+}
+
 /// The vendor has been down longer than `retry.max_outage`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Outage;
@@ -289,6 +301,56 @@ impl Pacer {
                 _ => return,
             }
         }
+    }
+
+    /// The breaker is shared with the run's other workers: it probes only when
+    /// granted ([`Pacer::grant_probe`]).
+    pub fn share_outages(&self) {
+        self.breaker.share();
+    }
+
+    /// The breaker as the fleet sees it.
+    pub fn outage_view(&self) -> OutageView {
+        let (open, probing, probes_failed) = self.breaker.view();
+        OutageView {
+            open,
+            probing,
+            probes_failed,
+            cause: self.reach.cause(),
+        }
+    }
+
+    /// Returns when [`Pacer::outage_view`] may have changed, or on a
+    /// [`Pacer::outage_hint`].
+    pub async fn outage_news(&self) {
+        self.breaker.news().await;
+    }
+
+    /// The fleet may have news about the outage (its shared rate said so).
+    pub fn outage_hint(&self) {
+        self.breaker.hint();
+    }
+
+    /// The fleet's breaker opened (`true`) or closed (`false`) on another
+    /// worker's evidence: this worker's follows.
+    pub fn outage_from_fleet(&self, open: bool) {
+        if open {
+            if self.breaker.open_from_fleet(Instant::now()) {
+                tracing::info!("another worker finds the vendor down: pausing, one worker probes");
+            }
+        } else if self
+            .breaker
+            .close_from_fleet(self.sent.load(Ordering::Relaxed))
+        {
+            tracing::info!("another worker's probe was answered: resuming gently");
+            let setting = self.control.lock().expect("control lock").restart();
+            self.apply(setting);
+        }
+    }
+
+    /// This worker carries the fleet's next probe.
+    pub fn grant_probe(&self) {
+        self.breaker.grant_probe(Instant::now());
     }
 
     /// Holds the rate at or under `rate` (at most `limits.rate`): `--pace-until`.

@@ -41,6 +41,8 @@ pub struct PaceGrant {
     pub first_us: i64,
     /// How long a throttle seen by any worker still holds every worker.
     pub paused_us: i64,
+    /// The table is in an outage (see `engine::outage`).
+    pub outage: bool,
 }
 
 fn millis(d: Duration) -> i64 {
@@ -233,7 +235,8 @@ impl Store {
                freshen_pace.paused_until_us) + $3 \
              FROM n WHERE freshen_pace.name = $1 \
              RETURNING freshen_pace.tat_us - $3 - n.now_us, \
-               GREATEST(freshen_pace.paused_until_us - n.now_us, 0)"
+               GREATEST(freshen_pace.paused_until_us - n.now_us, 0), \
+               freshen_pace.outage_since_ms IS NOT NULL"
         );
         let row = sqlx::query(sql)
             .bind(self.table.clone())
@@ -245,6 +248,7 @@ impl Store {
         Ok(PaceGrant {
             first_us: row.try_get::<i64, _>(0)? + interval_us,
             paused_us: row.try_get(1)?,
+            outage: row.try_get(2)?,
         })
     }
 

@@ -29,6 +29,7 @@ mod ident;
 mod keys;
 mod ledger;
 mod lock;
+mod outage;
 mod prune;
 mod samples;
 mod session;
@@ -54,6 +55,7 @@ pub use ident::Ident;
 pub use keys::KeyProblems;
 pub use ledger::{Account, Holder};
 pub use lock::{LockHolder, gone_here, lock_file, this_process};
+pub use outage::OutageRow;
 pub use prune::Pruned;
 pub use samples::{FailureGroup, Sample};
 use statements::Statements;
@@ -886,6 +888,12 @@ fn migrator(backend: Backend) -> Migrator {
             "ledger",
             include_str!("../../migrations/sqlite/0008_ledger.sql"),
             include_str!("../../migrations/postgres/0008_ledger.sql"),
+        ),
+        (
+            9,
+            "outage",
+            include_str!("../../migrations/sqlite/0009_outage.sql"),
+            include_str!("../../migrations/postgres/0009_outage.sql"),
         ),
     ];
     let migrations = all

@@ -179,6 +179,40 @@ async fn a_throttle_seen_by_one_worker_pauses_them_all() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_workers_through_an_outage_send_it_about_what_one_sends() {
+    let mut env = TestEnv::new_postgres(1500).await;
+    env.vendor(SandboxOptions {
+        outage_start: Some(Duration::from_millis(1000)),
+        outage: Duration::from_secs(4),
+        latency: Duration::from_millis(5),
+        ..SandboxOptions::default()
+    })
+    .await;
+    env.write_config(&Conf {
+        rate: 300,
+        max_attempts: 2,
+        ..Conf::default()
+    });
+    let workers: Vec<Child> = (0..4).map(|_| env.spawn(&["run", "--join"])).collect();
+    for worker in workers {
+        assert_exit(&finish(worker).await, 0);
+    }
+    env.assert_each_written_once(1500).await;
+    assert_eq!(env.item_states().await, (1500, 0, 0), "no record failed");
+    // One worker alone sends about ten calls into a 4 s outage: the few that
+    // open its breaker and a probe every 750 ms at most. Four workers, each
+    // with its own breaker, sent four times that and more; sharing one breaker
+    // they send about what one does.
+    let stats = env.sandbox().stats();
+    assert!(stats.during_outage > 0, "the run met the outage: {stats:?}");
+    assert!(
+        stats.during_outage <= 20,
+        "{} calls during a 4 s outage from four workers",
+        stats.during_outage
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_needs_postgresql() {
     let mut env = TestEnv::new_sqlite(10).await;
     env.vendor(SandboxOptions::default()).await;

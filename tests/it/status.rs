@@ -74,6 +74,47 @@ async fn status_shows_the_right_counts_during_and_after_a_run() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_names_the_outage_a_run_is_in_and_its_cause() {
+    let mut env = TestEnv::new(600).await;
+    env.vendor(SandboxOptions {
+        outage_start: Some(Duration::from_millis(500)),
+        outage: Duration::from_secs(3),
+        latency: Duration::from_millis(5),
+        ..SandboxOptions::default()
+    })
+    .await;
+    env.write_config(&Conf {
+        rate: 100,
+        ..Conf::default()
+    });
+    let child = env.spawn(&["run"]);
+    let mut seen = None;
+    for _ in 0..100 {
+        let s = status(&env).await;
+        if !s["run"]["outage"].is_null() {
+            seen = Some(s["run"]["outage"].clone());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let outage = seen.expect("status showed the outage while the run was in it");
+    let cause = outage["cause"].as_str().unwrap_or_default();
+    assert!(
+        cause.contains("503"),
+        "the cause is the vendor's answer: {outage}"
+    );
+    let human = env.freshen(&["status"]).await;
+    let human = text(&human.stdout);
+    assert!(
+        human.contains("outage") && human.contains("503") || !human.contains("running"),
+        "{human}"
+    );
+    assert_exit(&child.wait_with_output().await.unwrap(), 0);
+    let after = status(&env).await;
+    assert!(after["run"]["outage"].is_null(), "{after:#}");
+}
+
 /// Smaller things an operator meets: the selection said in words, a bad log
 /// filter named, the exit codes in `--help`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
