@@ -11,3 +11,8 @@
 ALTER TABLE freshen_pace ADD COLUMN outage_since_ms BIGINT;
 ALTER TABLE freshen_pace ADD COLUMN outage_cause TEXT;
 ALTER TABLE freshen_pace ADD COLUMN next_probe_ms BIGINT NOT NULL DEFAULT 0;
+
+-- Dead since the ledger (0008): a run's and a worker's reservations are rows of
+-- freshen_reservations.
+ALTER TABLE freshen_runs DROP COLUMN reserved;
+ALTER TABLE freshen_workers DROP COLUMN reserved;

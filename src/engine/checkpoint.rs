@@ -68,7 +68,6 @@ impl Outbox {
 
 /// The writer's task: what it writes, where, and the tokens it obeys.
 pub(super) struct Writer {
-    pub budget: Arc<crate::credits::Budget>,
     pub store: Arc<Store>,
     pub run: i64,
     pub worker: String,
@@ -88,7 +87,6 @@ impl Writer {
     pub async fn write(self) -> Result<()> {
         let Writer {
             store,
-            budget,
             run,
             worker,
             outbox,
@@ -126,7 +124,7 @@ impl Writer {
                 // and no new call goes out.
                 let holding = format!("holding {} results", batch.len());
                 let written_now = reconnecting(
-                    || store.checkpoint(&ledger, &batch, delta, budget.reserved()),
+                    || store.checkpoint(&ledger, &batch, delta),
                     reconnect_for,
                     &holding,
                 )

@@ -134,7 +134,6 @@ pub async fn execute(job: Job, shutdown: &CancellationToken) -> Result<Stop> {
     let writer = tokio::spawn(
         checkpoint::Writer {
             store: store.clone(),
-            budget: budget.clone(),
             run,
             worker: lease.worker.clone(),
             outbox: outbox.clone(),

@@ -53,7 +53,6 @@ impl Store {
         at: &Ledger<'_>,
         batch: &[Finished],
         calls: CallCounts,
-        reserved: i64,
     ) -> Result<Vec<Rejected>> {
         let Ledger { run, worker } = *at;
         let now = now_stamp();
@@ -99,7 +98,6 @@ impl Store {
             .bind(calls.transient)
             .bind(calls.permanent)
             .bind(charged)
-            .bind(reserved)
             .bind(now)
             .bind(run)
             .execute(&mut *tx)

@@ -53,8 +53,8 @@ impl Sql {
         let now = now_ms(backend);
         Sql {
             register: format!(
-                "INSERT INTO freshen_workers (worker, run_id, started_at, heartbeat_at, reserved) \
-                 VALUES ($1, $2, $3, {now}, 0)"
+                "INSERT INTO freshen_workers (worker, run_id, started_at, heartbeat_at) \
+                 VALUES ($1, $2, $3, {now})"
             ),
             // Only a fresh heartbeat can be refreshed: once stale, a holder is
             // dead for good, and its claims and reservations are another's to take.

@@ -77,8 +77,6 @@ pub struct RunRow {
     pub total: i64,
     pub calls: CallCounts,
     pub credits_spent: i64,
-    /// Credits reserved for calls out, as of the run's last checkpoint.
-    pub reserved: i64,
     /// Records its plan left out for their keys (NULL, or shared with another).
     pub skipped: i64,
     pub created_at: String,
@@ -797,7 +795,6 @@ fn run_row(r: &AnyRow) -> Result<RunRow> {
             permanent: r.try_get("calls_permanent")?,
         },
         credits_spent: r.try_get("credits_spent")?,
-        reserved: r.try_get("reserved")?,
         skipped: r.try_get("skipped")?,
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,

@@ -57,7 +57,7 @@ pub(super) struct Statements {
 const NOW_MS: &str = now_ms!();
 
 const RUN_COLUMNS: &str = "id, selection, status, total, calls_ok, calls_throttled, calls_transient, \
-                           calls_permanent, credits_spent, reserved, skipped, created_at, updated_at, finished_at";
+                           calls_permanent, credits_spent, skipped, created_at, updated_at, finished_at";
 
 impl Statements {
     /// `mapped`: the kinds of the mapped columns, in `api.response` order.
@@ -149,9 +149,9 @@ impl Statements {
                 .into()),
             add_run_counts: a("UPDATE freshen_runs SET calls_ok = calls_ok + $1, calls_throttled = calls_throttled + $2, \
                  calls_transient = calls_transient + $3, calls_permanent = calls_permanent + $4, \
-                 credits_spent = credits_spent + $5, reserved = $6, updated_at = $7 WHERE id = $8"
+                 credits_spent = credits_spent + $5, updated_at = $6 WHERE id = $7"
                 .into()),
-            set_status: a("UPDATE freshen_runs SET status = $1, updated_at = $2, finished_at = $3, reserved = 0 \
+            set_status: a("UPDATE freshen_runs SET status = $1, updated_at = $2, finished_at = $3 \
                  WHERE id = $4".into()),
             item_counts: a("SELECT state, COUNT(*) FROM freshen_items WHERE run_id = $1 GROUP BY state".into()),
             has_pending: a("SELECT COUNT(*) FROM (SELECT 1 FROM freshen_items \
