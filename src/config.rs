@@ -18,7 +18,7 @@ use serde::Deserialize;
 use url::Url;
 
 use crate::error::{Secret, usage};
-use crate::store::Ident;
+use crate::ident::Ident;
 
 // ---- the file, as written -------------------------------------------------------
 

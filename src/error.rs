@@ -46,3 +46,30 @@ impl fmt::Display for Secret {
         f.write_str("(redacted)")
     }
 }
+
+/// How a command ended, as the process's exit code. Documented in the README;
+/// scripts and crontabs depend on these numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Done: every selected record is refreshed or failed permanently.
+    Complete = 0,
+    /// An error freshen could not work around (database unreachable, say).
+    Error = 1,
+    /// A configuration or usage error; the message names the key or flag.
+    Usage = 2,
+    /// Stopped at the credit budget, or the vendor reported no credits left.
+    Budget = 3,
+    /// The vendor was down longer than `retry.max_outage`; checkpointed.
+    Outage = 4,
+    /// Another run of the same table holds the lock.
+    Locked = 5,
+    /// Interrupted by SIGINT, SIGTERM or SIGHUP after checkpointing (or at once,
+    /// on a second signal).
+    Interrupted = 130,
+}
+
+impl Exit {
+    pub fn code(self) -> i32 {
+        self as i32
+    }
+}

@@ -46,14 +46,15 @@ impl std::fmt::Debug for Lease {
 }
 
 impl Lease {
-    /// Registers this process for `run` and takes its lease.
+    /// Registers this process for `run` and takes its lease. The holders of
+    /// this host that are gone were marked dead by the funds read that comes
+    /// first (`Store::funds`), so its first grant takes their reservations.
     pub async fn take(
         store: Arc<Store>,
         run: i64,
         worker: String,
         stale_after: Duration,
     ) -> Result<Arc<Lease>> {
-        store.expire_gone_here().await?;
         let sent = Instant::now();
         store.register(run, &worker).await?;
         let lease = Lease {

@@ -15,6 +15,7 @@
 //!   shared pause, the backoff schedule.
 //! - [`api`]: *what an answer means*: requests from records, answers classified.
 //! - [`store`]: *how it is kept*: every SQL statement, SQLite and PostgreSQL alike.
+//! - [`ident`]: table and column names, checked once and quoted once.
 //! - [`record`]: column kinds and the typed values written into them.
 //! - [`credits`]: periods, what a period has left ([`credits::Funds`]), and the
 //!   budget that reserves each call's credits from the ledger before it is sent.
@@ -37,6 +38,7 @@ pub mod credits;
 pub mod engine;
 pub mod error;
 pub mod fleet;
+pub mod ident;
 pub mod lease;
 pub mod metrics;
 pub mod pacer;
@@ -53,34 +55,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::{Cli, Command};
 use crate::config::Config;
+pub use crate::error::Exit;
 use crate::progress::Display;
-
-/// How a command ended, as the process's exit code. Documented in the README;
-/// scripts and crontabs depend on these numbers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exit {
-    /// Done: every selected record is refreshed or failed permanently.
-    Complete = 0,
-    /// An error freshen could not work around (database unreachable, say).
-    Error = 1,
-    /// A configuration or usage error; the message names the key or flag.
-    Usage = 2,
-    /// Stopped at the credit budget, or the vendor reported no credits left.
-    Budget = 3,
-    /// The vendor was down longer than `retry.max_outage`; checkpointed.
-    Outage = 4,
-    /// Another run of the same table holds the lock.
-    Locked = 5,
-    /// Interrupted by SIGINT, SIGTERM or SIGHUP after checkpointing (or at once,
-    /// on a second signal).
-    Interrupted = 130,
-}
-
-impl Exit {
-    pub fn code(self) -> i32 {
-        self as i32
-    }
-}
 
 /// Runs one command. `shutdown` is cancelled on the first SIGINT/SIGTERM/SIGHUP (tests
 /// cancel it themselves): work in flight drains and is checkpointed. Can be called

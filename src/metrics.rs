@@ -17,9 +17,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use tokio_util::sync::CancellationToken;
 
-use crate::Exit;
 use crate::config::Config;
 use crate::engine::Tally;
+use crate::error::Exit;
 use crate::error::{is_usage, usage};
 use crate::store::{CallCounts, ItemCounts, Store};
 

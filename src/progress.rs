@@ -285,8 +285,8 @@ fn draw_bar(position: u64, total: u64, cells: usize) -> String {
 /// leaves no file, never an old one.
 pub async fn with_summary_file(
     path: Option<&Path>,
-    work: impl Future<Output = anyhow::Result<crate::Exit>>,
-) -> anyhow::Result<crate::Exit> {
+    work: impl Future<Output = anyhow::Result<crate::error::Exit>>,
+) -> anyhow::Result<crate::error::Exit> {
     let Some(path) = path else {
         return work.await;
     };
@@ -306,8 +306,8 @@ pub async fn with_summary_file(
     }
     let (status, exit, message) = match &result {
         Ok(exit) => (exit_status(*exit), *exit, None),
-        Err(e) if crate::error::is_usage(e) => ("usage_error", crate::Exit::Usage, Some(e)),
-        Err(e) => ("error", crate::Exit::Error, Some(e)),
+        Err(e) if crate::error::is_usage(e) => ("usage_error", crate::error::Exit::Usage, Some(e)),
+        Err(e) => ("error", crate::error::Exit::Error, Some(e)),
     };
     let short = serde_json::json!({
         "run": null,
@@ -323,8 +323,8 @@ pub async fn with_summary_file(
 }
 
 /// The summary's `status` for an exit without a run's summary.
-fn exit_status(exit: crate::Exit) -> &'static str {
-    use crate::Exit::*;
+fn exit_status(exit: crate::error::Exit) -> &'static str {
+    use crate::error::Exit::*;
     match exit {
         Complete => "complete",
         Error => "error",
@@ -361,7 +361,7 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
 pub struct Summary {
     pub run: i64,
     pub status: String,
-    /// The process's exit code ([`crate::Exit`]).
+    /// The process's exit code ([`crate::error::Exit`]).
     pub exit_code: i32,
     pub records: ItemCounts,
     /// Records the plan left out for their keys (NULL, or shared with another).

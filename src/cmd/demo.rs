@@ -9,9 +9,9 @@ use anyhow::{Context, Result};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 use tokio_util::sync::CancellationToken;
 
-use crate::Exit;
 use crate::cli::{DemoArgs, RunArgs};
 use crate::config::Config;
+use crate::error::Exit;
 use crate::error::usage;
 use crate::progress::Display;
 use crate::sandbox::{Sandbox, SandboxOptions};

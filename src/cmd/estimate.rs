@@ -10,10 +10,10 @@
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::Exit;
 use crate::cli::EstimateArgs;
 use crate::cmd::{PeriodView, selection};
 use crate::config::Config;
+use crate::error::Exit;
 use crate::store::Store;
 
 #[derive(Debug, Serialize)]

@@ -8,9 +8,9 @@
 
 use anyhow::{Context, Result};
 
-use crate::Exit;
 use crate::cli::PruneArgs;
 use crate::config::Config;
+use crate::error::Exit;
 use crate::store::Store;
 
 pub async fn prune(config: Config, args: PruneArgs) -> Result<Exit> {

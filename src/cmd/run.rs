@@ -7,12 +7,12 @@ use std::time::Instant;
 use anyhow::Result;
 use tokio_util::sync::CancellationToken;
 
-use crate::Exit;
 use crate::api::Vendor;
 use crate::cli::RunArgs;
 use crate::config::Config;
 use crate::credits::{Budget, Spent};
 use crate::engine::{self, Job, Stop, Tally};
+use crate::error::Exit;
 use crate::error::usage;
 use crate::fleet::{Fleet, Joined};
 use crate::lease::Lease;

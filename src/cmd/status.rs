@@ -4,10 +4,10 @@
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::Exit;
 use crate::cli::StatusArgs;
 use crate::cmd::PeriodView;
 use crate::config::Config;
+use crate::error::Exit;
 use crate::store::{CallCounts, ItemCounts, LockHolder, Store, WorkerRow, gone_here};
 
 #[derive(Debug, Serialize)]

@@ -5,7 +5,7 @@
 use std::fmt::Write;
 
 use super::Report;
-use super::svg::Frame;
+use super::svg::{Frame, escape};
 use crate::store::Sample;
 
 const WIDTH: f64 = 1100.0;
@@ -17,21 +17,6 @@ const PURPLE: &str = "#8250df";
 const GREEN: &str = "#1a7f37";
 const PAUSE_FILL: &str = "rgba(212,167,44,0.28)";
 const OUTAGE_FILL: &str = "rgba(209,36,47,0.16)";
-
-pub fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
 
 /// `1234567` as `1,234,567`.
 pub fn int(n: i64) -> String {

@@ -11,9 +11,9 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::Exit;
 use crate::cli::ReportArgs;
 use crate::config::Config;
+use crate::error::Exit;
 use crate::error::usage;
 use crate::progress::Calls;
 use crate::store::{FailureGroup, ItemCounts, Sample, Store};

@@ -60,7 +60,7 @@ impl Frame {
             r#"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img" aria-label="{label}">"#,
             w = self.width,
             h = self.height,
-            label = super::html::escape(label)
+            label = escape(label)
         );
     }
 
@@ -168,7 +168,7 @@ impl Frame {
             r = self.width - self.right,
             tx = self.width - self.right - 4.0,
             ty = y - 5.0,
-            label = super::html::escape(label)
+            label = escape(label)
         );
     }
 }
@@ -209,6 +209,22 @@ pub fn time_label(secs: f64) -> String {
         (d, 0, _, _) => format!("{d}d"),
         (d, h, _, _) => format!("{d}d{h}h"),
     }
+}
+
+/// Text made safe for XML and HTML: element content and attribute values.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 #[cfg(test)]

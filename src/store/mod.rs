@@ -25,7 +25,6 @@ macro_rules! now_us {
 mod checkpoint;
 mod first_connect;
 mod fleet;
-mod ident;
 mod keys;
 mod ledger;
 mod lock;
@@ -49,9 +48,9 @@ use crate::error::usage;
 use crate::record::{ColumnKind, Value};
 use crate::selection::{IdSpec, Selection, stamp};
 
+pub use crate::ident::Ident;
 pub use checkpoint::Rejected;
 pub use fleet::{PaceGrant, WorkerRow};
-pub use ident::Ident;
 pub use keys::KeyProblems;
 pub use ledger::{Account, Holder};
 pub use lock::{LockHolder, gone_here, lock_file, this_process};

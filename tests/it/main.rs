@@ -12,6 +12,7 @@ mod harness;
 mod hostile;
 mod integrity;
 mod join;
+mod layout;
 mod ledger;
 mod lock;
 mod report;
