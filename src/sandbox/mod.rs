@@ -74,7 +74,7 @@ pub struct SandboxOptions {
     #[arg(long)]
     pub ratelimit_headers: bool,
     /// Scripted answer for one key: KEY=KIND, KIND one of 404, 400, 422, malformed,
-    /// oversized, wrong-type, flaky:N, throttle:N, slow:DURATION, redirect:URL (repeatable)
+    /// oversized, wrong-type, flaky:N, throttle:N, throttle-for:DURATION, slow:DURATION, redirect:URL (repeatable)
     #[arg(long = "fault", value_name = "KEY=KIND", value_parser = parse_fault)]
     pub faults: Vec<(String, Fault)>,
     /// Seed of the generator behind --error-rate
@@ -128,6 +128,9 @@ pub enum Fault {
     Flaky(u32),
     /// The first N calls get 429 with `Retry-After: 1`, then normal answers.
     Throttle(u32),
+    /// The first call gets 429 with `Retry-After` this long (whole seconds,
+    /// rounded up), then normal answers.
+    ThrottleFor(Duration),
     /// The answer comes this much later, on top of --latency.
     Slow(Duration),
     /// 307 Temporary Redirect to this URL (`{key}` in it is replaced by the key).
@@ -138,7 +141,7 @@ pub enum Fault {
 }
 
 pub fn parse_fault(s: &str) -> Result<(String, Fault), String> {
-    let kinds = "404, 400, 422, malformed, oversized, wrong-type, flaky:N, throttle:N, \
+    let kinds = "404, 400, 422, malformed, oversized, wrong-type, flaky:N, throttle:N, throttle-for:DURATION, \
                  slow:DURATION, redirect:URL, quota-exceeded";
     let (key, kind) = s
         .split_once('=')
@@ -157,6 +160,10 @@ pub fn parse_fault(s: &str) -> Result<(String, Fault), String> {
         None if kind == "quota-exceeded" => Fault::QuotaExceeded,
         Some(("flaky", n)) => Fault::Flaky(count(n)?),
         Some(("throttle", n)) => Fault::Throttle(count(n)?),
+        Some(("throttle-for", d)) => Fault::ThrottleFor(
+            humantime::parse_duration(d)
+                .map_err(|e| format!("`{s}`: `{d}` is not a duration: {e}"))?,
+        ),
         Some(("slow", d)) => Fault::Slow(
             humantime::parse_duration(d)
                 .map_err(|e| format!("`{s}`: `{d}` is not a duration: {e}"))?,
@@ -392,17 +399,26 @@ impl Vendor {
         }
 
         let mut fault = self.faults.get(key).cloned();
-        if let Some(f @ (Fault::Flaky(n) | Fault::Throttle(n))) = &fault {
+        let throttle = match &fault {
+            Some(Fault::Flaky(n) | Fault::Throttle(n)) => Some(*n),
+            Some(Fault::ThrottleFor(_)) => Some(1),
+            _ => None,
+        };
+        if let Some(n) = throttle {
             let seen = c.fault_calls.entry(key.to_owned()).or_default();
             *seen += 1;
-            if *seen > *n {
+            if *seen > n {
                 fault = None;
-            } else if matches!(f, Fault::Throttle(_)) {
+            } else if let Some(Fault::Throttle(_) | Fault::ThrottleFor(_)) = &fault {
+                let secs = match &fault {
+                    Some(Fault::ThrottleFor(d)) => d.as_secs() + u64::from(d.subsec_nanos() > 0),
+                    _ => 1,
+                };
                 c.stats.throttled += 1;
                 c.timeline.throttled.push(elapsed);
                 let mut r = status(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
                 r.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(1));
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
                 return (Verdict::Refuse(r), None);
             }
         }
@@ -570,7 +586,7 @@ async fn answer(
                 Err(_) => status(StatusCode::INTERNAL_SERVER_ERROR, "bad redirect URL"),
             }
         }
-        Some(Fault::Throttle(_)) | Some(Fault::Slow(_)) | None => {
+        Some(Fault::Throttle(_) | Fault::ThrottleFor(_) | Fault::Slow(_)) | None => {
             vendor.count(|s| {
                 s.ok += 1;
                 if !vendor.opts.lean {
