@@ -112,3 +112,36 @@ async fn status_says_all_records_and_bad_log_filters_and_help_are_plain() {
         );
     }
 }
+
+/// A `--log` filter that does not say what it means is an error naming the
+/// directive, not a silent default: a misspelt level would log nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_log_directive_is_named() {
+    let env = TestEnv::new(1).await;
+    env.write_config(&Conf::default());
+    for (filter, named) in [
+        ("info,freshen=loud", "`freshen=loud`"),
+        ("debugg", "`debugg`"),
+        ("warning", "`warning`"),
+        ("freshen=debug,inf", "`inf`"),
+    ] {
+        let out = env.freshen(&["status", "--log", filter]).await;
+        assert_exit(&out, 2);
+        let err = text(&out.stderr);
+        assert!(
+            err.contains("--log") && err.contains(&format!("directive {named}")),
+            "{filter}: {err}"
+        );
+    }
+    // Levels (any case), targets with a level, and a crate freshen logs from.
+    for filter in [
+        "DEBUG",
+        "freshen=debug,warn",
+        "sqlx",
+        "freshen::engine=trace",
+        "off",
+    ] {
+        let out = env.freshen(&["status", "--log", filter]).await;
+        assert_exit(&out, 0);
+    }
+}
