@@ -88,7 +88,10 @@ impl Exit {
 pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<Exit> {
     let display = Display::new();
     init_logging(&cli.log, &display)?;
+    // `run` and `demo` call the vendor: its token must be set. The others read
+    // the database, and call the vendor only if they can.
     let config = || Config::load(&cli.config, cli.database_url.as_deref());
+    let reading = || Config::load_reading(&cli.config, cli.database_url.as_deref());
     match cli.command {
         Command::Run(args) => {
             let path = args.summary_json.clone();
@@ -97,8 +100,8 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<Exit> {
             })
             .await
         }
-        Command::Status(args) => cmd::status::status(config()?, args).await,
-        Command::Estimate(args) => cmd::estimate::estimate(config()?, args).await,
+        Command::Status(args) => cmd::status::status(reading()?, args).await,
+        Command::Estimate(args) => cmd::estimate::estimate(reading()?, args).await,
         Command::Demo(args) => {
             let path = args.summary_json.clone();
             progress::with_summary_file(path.as_deref(), async {
@@ -106,8 +109,8 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<Exit> {
             })
             .await
         }
-        Command::Report(args) => report::report(config()?, args).await,
-        Command::Prune(args) => cmd::prune::prune(config()?, args).await,
+        Command::Report(args) => report::report(reading()?, args).await,
+        Command::Prune(args) => cmd::prune::prune(reading()?, args).await,
         Command::Sandbox(opts) => {
             sandbox::serve(opts, shutdown.cancelled_owned()).await?;
             Ok(Exit::Complete)
