@@ -111,8 +111,8 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<Exit> {
         }
         Command::Report(args) => report::report(reading()?, args).await,
         Command::Prune(args) => cmd::prune::prune(reading()?, args).await,
-        Command::Sandbox(opts) => {
-            sandbox::serve(opts, shutdown.cancelled_owned()).await?;
+        Command::Sandbox(args) => {
+            sandbox::serve(args.options, args.allow_remote, shutdown.cancelled_owned()).await?;
             Ok(Exit::Complete)
         }
     }
@@ -121,9 +121,6 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<Exit> {
 /// Logs go to stderr, through the progress bars; the first call in a process wins.
 fn init_logging(filter: &str, display: &Display) -> Result<()> {
     use std::io::IsTerminal;
-    // PostgreSQL's notices ("relation already exists, skipping" from the
-    // migrations) are not news, nor is each dead connection the pool drops
-    // while the database is away (freshen says what it does about that).
     // A filter that does not say what it means is an error naming the directive,
     // never replaced by a default in silence.
     check_log_filter(filter).map_err(|why| {
@@ -132,6 +129,9 @@ fn init_logging(filter: &str, display: &Display) -> Result<()> {
              targets with levels (`freshen=debug,info`)"
         ))
     })?;
+    // PostgreSQL's notices ("relation already exists, skipping" from the
+    // migrations) are not news, nor is each dead connection the pool drops
+    // while the database is away (freshen says what it does about that).
     let given = filter;
     let filter = format!("{filter},sqlx::postgres::notice=warn,sqlx::pool=warn");
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
