@@ -181,6 +181,11 @@ pub struct RunArgs {
     /// key with another record (without it they are skipped, with a warning)
     #[arg(long)]
     pub strict: bool,
+
+    /// The run is `freshen demo`'s: what resumes it is `freshen demo`, and the
+    /// messages say so.
+    #[arg(skip)]
+    pub demo: bool,
 }
 
 #[derive(Debug, Clone, Default, Args)]

@@ -89,6 +89,7 @@ pub async fn demo(
         new: args.new,
         summary_json: args.summary_json,
         metrics_file: args.metrics_file,
+        demo: true,
         ..RunArgs::default()
     };
     let exit = super::run::run(config, run, shutdown, display).await;
