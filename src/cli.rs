@@ -64,6 +64,7 @@ pub enum Command {
     /// configuration file: these flags are all it takes
     Sandbox(SandboxArgs),
     /// The whole job on the embedded default: sample SQLite database, in-process sandbox, `run`
+    #[command(after_help = EXIT_CODES)]
     Demo(DemoArgs),
     /// What happened in a run: one self-contained HTML page (summary, rate, throttles and
     /// outages over time, concurrency, credits, failures by reason), or JSON

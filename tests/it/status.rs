@@ -98,7 +98,7 @@ async fn status_says_all_records_and_bad_log_filters_and_help_are_plain() {
         text(&out.stderr)
     );
 
-    for args in [&["--help"][..], &["run", "--help"]] {
+    for args in [&["--help"][..], &["run", "--help"], &["demo", "--help"]] {
         let out = env.bare_command(args).output().await.unwrap();
         assert_exit(&out, 0);
         let help = text(&out.stdout);
