@@ -141,6 +141,14 @@ async fn status_needs_no_vendor_token_and_says_what_it_skipped() {
     assert_exit(&out, 0);
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["run"]["records"]["done"], 10);
+    // Nor do the other commands that read the database.
+    for args in [
+        &["estimate", "--offline"][..],
+        &["report", "--json"],
+        &["prune", "--dry-run"],
+    ] {
+        assert_exit(&env.freshen(args).await, 0);
+    }
 
     // With credits.remaining_url it would ask the vendor: without the token it
     // does not, says so and why, and reports the database's figures.
