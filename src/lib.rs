@@ -123,12 +123,8 @@ fn init_logging(filter: &str, display: &Display) -> Result<()> {
     use std::io::IsTerminal;
     // A filter that does not say what it means is an error naming the directive,
     // never replaced by a default in silence.
-    check_log_filter(filter).map_err(|why| {
-        error::usage(format!(
-            "--log `{filter}` (or FRESHEN_LOG): {why}; give a level (`info`, `debug`) or \
-             targets with levels (`freshen=debug,info`)"
-        ))
-    })?;
+    check_log_filter(filter)
+        .map_err(|why| error::usage(format!("--log `{filter}` (or FRESHEN_LOG): {why}")))?;
     // PostgreSQL's notices ("relation already exists, skipping" from the
     // migrations) are not news, nor is each dead connection the pool drops
     // while the database is away (freshen says what it does about that).
@@ -179,7 +175,8 @@ fn check_log_filter(filter: &str) -> std::result::Result<(), String> {
         }
         if let Err(e) = directive.parse::<Directive>() {
             return Err(format!(
-                "directive `{directive}` is not a log directive ({e})"
+                "directive `{directive}` is not a log directive ({e}); give a level (`info`, \
+                 `debug`) or targets with levels (`freshen=debug,info`)"
             ));
         }
         let bare = !directive.contains(['=', '[', ':']);
@@ -190,7 +187,7 @@ fn check_log_filter(filter: &str) -> std::result::Result<(), String> {
             };
             return Err(format!(
                 "directive `{directive}` is neither a level ({}) nor a crate freshen logs from \
-                 ({}); {hint}for another target, give it a level: `{directive}=debug`",
+                 ({}); {hint}Another target takes a level: `{directive}=debug`",
                 LEVELS.join(", "),
                 LOG_CRATES.join(", ")
             ));
