@@ -343,6 +343,12 @@ async fn an_https_vendor_with_a_private_ca_works_with_ca_file_and_stops_clearly_
         (0, 0, 8),
         "nothing failed, all pending"
     );
+    // The calls it tried count among the calls, as connection errors do.
+    let status = env.freshen(&["status", "--json"]).await;
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let calls = &status["run"]["calls"];
+    assert!(calls["transient"].as_i64().unwrap() >= 1, "{calls}");
+    assert_eq!(calls["ok"], 0, "{calls}");
 
     // With it: the run resumes and completes over TLS.
     std::fs::write(env.dir.path().join("ca.pem"), &ca_pem).unwrap();
