@@ -58,7 +58,8 @@ pub enum Command {
     /// The current or last run and this period's credits, read from the database
     Status(StatusArgs),
     /// What a run with these flags would select, cost and take, and where the
-    /// budget would cut it; makes no call to the vendor
+    /// budget would cut it; makes no billed call (with credits.remaining_url, one
+    /// unbilled call to the account endpoint, unless --offline)
     Estimate(EstimateArgs),
     /// Serve a simulated vendor API, on loopback unless --allow-remote; it reads no
     /// configuration file: these flags are all it takes
