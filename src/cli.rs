@@ -2,7 +2,8 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::sandbox::SandboxOptions;
 use crate::selection::{IdSpec, StaleBefore};
@@ -57,11 +58,14 @@ pub enum Command {
     /// The current or last run and this period's credits, read from the database
     Status(StatusArgs),
     /// What a run with these flags would select, cost and take, and where the
-    /// budget would cut it; makes no call to the vendor
+    /// budget would cut it; makes no billed call (with credits.remaining_url, one
+    /// unbilled call to the account endpoint, unless --offline)
     Estimate(EstimateArgs),
-    /// Serve a simulated vendor API on loopback
-    Sandbox(SandboxOptions),
+    /// Serve a simulated vendor API, on loopback unless --allow-remote; it reads no
+    /// configuration file: these flags are all it takes
+    Sandbox(SandboxArgs),
     /// The whole job on the embedded default: sample SQLite database, in-process sandbox, `run`
+    #[command(after_help = EXIT_CODES)]
     Demo(DemoArgs),
     /// What happened in a run: one self-contained HTML page (summary, rate, throttles and
     /// outages over time, concurrency, credits, failures by reason), or JSON
@@ -70,6 +74,47 @@ pub enum Command {
     /// `--older-than`, and the items of runs finished before then (the runs and
     /// their counts stay)
     Prune(PruneArgs),
+}
+
+impl Cli {
+    /// The process's command line, parsed, with a warning for a flag that
+    /// `freshen sandbox` would otherwise ignore in silence.
+    pub fn from_args() -> Cli {
+        let matches = Cli::command().get_matches();
+        if let Some(("sandbox", sandbox)) = matches.subcommand() {
+            for (id, flag) in [("config", "--config"), ("database_url", "--database-url")] {
+                if sandbox.value_source(id) == Some(ValueSource::CommandLine) {
+                    eprintln!(
+                        "warning: `freshen sandbox` reads no configuration: {flag} is ignored \
+                         (the sandbox's own flags are all it takes)"
+                    );
+                }
+            }
+        }
+        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
+}
+
+/// `freshen sandbox`.
+#[derive(Debug, Clone, Args)]
+pub struct SandboxArgs {
+    #[command(flatten)]
+    pub options: SandboxOptions,
+
+    /// Listen on an address that is not loopback (`0.0.0.0:8077`, a LAN address):
+    /// the simulated vendor, which checks no credentials, is then open to
+    /// whoever reaches that address
+    #[arg(long)]
+    pub allow_remote: bool,
+
+    /// The global --config, which the sandbox ignores: declared here, hidden, so
+    /// that `freshen sandbox --help` does not offer it.
+    #[arg(long, short, hide = true)]
+    pub config: Option<PathBuf>,
+
+    /// The global --database-url, ignored and hidden likewise.
+    #[arg(long, hide = true)]
+    pub database_url: Option<String>,
 }
 
 /// Which records a run covers. Without any flag: every record of `source.table`
@@ -138,6 +183,11 @@ pub struct RunArgs {
     /// key with another record (without it they are skipped, with a warning)
     #[arg(long)]
     pub strict: bool,
+
+    /// The run is `freshen demo`'s: what resumes it is `freshen demo`, and the
+    /// messages say so.
+    #[arg(skip)]
+    pub demo: bool,
 }
 
 #[derive(Debug, Clone, Default, Args)]

@@ -239,6 +239,11 @@ pub struct Api {
     pub path: PathTemplate,
     /// Header values from `${VAR}` are marked sensitive, so reqwest never prints them.
     pub headers: HeaderMap,
+    /// Why a header is missing from `headers`: its `${VAR}` is not set. Only a
+    /// call to the vendor needs it: [`Config::load`] refuses it at start,
+    /// [`Config::load_reading`] (commands that read the database) keeps it here,
+    /// and [`Config::vendor_ready`] says it.
+    pub unset: Option<String>,
     pub timeout: Duration,
     pub connect_timeout: Duration,
     pub max_body_bytes: usize,
@@ -361,20 +366,51 @@ impl PathTemplate {
 
 impl Config {
     /// Reads and validates the file; `database_url` overrides `database.url`
-    /// (the `--database-url` flag or `FRESHEN_DATABASE_URL`).
+    /// (the `--database-url` flag or `FRESHEN_DATABASE_URL`). For commands that
+    /// call the vendor: an unset `${VAR}` in `api.headers` is an error.
     pub fn load(path: &Path, database_url: Option<&str>) -> Result<Config> {
+        let config = Config::load_reading(path, database_url)?;
+        config.vendor_ready()?;
+        Ok(config)
+    }
+
+    /// As [`Config::load`], for commands that read the database and call the
+    /// vendor only if they can (`status`, `estimate`, `report`, `prune`): the
+    /// vendor's token need not be set; [`Config::vendor_ready`] says if it is not.
+    pub fn load_reading(path: &Path, database_url: Option<&str>) -> Result<Config> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             usage(format!(
                 "cannot read the configuration file {}: {e}; pass another with --config",
                 path.display()
             ))
         })?;
-        Config::parse(path, &text, database_url, &|name| std::env::var(name).ok())
+        Config::parse_reading(path, &text, database_url, &|name| std::env::var(name).ok())
+    }
+
+    /// Whether the vendor can be called: every `${VAR}` of `api.headers` is set.
+    pub fn vendor_ready(&self) -> Result<()> {
+        match &self.api.unset {
+            Some(why) => Err(usage(why.clone())),
+            None => Ok(()),
+        }
     }
 
     /// Parses `text` as the file at `path`; `env` resolves `${VAR}` (a parameter so
     /// tests need not touch the process environment).
     pub fn parse(
+        path: &Path,
+        text: &str,
+        database_url: Option<&str>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config> {
+        let config = Config::parse_reading(path, text, database_url, env)?;
+        config.vendor_ready()?;
+        Ok(config)
+    }
+
+    /// As [`Config::parse`], keeping an unset `${VAR}` of `api.headers` in
+    /// [`Api::unset`] instead of refusing it.
+    pub fn parse_reading(
         path: &Path,
         text: &str,
         database_url: Option<&str>,
@@ -459,11 +495,23 @@ impl Config {
         let path_template = PathTemplate::parse("api.path", &raw.api.path)?;
 
         let mut headers = HeaderMap::new();
+        // The first header whose `${VAR}` is not set, and why: a secret all the same.
+        let mut unset: Option<(HeaderName, String)> = None;
         for (name, value) in &raw.api.headers {
             let key = format!("api.headers.{name}");
             let header = HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| key_err(&key, "is not a valid HTTP header name".into()))?;
-            let (value, secret) = expand(value, env).map_err(|m| key_err(&key, m))?;
+            let (value, secret) = match expand(value, env) {
+                Ok(expanded) => expanded,
+                // Well formed, but a variable is not set: only a call needs it.
+                Err(m) if expand(value, &|_| Some(String::new())).is_ok() => {
+                    if unset.is_none() {
+                        unset = Some((header, format!("{file}: `{key}` {m}")));
+                    }
+                    continue;
+                }
+                Err(m) => return Err(key_err(&key, m)),
+            };
             let mut value = HeaderValue::from_str(&value).map_err(|_| {
                 key_err(
                     &key,
@@ -478,7 +526,8 @@ impl Config {
         let secret_header = headers
             .iter()
             .find(|(_, v)| v.is_sensitive())
-            .map(|(n, _)| n.as_str());
+            .map(|(n, _)| n.as_str())
+            .or(unset.as_ref().map(|(n, _)| n.as_str()));
         if let Some(name) = secret_header
             && base.scheme() == "http"
             && !is_loopback(&base)
@@ -686,6 +735,7 @@ impl Config {
                 method,
                 path: path_template,
                 headers,
+                unset: unset.map(|(_, why)| why),
                 timeout: duration("api.timeout", &raw.api.timeout)?,
                 connect_timeout: duration("api.connect_timeout", &raw.api.connect_timeout)?,
                 max_body_bytes: usize::try_from(raw.api.max_body_bytes)
@@ -923,6 +973,26 @@ mod tests {
             e.contains("api.headers.Authorization") && e.contains("${TOKEN}"),
             "{e}"
         );
+
+        // Commands that only read the database take the file without it, and
+        // still know the header is a secret: no plain http to another host.
+        let path = Path::new("test.toml");
+        let c = Config::parse_reading(path, &text, None, &|_| None).unwrap();
+        assert!(c.api.headers.get("authorization").is_none());
+        let e = format!("{:#}", c.vendor_ready().unwrap_err());
+        assert!(
+            e.contains("api.headers.Authorization") && e.contains("${TOKEN}"),
+            "{e}"
+        );
+        let remote = set(&text, "base_url", "\"http://vendor.example\"");
+        let e = format!(
+            "{:#}",
+            Config::parse_reading(path, &remote, None, &|_| None).unwrap_err()
+        );
+        assert!(e.contains("allow_insecure"), "{e}");
+        // A reference that is not well formed is an error for every command.
+        let broken = text.replace("${TOKEN}", "${TOKEN");
+        assert!(Config::parse_reading(path, &broken, None, &|_| None).is_err());
     }
 
     #[test]

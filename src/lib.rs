@@ -64,7 +64,10 @@ use crate::progress::Display;
 pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<Exit> {
     let display = Display::new();
     init_logging(&cli.log, &display)?;
+    // `run` and `demo` call the vendor: its token must be set. The others read
+    // the database, and call the vendor only if they can.
     let config = || Config::load(&cli.config, cli.database_url.as_deref());
+    let reading = || Config::load_reading(&cli.config, cli.database_url.as_deref());
     match cli.command {
         Command::Run(args) => {
             let path = args.summary_json.clone();
@@ -73,8 +76,8 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<Exit> {
             })
             .await
         }
-        Command::Status(args) => cmd::status::status(config()?, args).await,
-        Command::Estimate(args) => cmd::estimate::estimate(config()?, args).await,
+        Command::Status(args) => cmd::status::status(reading()?, args).await,
+        Command::Estimate(args) => cmd::estimate::estimate(reading()?, args).await,
         Command::Demo(args) => {
             let path = args.summary_json.clone();
             progress::with_summary_file(path.as_deref(), async {
@@ -82,10 +85,10 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<Exit> {
             })
             .await
         }
-        Command::Report(args) => report::report(config()?, args).await,
-        Command::Prune(args) => cmd::prune::prune(config()?, args).await,
-        Command::Sandbox(opts) => {
-            sandbox::serve(opts, shutdown.cancelled_owned()).await?;
+        Command::Report(args) => report::report(reading()?, args).await,
+        Command::Prune(args) => cmd::prune::prune(reading()?, args).await,
+        Command::Sandbox(args) => {
+            sandbox::serve(args.options, args.allow_remote, shutdown.cancelled_owned()).await?;
             Ok(Exit::Complete)
         }
     }
@@ -94,18 +97,17 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<Exit> {
 /// Logs go to stderr, through the progress bars; the first call in a process wins.
 fn init_logging(filter: &str, display: &Display) -> Result<()> {
     use std::io::IsTerminal;
+    // A filter that does not say what it means is an error naming the directive,
+    // never replaced by a default in silence.
+    check_log_filter(filter)
+        .map_err(|why| error::usage(format!("--log `{filter}` (or FRESHEN_LOG): {why}")))?;
     // PostgreSQL's notices ("relation already exists, skipping" from the
     // migrations) are not news, nor is each dead connection the pool drops
     // while the database is away (freshen says what it does about that).
-    // A filter that does not parse is said, not replaced by `info` in silence.
     let given = filter;
     let filter = format!("{filter},sqlx::postgres::notice=warn,sqlx::pool=warn");
-    let filter = tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| {
-        error::usage(format!(
-            "--log `{given}` (or FRESHEN_LOG) is not a log filter ({e}); give a level \
-             (`info`, `debug`) or targets (`freshen=debug,info`)"
-        ))
-    })?;
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .map_err(|e| error::usage(format!("--log `{given}` (or FRESHEN_LOG): {e}")))?;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(display.log_writer())
@@ -113,4 +115,152 @@ fn init_logging(filter: &str, display: &Display) -> Result<()> {
         .with_target(false)
         .try_init();
     Ok(())
+}
+
+/// The crates freshen's logs come from: a bare word in `--log` is a level or one
+/// of these (`sqlx` is everything sqlx says). Any other target takes a level
+/// (`mio=trace`), so that a misspelt level (`debugg`, `warning`) is not taken for
+/// a target, which would log nothing else at all.
+const LOG_CRATES: [&str; 14] = [
+    "freshen",
+    "sqlx",
+    "reqwest",
+    "hyper",
+    "hyper_util",
+    "h2",
+    "rustls",
+    "tokio",
+    "tower",
+    "tower_http",
+    "axum",
+    "governor",
+    "backon",
+    "tracing",
+];
+
+const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// Each directive of an EnvFilter text, checked alone: the one that is wrong is
+/// the one named.
+fn check_log_filter(filter: &str) -> std::result::Result<(), String> {
+    use tracing_subscriber::filter::{Directive, LevelFilter};
+    for directive in log_directives(filter) {
+        let directive = directive.trim();
+        if directive.is_empty() {
+            continue;
+        }
+        if let Err(e) = directive.parse::<Directive>() {
+            return Err(format!(
+                "directive `{directive}` is not a log directive ({e}); give a level (`info`, \
+                 `debug`) or targets with levels (`freshen=debug,info`)"
+            ));
+        }
+        let bare = !directive.contains(['=', '[', ':']);
+        if bare && directive.parse::<LevelFilter>().is_err() && !LOG_CRATES.contains(&directive) {
+            let hint = match near_level(directive) {
+                Some(level) => format!("did you mean `{level}`? "),
+                None => String::new(),
+            };
+            return Err(format!(
+                "directive `{directive}` is neither a level ({}) nor a crate freshen logs from \
+                 ({}); {hint}Another target takes a level: `{directive}=debug`",
+                LEVELS.join(", "),
+                LOG_CRATES.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The directives of a filter: split at commas, but not at those inside a span's
+/// field list (`freshen[run{id=1,key=2}]=debug`).
+fn log_directives(filter: &str) -> Vec<&str> {
+    let (mut out, mut depth, mut start) = (Vec::new(), 0i32, 0);
+    for (i, c) in filter.char_indices() {
+        match c {
+            '[' | '{' => depth += 1,
+            ']' | '}' => depth -= 1,
+            ',' if depth <= 0 => {
+                out.push(&filter[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&filter[start..]);
+    out
+}
+
+/// The level a misspelt word was probably meant to be: a prefix either way
+/// (`inf`, `warning`) or within two edits (`debugg`, `tarce`).
+fn near_level(word: &str) -> Option<&'static str> {
+    let word = word.to_ascii_lowercase();
+    let prefix = LEVELS
+        .into_iter()
+        .find(|level| word.starts_with(level) || level.starts_with(word.as_str()));
+    prefix.or_else(|| {
+        LEVELS
+            .into_iter()
+            .map(|level| (edits(&word, level), level))
+            .filter(|(n, _)| *n <= 2)
+            .min()
+            .map(|(_, level)| level)
+    })
+}
+
+/// Levenshtein distance, for short words.
+fn edits(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_filters_are_checked_directive_by_directive() {
+        for good in [
+            "info",
+            "DEBUG",
+            "3",
+            "freshen=debug,warn",
+            "sqlx",
+            "freshen::engine=trace",
+            "freshen[run{id=1,key=2}]=debug",
+            "info,",
+        ] {
+            assert_eq!(check_log_filter(good), Ok(()), "{good}");
+        }
+        for (bad, named, hint) in [
+            ("info,freshen=loud", "`freshen=loud`", None),
+            ("debugg", "`debugg`", Some("`debug`")),
+            ("warning", "`warning`", Some("`warn`")),
+            ("freshen=debug,inf", "`inf`", Some("`info`")),
+            ("mio", "`mio`", None),
+        ] {
+            let why = check_log_filter(bad).unwrap_err();
+            assert!(why.contains(&format!("directive {named}")), "{bad}: {why}");
+            if let Some(hint) = hint {
+                assert!(
+                    why.contains(&format!("did you mean {hint}")),
+                    "{bad}: {why}"
+                );
+            }
+        }
+        assert_eq!(edits("tarce", "trace"), 2);
+        assert_eq!(near_level("zzz"), None);
+    }
 }

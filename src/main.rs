@@ -1,12 +1,11 @@
 //! The `freshen` binary: parse the command line, build the runtime, wire the
 //! signals, call the library, map the outcome to an exit code.
 
-use clap::Parser;
 use freshen::{Exit, cli::Cli, error::is_usage};
 use tokio_util::sync::CancellationToken;
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = Cli::from_args();
     let runtime = tokio::runtime::Runtime::new().expect("cannot start the tokio runtime");
     let code = runtime.block_on(async {
         let shutdown = CancellationToken::new();

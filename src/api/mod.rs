@@ -90,6 +90,8 @@ pub struct Vendor {
 impl Vendor {
     /// `kinds`: the mapped columns' kinds, in `api.response` order (from the store).
     pub fn new(config: &Config, kinds: &[ColumnKind]) -> Result<Vendor> {
+        // Never a call without the headers the configuration asks for.
+        config.vendor_ready()?;
         let api = &config.api;
         let mut builder = Client::builder()
             .timeout(api.timeout)

@@ -29,14 +29,6 @@ pub async fn demo(
             config.path.display()
         )));
     }
-    if create_sample(&url, args.records).await? {
-        println!(
-            "created {} with {} sample people",
-            config.database_display(),
-            args.records
-        );
-    }
-
     let mut config = config;
     if let Some(addr) = args.listen {
         // The run calls the sandbox wherever it listens.
@@ -52,6 +44,24 @@ pub async fn demo(
                 config.path.display()
             )
         })?;
+    // The demo's vendor checks no credentials: it stays on this machine.
+    if !listen.ip().is_loopback() {
+        return Err(usage(format!(
+            "the demo's vendor listens on loopback only, and {listen} (demo --listen, or the \
+             host of api.base_url in {}) is not; pick `freshen demo --listen 127.0.0.1:8078`, \
+             or for a simulated vendor open to the network, `freshen sandbox --listen {listen} \
+             --allow-remote`",
+            config.path.display()
+        )));
+    }
+    if create_sample(&url, args.records).await? {
+        println!(
+            "created {} with {} sample people",
+            config.database_display(),
+            args.records
+        );
+    }
+
     // A realistic vendor: the configured rate, a little latency, a sprinkle of errors.
     let sandbox = Sandbox::start(SandboxOptions {
         listen,
@@ -79,6 +89,7 @@ pub async fn demo(
         new: args.new,
         summary_json: args.summary_json,
         metrics_file: args.metrics_file,
+        demo: true,
         ..RunArgs::default()
     };
     let exit = super::run::run(config, run, shutdown, display).await;

@@ -300,7 +300,7 @@ fn human_seconds(s: f64) -> String {
     };
     match s {
         0..=119 => format!("{s} s"),
-        120..=7199 => format!("{} min", s.div_ceil(60)),
+        120..=7199 => format!("{} min", (s + 30) / 60),
         _ => format!("{:.1} h", s as f64 / 3600.0),
     }
 }
@@ -315,6 +315,10 @@ mod tests {
         assert_eq!(human_seconds(1.01), "1 s");
         assert_eq!(human_seconds(0.05), "1 s");
         assert_eq!(human_seconds(0.0), "0 s");
+        // Minutes to the nearest too: 121 s is about 2 min, not 3.
+        assert_eq!(human_seconds(121.0), "2 min");
+        assert_eq!(human_seconds(149.0), "2 min");
+        assert_eq!(human_seconds(150.0), "3 min");
         // 10,001 credits over 10,000 records: an overhead, if a small one.
         assert_eq!(percent(1.0 / 10_000.0), "<0.1");
         assert_eq!(percent(0.0), "0.0");

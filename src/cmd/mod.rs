@@ -28,13 +28,20 @@ pub fn selection(args: SelectionArgs, config: &Config) -> Selection {
 
 /// With `credits.remaining_url` (and not `--offline`), asks the vendor's account
 /// endpoint for the credits left and records the count with this period. If the
-/// vendor cannot say, a warning, and the database's figures stand. Returns
-/// whether it called the endpoint.
+/// vendor cannot say, or cannot be called (its token is not set), a warning,
+/// and the database's figures stand. Returns whether it called the endpoint.
 pub async fn ask_vendor(config: &Config, store: &Store, offline: bool) -> Result<bool> {
     let Some((url, pointer)) = &config.credits.remaining_url else {
         return Ok(false);
     };
     if offline {
+        return Ok(false);
+    }
+    if let Err(why) = config.vendor_ready() {
+        eprintln!(
+            "warning: not asking the vendor's account endpoint (credits.remaining_url): {why:#}; \
+             the figures below are the database's (--offline skips the question)"
+        );
         return Ok(false);
     }
     let label = config.credits.periods.label_at(crate::credits::now());

@@ -417,7 +417,8 @@ async fn locked(
         println!(
             "stopped: this process was suspended or cut off from the database for longer than \
              lock.stale_after, so another run may have taken its work over; it made no more calls. \
-             `freshen run` with the same selection resumes what is left"
+             {} what is left",
+            resumes(&args)
         );
         return Ok(Exit::Locked);
     }
@@ -488,8 +489,8 @@ async fn locked(
         Stop::OutOfCredits => {
             println!("stopped: the vendor reports no credits left (402); the rest stays pending")
         }
-        Stop::Interrupted => println!("interrupted: `freshen run` with the same selection resumes"),
-        Stop::Outage => println!("{}", outage_message(&reach, &config)),
+        Stop::Interrupted => println!("interrupted: {}", resumes(&args)),
+        Stop::Outage => println!("{}", outage_message(&reach, &config, &args)),
         Stop::Drained | Stop::Fenced => {}
     }
     if others > 0 && records.pending > 0 {
@@ -635,7 +636,7 @@ async fn failures(store: &Store, run: &RunRow) -> Result<Vec<Failure>> {
 
 /// Why the run stopped at exit 4: the vendor down past `retry.max_outage`, or
 /// never reached at all (a wrong `api.base_url`), with the last call's cause.
-fn outage_message(pacer: &Pacer, config: &Config) -> String {
+fn outage_message(pacer: &Pacer, config: &Config, args: &RunArgs) -> String {
     let cause = pacer.reach.cause().unwrap_or_else(|| "no answer".into());
     if pacer.reach.unreachable(tokio::time::Instant::now()) {
         format!(
@@ -649,8 +650,18 @@ fn outage_message(pacer: &Pacer, config: &Config) -> String {
     } else {
         format!(
             "stopped: the vendor has been down longer than retry.max_outage (last error: {cause}); \
-             `freshen run` with the same selection resumes"
+             {}",
+            resumes(args)
         )
+    }
+}
+
+/// What resumes the run, as the messages say it: `freshen demo` for the demo's.
+fn resumes(args: &RunArgs) -> &'static str {
+    if args.demo {
+        "`freshen demo` resumes"
+    } else {
+        "`freshen run` with the same selection resumes"
     }
 }
 

@@ -53,8 +53,13 @@ pub enum Stop {
 /// Live counters of this process's work, read by the progress display.
 #[derive(Debug, Default)]
 pub struct Tally {
+    /// The calls made, by outcome (as `store::CallCounts` keeps them), every
+    /// call counted once.
     pub ok: AtomicU64,
+    /// Refused for the vendor's limits: its rate (429, 503 with Retry-After) or
+    /// its credits (402, a quota-exceeded problem).
     pub throttled: AtomicU64,
+    /// Server errors, timeouts, connection errors (an untrusted certificate too).
     pub transient: AtomicU64,
     pub permanent: AtomicU64,
     /// Items resolved (done or failed) by this process.
@@ -465,11 +470,17 @@ async fn work(shared: Arc<Shared>, mut item: Item, _slot: OwnedSemaphorePermit, 
                 Resolution::Failed(reason)
             }
             Err(CallError::Fatal(why)) => {
+                // A call made, if one no answer can come of (an untrusted
+                // certificate): a connection error among the call totals.
+                Tally::bump(&tally.transient);
                 shared.fatal.lock().await.get_or_insert(why);
                 shared.stop.cancel();
                 return;
             }
             Err(CallError::OutOfCredits) => {
+                // A refusal for the vendor's limits, as a 429 is: the record stays
+                // pending, and the call counts among the calls.
+                Tally::bump(&tally.throttled);
                 tracing::warn!(key = %item.key, "the vendor answered 402: out of credits; stopping");
                 shared.halt(Stop::OutOfCredits).await;
                 return;

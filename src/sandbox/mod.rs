@@ -29,7 +29,8 @@ use tokio_util::sync::CancellationToken;
 /// Flags of `freshen sandbox`; also built directly by the demo and the tests.
 #[derive(clap::Args, Clone, Debug)]
 pub struct SandboxOptions {
-    /// Address to listen on (port 0 picks a free port)
+    /// Address to listen on (port 0 picks a free port); loopback (127.0.0.0/8,
+    /// ::1) unless --allow-remote
     #[arg(long, default_value = "127.0.0.1:8077")]
     pub listen: SocketAddr,
     /// Calls per second accepted (token bucket); over it the answer is 429 with Retry-After. 0 = unlimited
@@ -743,8 +744,28 @@ impl Drop for Sandbox {
     }
 }
 
-/// `freshen sandbox`: serve until `shutdown`, then print the counters as one JSON line.
-pub async fn serve(opts: SandboxOptions, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+/// `freshen sandbox`: serve until `shutdown`, then print the counters as one JSON
+/// line. It listens on loopback only unless `allow_remote` (`--allow-remote`): a
+/// simulated vendor, which checks no credentials, open to the network would be a
+/// surprise.
+pub async fn serve(
+    opts: SandboxOptions,
+    allow_remote: bool,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    if !opts.listen.ip().is_loopback() {
+        if !allow_remote {
+            return Err(crate::error::usage(format!(
+                "--listen {}: the sandbox listens on loopback only (127.0.0.1, ::1), for it \
+                 checks no credentials; pass --allow-remote as well to open it to the network",
+                opts.listen
+            )));
+        }
+        eprintln!(
+            "warning: the sandbox listens on {}, open to whoever reaches it (--allow-remote)",
+            opts.listen
+        );
+    }
     let sandbox = Sandbox::start(opts).await?;
     println!("sandbox listening on {}", sandbox.base_url());
     shutdown.await;

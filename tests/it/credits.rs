@@ -398,3 +398,68 @@ async fn pace_until_spreads_the_calls_to_the_deadline() {
     assert!(span.as_secs_f64() > 2.0, "30 calls over {span:?}");
     assert_eq!(env.item_states().await, (30, 0, 0));
 }
+
+/// The calls the vendor refused for credits (402) are calls: the summary, the
+/// status, the report and the metrics count every call the vendor saw.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_402_calls_count_among_the_calls() {
+    let mut env = TestEnv::new(300).await;
+    env.vendor(SandboxOptions {
+        credits: Some(100),
+        ..SandboxOptions::default()
+    })
+    .await;
+    env.write_config(&Conf::default());
+    let summary = env.dir.path().join("summary.json");
+    let metrics = env.dir.path().join("freshen.prom");
+    let out = env
+        .freshen(&[
+            "run",
+            "--summary-json",
+            summary.to_str().unwrap(),
+            "--metrics-file",
+            metrics.to_str().unwrap(),
+        ])
+        .await;
+    assert_exit(&out, 3);
+    let stats = env.sandbox().stats();
+    assert!(stats.payment_required >= 1, "{stats:?}");
+    assert_eq!(stats.ok, 100);
+    let calls = stats.requests as i64;
+
+    let json = read_json(&summary);
+    assert_eq!(json["calls"]["total"], calls, "{json}");
+    assert_eq!(json["calls"]["ok"], 100, "{json}");
+    assert_eq!(
+        json["calls"]["throttled"], stats.payment_required as i64,
+        "the 402s are refusals for the vendor's limits: {json}"
+    );
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains(&format!("{calls} total")),
+        "the summary's line: {stdout}"
+    );
+
+    let out = env.freshen(&["status", "--json"]).await;
+    assert_exit(&out, 0);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let c = &status["run"]["calls"];
+    let sum: i64 = ["ok", "throttled", "transient", "permanent"]
+        .iter()
+        .map(|k| c[k].as_i64().unwrap())
+        .sum();
+    assert_eq!(sum, calls, "{c}");
+
+    let out = env.freshen(&["report", "--json"]).await;
+    assert_exit(&out, 0);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["calls"]["total"], calls, "{}", report["calls"]);
+
+    let prom = std::fs::read_to_string(&metrics).unwrap();
+    let total: f64 = prom
+        .lines()
+        .filter(|l| l.starts_with("freshen_calls_total{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(total, calls as f64, "{prom}");
+}

@@ -232,6 +232,14 @@ async fn the_account_endpoint_is_asked_unbilled_unless_offline() {
         text(&out.stdout)
     );
 
+    // So does its help.
+    for args in [&["--help"][..], &["estimate", "--help"]] {
+        let out = env.bare_command(args).output().await.unwrap();
+        let help = text(&out.stdout);
+        assert!(!help.contains("makes no call to the vendor"), "{help}");
+        assert!(help.contains("makes no billed call"), "{help}");
+    }
+
     // The run trusts it too: 30 billed calls, and no 402.
     assert_exit(&env.freshen(&["run"]).await, 3);
     let stats = env.sandbox().stats();

@@ -388,3 +388,68 @@ async fn with_no_run_the_report_says_so_in_json_and_fails() {
     );
     assert!(!page.exists());
 }
+
+/// What the README says of the metrics file is what it holds: every family
+/// freshen writes has a row in the README's table, and the exit-code gauge's
+/// HELP names every code of the README's exit-code table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_documents_every_metric_and_the_exit_code_help_every_code() {
+    const README: &str = include_str!("../../README.md");
+    let mut env = TestEnv::new(20).await;
+    env.vendor(SandboxOptions::default()).await;
+    env.write_config(&Conf::default());
+    let metrics = env.dir.path().join("freshen.prom");
+    let path = metrics.to_str().unwrap();
+    assert_exit(&env.freshen(&["run", "--metrics-file", path]).await, 0);
+    // A second run, so the file holds both the run in progress and the last end.
+    assert_exit(
+        &env.freshen(&["run", "--new", "--metrics-file", path]).await,
+        0,
+    );
+    let scrape = parse(&std::fs::read_to_string(&metrics).unwrap());
+
+    // The metric names in the README's table: `freshen_credits_{a,b}` is two.
+    let table = README
+        .split("| metric | what |")
+        .nth(1)
+        .expect("the README has a metrics table")
+        .split("\n\n")
+        .next()
+        .unwrap();
+    let mut documented = Vec::new();
+    for cell in table.split('`').skip(1).step_by(2) {
+        let name = cell.split('{').next().unwrap();
+        match cell.split_once("_{") {
+            Some((stem, rest)) if !rest.starts_with('"') && !rest.contains('=') => {
+                for part in rest.split('}').next().unwrap().split(',') {
+                    documented.push(format!("{stem}_{part}"));
+                }
+            }
+            _ => documented.push(name.to_owned()),
+        }
+    }
+    for family in scrape.docs.keys() {
+        assert!(
+            documented.contains(family),
+            "{family} is not in the README's metrics table ({documented:?})"
+        );
+    }
+
+    let codes: Vec<&str> = README
+        .split("## Exit codes")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_prefix("| "))
+        .filter_map(|l| l.split(' ').next())
+        .filter(|c| c.parse::<u8>().is_ok())
+        .collect();
+    assert_eq!(codes, ["0", "1", "2", "3", "4", "5", "130"]);
+    let help = &scrape.docs["freshen_last_run_exit_code"];
+    for code in codes {
+        assert!(
+            help.split(|c: char| !c.is_ascii_digit()).any(|n| n == code),
+            "exit code {code} is not in the HELP: {help}"
+        );
+    }
+}

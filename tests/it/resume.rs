@@ -163,3 +163,35 @@ async fn a_second_sigint_exits_at_once_without_draining() {
     assert_eq!(env.item_states().await.0, 0);
     assert!(env.records().await.iter().all(|r| r.writes == 0));
 }
+
+/// An interrupted demo says how to go on with the demo, not with `run`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_demo_says_to_rerun_the_demo() {
+    let env = TestEnv::new_sqlite(2000).await;
+    env.write_config(&Conf {
+        rate: 200,
+        ..Conf::default()
+    });
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut child = env.spawn(&["demo", "--listen", &port.to_string()]);
+    wait_for_done(&env, &mut child, 50).await;
+    interrupt(&child).await;
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_exit(&out, 130);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("interrupted: `freshen demo` resumes"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("freshen run"), "{stdout}");
+    // And it does.
+    let out = env.freshen(&["demo", "--listen", &port.to_string()]).await;
+    assert_exit(&out, 0);
+    assert_eq!(env.item_states().await, (2000, 0, 0));
+}

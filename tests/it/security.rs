@@ -343,6 +343,12 @@ async fn an_https_vendor_with_a_private_ca_works_with_ca_file_and_stops_clearly_
         (0, 0, 8),
         "nothing failed, all pending"
     );
+    // The calls it tried count among the calls, as connection errors do.
+    let status = env.freshen(&["status", "--json"]).await;
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let calls = &status["run"]["calls"];
+    assert!(calls["transient"].as_i64().unwrap() >= 1, "{calls}");
+    assert_eq!(calls["ok"], 0, "{calls}");
 
     // With it: the run resumes and completes over TLS.
     std::fs::write(env.dir.path().join("ca.pem"), &ca_pem).unwrap();
@@ -474,4 +480,66 @@ fn redirect_faults_parse() {
         )
     );
     assert!(parse_fault("9=redirect:nowhere").is_err());
+}
+
+/// `freshen sandbox`: its help lists only what it uses, and it stays on this
+/// machine unless told otherwise: a simulated vendor open to the network would
+/// be a surprise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sandbox_stays_on_loopback_unless_told_and_its_help_says_what_it_uses() {
+    let env = TestEnv::new_sqlite(1).await;
+    let out = env
+        .bare_command(&["sandbox", "--help"])
+        .output()
+        .await
+        .unwrap();
+    assert_exit(&out, 0);
+    let help = text(&out.stdout);
+    for ignored in ["--config", "--database-url"] {
+        assert!(!help.contains(ignored), "{ignored} in:\n{help}");
+    }
+    assert!(help.contains("--allow-remote"), "{help}");
+    assert!(help.contains("--log"), "the sandbox logs: {help}");
+
+    for addr in ["0.0.0.0:0", "192.0.2.1:0"] {
+        let out = env
+            .bare_command(&["sandbox", "--listen", addr])
+            .output()
+            .await
+            .unwrap();
+        assert_exit(&out, 2);
+        let err = text(&out.stderr);
+        assert!(
+            err.contains(&format!("--listen {addr}")) && err.contains("--allow-remote"),
+            "{err}"
+        );
+    }
+
+    // Nor does the demo's vendor, which has no such flag.
+    env.write_config(&Conf::default());
+    let out = env.freshen(&["demo", "--listen", "0.0.0.0:0"]).await;
+    assert_exit(&out, 2);
+    assert!(
+        text(&out.stderr).contains("loopback only"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Told: it listens there.
+    let mut child = env
+        .bare_command(&["sandbox", "--listen", "0.0.0.0:0", "--allow-remote"])
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("the sandbox starts within 30 s")
+        .unwrap()
+        .unwrap_or_default();
+    assert!(
+        first.starts_with("sandbox listening on http://0.0.0.0:"),
+        "{first}"
+    );
+    child.kill().await.unwrap();
 }

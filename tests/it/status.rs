@@ -139,7 +139,7 @@ async fn status_says_all_records_and_bad_log_filters_and_help_are_plain() {
         text(&out.stderr)
     );
 
-    for args in [&["--help"][..], &["run", "--help"]] {
+    for args in [&["--help"][..], &["run", "--help"], &["demo", "--help"]] {
         let out = env.bare_command(args).output().await.unwrap();
         assert_exit(&out, 0);
         let help = text(&out.stdout);
@@ -151,5 +151,121 @@ async fn status_says_all_records_and_bad_log_filters_and_help_are_plain() {
             help.contains("5    another run of the same table holds the lock"),
             "{help}"
         );
+    }
+}
+
+/// `status` reads the database: it needs no vendor token unless it would ask
+/// the vendor (`credits.remaining_url`), and then it says what it skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_needs_no_vendor_token_and_says_what_it_skipped() {
+    let mut env = TestEnv::new(10).await;
+    env.vendor(SandboxOptions::default()).await;
+    env.write_config(&Conf {
+        headers: r#"headers = { Authorization = "Bearer ${VENDOR_TOKEN}" }"#,
+        ..Conf::default()
+    });
+    let with_token = |args: &[&str]| {
+        let mut cmd = env.command(args);
+        cmd.env("VENDOR_TOKEN", "t0k3n");
+        cmd
+    };
+    assert_exit(&with_token(&["run"]).output().await.unwrap(), 0);
+
+    // Without the token: the run and the credits, from the database.
+    let out = env.freshen(&["status"]).await;
+    assert_exit(&out, 0);
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("10 done, 0 failed, 0 pending"), "{stdout}");
+    assert!(stdout.contains("credits "), "{stdout}");
+    assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
+    let out = env.freshen(&["status", "--json"]).await;
+    assert_exit(&out, 0);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["run"]["records"]["done"], 10);
+    // Nor do the other commands that read the database.
+    for args in [
+        &["estimate", "--offline"][..],
+        &["report", "--json"],
+        &["prune", "--dry-run"],
+    ] {
+        assert_exit(&env.freshen(args).await, 0);
+    }
+
+    // With credits.remaining_url it would ask the vendor: without the token it
+    // does not, says so and why, and reports the database's figures.
+    env.edit_config(|c| {
+        c.replace(
+            "reserve = 0",
+            "reserve = 0\nremaining_url = \"/v1/account\"\n\
+             remaining_pointer = \"/credits/remaining\"",
+        )
+    });
+    let out = env.freshen(&["status"]).await;
+    assert_exit(&out, 0);
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("credits.remaining_url")
+            && err.contains("VENDOR_TOKEN")
+            && err.contains("--offline"),
+        "{err}"
+    );
+    assert!(
+        text(&out.stdout).contains("10 done"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(
+        env.sandbox().stats().account,
+        0,
+        "no call without the token"
+    );
+    // --offline: nothing to skip, nothing said.
+    let out = env.freshen(&["status", "--offline"]).await;
+    assert_exit(&out, 0);
+    assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
+    // With the token it asks.
+    assert_exit(&with_token(&["status"]).output().await.unwrap(), 0);
+    assert_eq!(env.sandbox().stats().account, 1);
+
+    // A run calls the vendor: it still refuses to start without the token.
+    let out = env.freshen(&["run", "--new"]).await;
+    assert_exit(&out, 2);
+    assert!(
+        text(&out.stderr).contains("${VENDOR_TOKEN}"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// A `--log` filter that does not say what it means is an error naming the
+/// directive, not a silent default: a misspelt level would log nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_log_directive_is_named() {
+    let env = TestEnv::new(1).await;
+    env.write_config(&Conf::default());
+    for (filter, named) in [
+        ("info,freshen=loud", "`freshen=loud`"),
+        ("debugg", "`debugg`"),
+        ("warning", "`warning`"),
+        ("freshen=debug,inf", "`inf`"),
+    ] {
+        let out = env.freshen(&["status", "--log", filter]).await;
+        assert_exit(&out, 2);
+        let err = text(&out.stderr);
+        assert!(
+            err.contains("--log") && err.contains(&format!("directive {named}")),
+            "{filter}: {err}"
+        );
+    }
+    // Levels (any case), targets with a level, and a crate freshen logs from.
+    for filter in [
+        "DEBUG",
+        "freshen=debug,warn",
+        "sqlx",
+        "freshen::engine=trace",
+        "off",
+    ] {
+        let out = env.freshen(&["status", "--log", filter]).await;
+        assert_exit(&out, 0);
     }
 }
