@@ -21,7 +21,8 @@ use anyhow::{Context, Result, bail};
 use sqlx::{AnyConnection, Executor, Row};
 
 use super::{
-    Backend, CallCounts, Finished, Ledger, Resolution, Store, file_id, ledger, now_stamp, query,
+    Backend, CallCounts, Finished, Ledger, Resolution, Store, connect::file_id, ledger, now_stamp,
+    query,
 };
 use crate::record::Value;
 

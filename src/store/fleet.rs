@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use sqlx::pool::PoolConnection;
 use sqlx::{Any, Row};
 
-use super::{Item, Store, item_row};
+use super::{Item, Store, rows::item_row};
 
 /// A worker of a joined run, as `freshen status` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
