@@ -149,7 +149,12 @@ impl Metrics {
 
     /// The last write: the run's figures as the database holds them, the exit code
     /// and the end time. Failures are logged: the run's own exit code stands.
-    pub async fn finish(&self, store: &Store, config: &Config, result: &Result<Exit>) {
+    pub async fn finish(
+        &self,
+        store: &Store,
+        config: &Config,
+        result: Result<Exit, &anyhow::Error>,
+    ) {
         let now = jiff::Timestamp::now();
         let mut fresh = State::default();
         let mut status = match result {

@@ -14,7 +14,16 @@
 //! at most `max_concurrency + checkpoint.batch_size` answers are held unwritten.
 
 mod checkpoint;
+mod choose;
+mod deadline;
+mod held;
 mod outage;
+mod plan;
+mod run;
+
+pub use choose::Nothing;
+pub use plan::Plan;
+pub use run::{OutageCause, Outcome, Ran, run};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
