@@ -10,7 +10,9 @@
 //! - [`config`]: `config.toml` read once into a typed, validated [`config::Config`].
 //! - [`selection`]: `--ids`, `--stale-before`, `--limit` and their canonical form.
 //! - [`cmd`]: one thin file per subcommand.
-//! - [`engine`]: the dispatcher, the workers and the checkpoint writer.
+//! - [`engine`]: a run's life ([`engine::run`]: lock, plan or resume, lease,
+//!   budget, side tasks, the stop mapped to the run's status), the dispatcher,
+//!   the workers and the checkpoint writer. See `ARCHITECTURE.md`.
 //! - [`pacer`]: *when* a call may go: concurrency permits, the token bucket, the
 //!   shared pause, the backoff schedule.
 //! - [`api`]: *what an answer means*: requests from records, answers classified.
