@@ -17,6 +17,7 @@
 //!   shared pause, the backoff schedule.
 //! - [`api`]: *what an answer means*: requests from records, answers classified.
 //! - [`store`]: *how it is kept*: every SQL statement, SQLite and PostgreSQL alike.
+//! - [`state`]: run statuses and item states as types, stored as their text.
 //! - [`ident`]: table and column names, checked once and quoted once.
 //! - [`record`]: column kinds and the typed values written into them.
 //! - [`credits`]: periods, what a period has left ([`credits::Funds`]), and the
@@ -49,6 +50,7 @@ pub mod record;
 pub mod report;
 pub mod sandbox;
 pub mod selection;
+pub mod state;
 pub mod store;
 pub mod timeline;
 

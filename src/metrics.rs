@@ -168,7 +168,7 @@ impl Metrics {
                 fresh.run = Some(run.id);
                 fresh.calls = Some(run.calls);
                 fresh.run_credits = Some(run.credits_spent);
-                status.get_or_insert(run.status);
+                status.get_or_insert(run.status.to_string());
             }
             let label = config.credits.periods.label_at(now);
             let p = store.period(&label, config.credits.allowance).await?;

@@ -360,7 +360,7 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
     pub run: i64,
-    pub status: String,
+    pub status: crate::state::RunStatus,
     /// The process's exit code ([`crate::error::Exit`]).
     pub exit_code: i32,
     pub records: ItemCounts,

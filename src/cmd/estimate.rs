@@ -83,7 +83,7 @@ pub async fn compute(config: &Config, store: &Store, args: EstimateArgs) -> Resu
     let resume = store
         .latest_run_with(&selection)
         .await?
-        .filter(|r| !matches!(r.status.as_str(), "complete" | "superseded"));
+        .filter(|r| !r.status.is_final());
     let mut problems = None;
     let (selected, skipped_fresh) = match &resume {
         Some(run) => (store.item_counts(run.id).await?.pending, 0),

@@ -8,20 +8,21 @@ use crate::cli::StatusArgs;
 use crate::cmd::PeriodView;
 use crate::config::Config;
 use crate::error::Exit;
+use crate::state::RunStatus;
 use crate::store::{CallCounts, ItemCounts, LockHolder, Store, WorkerRow, gone_here};
 
 #[derive(Debug, Serialize)]
 struct Status {
-    run: Option<RunStatus>,
+    run: Option<RunView>,
     /// The table's run lock, if a row names a holder (`live`: it may be at work).
     lock: Option<LockHolder>,
     credits: PeriodView,
 }
 
 #[derive(Debug, Serialize)]
-struct RunStatus {
+struct RunView {
     id: i64,
-    status: String,
+    status: RunStatus,
     selection: serde_json::Value,
     records: ItemCounts,
     calls: CallCounts,
@@ -60,9 +61,9 @@ pub async fn status(config: Config, args: StatusArgs) -> Result<Exit> {
     crate::cmd::ask_vendor(&config, &store, args.offline).await?;
     let stale_after = config.lock_stale_after;
     let run = match store.latest_run().await? {
-        Some(run) => Some(RunStatus {
-            outage: match run.status.as_str() {
-                "running" => store.outage().await?.map(|o| OutageView {
+        Some(run) => Some(RunView {
+            outage: match run.status {
+                RunStatus::Running => store.outage().await?.map(|o| OutageView {
                     seconds: o.age.as_secs_f64(),
                     cause: o.cause,
                 }),

@@ -6,6 +6,7 @@ use anyhow::Result;
 
 use super::plan::Plan;
 use crate::credits::Funds;
+use crate::state::RunStatus;
 use crate::store::RunRow;
 
 /// Why there was nothing to work.
@@ -23,10 +24,12 @@ pub async fn choose(plan: &Plan, period: &str, funds: &Funds) -> Result<Result<R
     let (store, selection) = (&plan.store, &plan.selection);
     let previous = store.latest_run_with(selection).await?;
     match previous {
-        Some(run) if !plan.new && run.status == "complete" && !selection.spend_remaining => {
+        Some(run)
+            if !plan.new && run.status == RunStatus::Complete && !selection.spend_remaining =>
+        {
             return Ok(Err(Nothing::Complete(run)));
         }
-        Some(run) if !plan.new && run.status != "complete" => {
+        Some(run) if !plan.new && run.status != RunStatus::Complete => {
             let pending = store.item_counts(run.id).await?.pending;
             tracing::info!(
                 "resuming run {}: {pending} of {} records pending",
@@ -35,8 +38,8 @@ pub async fn choose(plan: &Plan, period: &str, funds: &Funds) -> Result<Result<R
             );
             return Ok(Ok(run));
         }
-        Some(old) if old.status != "complete" => {
-            store.set_status(old.id, "superseded", true).await?;
+        Some(old) if old.status != RunStatus::Complete => {
+            store.set_status(old.id, RunStatus::Superseded).await?;
             tracing::info!(
                 "run {} left unfinished: superseded by a new run (--new)",
                 old.id

@@ -23,6 +23,7 @@ use crate::lease::Lease;
 use crate::metrics::{Live, Metrics};
 use crate::pacer::Pacer;
 use crate::progress::{Calls, CreditsSummary, Display, Failure, Summary};
+use crate::state::RunStatus;
 use crate::store::{Account, Holder, LockHolder, RunRow, Store};
 
 /// How a run ended, for the operator.
@@ -202,7 +203,7 @@ impl Life<'_> {
         let lease = Lease::take(store.clone(), run.id, worker.to_owned(), stale_after).await?;
         let fleet = self.fleet(run.id).await?;
         let budget = budget(plan, worker, run.id);
-        store.set_status(run.id, "running", false).await?;
+        store.set_status(run.id, RunStatus::Running).await?;
         let tally = Arc::new(Tally::default());
         let pacer = Arc::new(Pacer::new(&config.limits, &config.retry));
         let watching = CancellationToken::new();
@@ -250,7 +251,7 @@ impl Life<'_> {
             Ok(stop) => stop,
             Err(e) => {
                 if others == 0 {
-                    let _ = store.set_status(run.id, "error", false).await;
+                    let _ = store.set_status(run.id, RunStatus::Error).await;
                 }
                 return Err(e);
             }
@@ -389,19 +390,19 @@ impl Ended<'_> {
     async fn sum_up(self, config: &Config, store: &Store, run: i64) -> Result<Ran> {
         let records = store.item_counts(run).await?;
         let status = match self.stop {
-            Stop::Drained if records.pending == 0 => "complete",
+            Stop::Drained if records.pending == 0 => RunStatus::Complete,
             // This worker stops; the run goes on with the others.
-            _ if self.others > 0 && records.pending > 0 => "running",
+            _ if self.others > 0 && records.pending > 0 => RunStatus::Running,
             // Items added back while draining (cannot happen in one process, but
             // the database is the truth): the next run resumes them.
-            Stop::Drained => "stopped",
-            Stop::Interrupted => "interrupted",
-            Stop::Budget => "budget",
-            Stop::OutOfCredits => "out_of_credits",
-            Stop::Outage => "outage",
+            Stop::Drained => RunStatus::Stopped,
+            Stop::Interrupted => RunStatus::Interrupted,
+            Stop::Budget => RunStatus::Budget,
+            Stop::OutOfCredits => RunStatus::OutOfCredits,
+            Stop::Outage => RunStatus::Outage,
             Stop::Fenced => unreachable!("a fenced run has no summary"),
         };
-        store.set_status(run, status, status == "complete").await?;
+        store.set_status(run, status).await?;
         let row = store.run(run).await?.expect("the run exists");
         let credits = &config.credits;
         let period = credits.periods.label_at(crate::credits::now());
@@ -411,7 +412,7 @@ impl Ended<'_> {
         let reach = &self.pacer.reach;
         let summary = Summary {
             run,
-            status: status.to_owned(),
+            status,
             exit_code: self.stop.exit().code(),
             records,
             skipped: row.skipped,

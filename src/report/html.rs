@@ -6,6 +6,7 @@ use std::fmt::Write;
 
 use super::Report;
 use super::svg::{Frame, escape};
+use crate::state::RunStatus;
 use crate::store::Sample;
 
 const WIDTH: f64 = 1100.0;
@@ -144,13 +145,13 @@ fn rate_points(placed: &[Placed]) -> Vec<RatePoint> {
         .collect()
 }
 
-fn status_color(status: &str) -> &'static str {
+fn status_color(status: RunStatus) -> &'static str {
     match status {
-        "complete" => GREEN,
-        "budget" | "out_of_credits" => "#9a6700",
-        "outage" | "error" => RED,
-        "running" | "planned" => BLUE,
-        _ => GRAY,
+        RunStatus::Complete => GREEN,
+        RunStatus::Budget | RunStatus::OutOfCredits => "#9a6700",
+        RunStatus::Outage | RunStatus::Error => RED,
+        RunStatus::Running | RunStatus::Planned => BLUE,
+        RunStatus::Stopped | RunStatus::Interrupted | RunStatus::Superseded => GRAY,
     }
 }
 
@@ -197,8 +198,8 @@ footer {{ color: #8c959f; font-size: 12px; margin-top: 24px; }}
         title = escape(&title),
         run = r.run,
         table = escape(&r.table),
-        color = status_color(&r.status),
-        status = escape(&r.status),
+        color = status_color(r.status),
+        status = r.status,
         selection = match &r.selection {
             serde_json::Value::Object(m) if m.is_empty() => "all records".to_owned(),
             v => escape(&v.to_string()),

@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::error::Exit;
 use crate::error::usage;
 use crate::progress::Calls;
+use crate::state::RunStatus;
 use crate::store::{FailureGroup, ItemCounts, Sample, Store};
 
 /// Reasons listed, and example keys per reason.
@@ -28,7 +29,7 @@ const EXAMPLES: i64 = 5;
 pub struct Report {
     pub run: i64,
     pub table: String,
-    pub status: String,
+    pub status: RunStatus,
     pub selection: serde_json::Value,
     pub created_at: String,
     pub updated_at: String,

@@ -25,6 +25,7 @@ use super::{
     query,
 };
 use crate::record::Value;
+use crate::state::ItemState;
 
 /// A record the checkpoint could not write: its item fails with the reason.
 /// Reasons do not repeat the key (the item has it), so records that failed
@@ -138,8 +139,8 @@ impl Store {
                 items.push(b',');
             }
             let (state, reason) = match &f.resolution {
-                Resolution::Done(_) => ("done", None),
-                Resolution::Failed(reason) => ("failed", Some(reason.as_str())),
+                Resolution::Done(_) => (ItemState::Done.as_str(), None),
+                Resolution::Failed(reason) => (ItemState::Failed.as_str(), Some(reason.as_str())),
             };
             serde_json::to_writer(&mut items, &(f.seq, state, f.attempts, reason))?;
         }

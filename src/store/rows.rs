@@ -7,13 +7,14 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use crate::record::Value;
+use crate::state::RunStatus;
 
 /// A run as stored in `freshen_runs`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunRow {
     pub id: i64,
     pub selection: String,
-    pub status: String,
+    pub status: RunStatus,
     pub total: i64,
     pub calls: CallCounts,
     pub credits_spent: i64,
@@ -129,7 +130,7 @@ pub(super) fn run_row(r: &AnyRow) -> Result<RunRow> {
     Ok(RunRow {
         id: r.try_get("id")?,
         selection: r.try_get("selection")?,
-        status: r.try_get("status")?,
+        status: r.try_get::<String, _>("status")?.parse()?,
         total: r.try_get("total")?,
         calls: CallCounts {
             ok: r.try_get("calls_ok")?,

@@ -5,6 +5,7 @@ use sqlx::Row;
 
 use super::{History, ItemCounts, RunRow, Store, now_stamp, query, rows::run_row};
 use crate::selection::Selection;
+use crate::state::{ItemState, RunStatus};
 
 impl Store {
     /// The newest run with this selection, finished or not.
@@ -35,12 +36,13 @@ impl Store {
         row.map(|r| run_row(&r)).transpose()
     }
 
-    pub async fn set_status(&self, run: i64, status: &str, finished: bool) -> Result<()> {
+    /// Records the run's status; a final one also stamps `finished_at`.
+    pub async fn set_status(&self, run: i64, status: RunStatus) -> Result<()> {
         let now = now_stamp();
         query(&self.sql.set_status)
-            .bind(status)
+            .bind(status.as_str())
             .bind(now.clone())
-            .bind(finished.then_some(now))
+            .bind(status.is_final().then_some(now))
             .bind(run)
             .execute(&self.pool)
             .await
@@ -57,10 +59,10 @@ impl Store {
         let mut counts = ItemCounts::default();
         for r in rows {
             let n: i64 = r.try_get(1)?;
-            match r.try_get::<String, _>(0)?.as_str() {
-                "done" => counts.done += n,
-                "failed" => counts.failed += n,
-                _ => counts.pending += n,
+            match r.try_get::<String, _>(0)?.parse()? {
+                ItemState::Done => counts.done += n,
+                ItemState::Failed => counts.failed += n,
+                ItemState::Pending => counts.pending += n,
             }
             counts.total += n;
         }
