@@ -495,7 +495,17 @@ fn rate_headers(h: &mut HeaderMap, rate: f64, remaining: u64) {
     );
 }
 
-async fn answer(
+/// Serves one call to its end in a task of its own: like a real vendor, the
+/// sandbox finishes and bills a call it has received even when the client goes
+/// away before the answer (killed, or timed out), so a crash's calls in flight
+/// are billed and the kill storm holds the ledger against a true bill.
+async fn answer(vendor: State<Arc<Vendor>>, key: Path<String>, headers: HeaderMap) -> Response {
+    tokio::spawn(serve_call(vendor, key, headers))
+        .await
+        .unwrap_or_else(|e| status(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))
+}
+
+async fn serve_call(
     State(vendor): State<Arc<Vendor>>,
     Path(key): Path<String>,
     headers: HeaderMap,
@@ -814,6 +824,27 @@ mod tests {
             (stats.requests, stats.ok, stats.per_key_ok["12"]),
             (1, 1, 1)
         );
+        s.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_call_whose_client_goes_away_is_still_served_and_billed() {
+        let s = start(SandboxOptions {
+            latency: Duration::from_millis(300),
+            ..SandboxOptions::default()
+        })
+        .await;
+        let url = format!("{}/v1/people/5", s.base_url());
+        // The client gives up (as a killed process does) before the answer.
+        let client = reqwest::Client::new();
+        let gone = client
+            .get(&url)
+            .timeout(Duration::from_millis(50))
+            .send()
+            .await;
+        assert!(gone.is_err(), "the client timed out");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!((s.stats().requests, s.stats().ok), (1, 1));
         s.stop().await;
     }
 
