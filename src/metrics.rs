@@ -217,27 +217,18 @@ impl Metrics {
     }
 
     fn render(&self, s: &State) -> String {
-        let t = escape(&self.table);
-        let mut out = String::with_capacity(2048);
-        let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
-            if samples.is_empty() {
-                return;
-            }
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-            for (labels, value) in samples {
-                let _ = writeln!(out, "{name}{{table=\"{t}\"{labels}}} {}", number(*value));
-            }
+        let mut w = Families {
+            table: escape(&self.table),
+            out: String::with_capacity(2048),
         };
-        let one = |v: f64| vec![(String::new(), v)];
-        family(
+        w.family(
             "freshen_run_in_progress",
             "gauge",
             "1 while freshen works on a run of the table, 0 once it has exited.",
             &one(if s.running { 1.0 } else { 0.0 }),
         );
         if let Some(run) = s.run {
-            family(
+            w.family(
                 "freshen_run_id",
                 "gauge",
                 "The run in progress, or the last one.",
@@ -245,7 +236,7 @@ impl Metrics {
             );
         }
         if let Some(r) = s.records {
-            family(
+            w.family(
                 "freshen_records",
                 "gauge",
                 "Records of that run by status.",
@@ -257,7 +248,7 @@ impl Metrics {
             );
         }
         if let Some(c) = s.calls {
-            family(
+            w.family(
                 "freshen_calls_total",
                 "counter",
                 "Calls to the vendor for that run, over all its resumes, by outcome.",
@@ -270,61 +261,94 @@ impl Metrics {
             );
         }
         if let Some(spent) = s.run_credits {
-            family(
+            w.family(
                 "freshen_run_credits_spent",
                 "gauge",
                 "Credits that run spent, over all its resumes.",
                 &one(spent as f64),
             );
         }
-        if let Some((period, allowance, spent)) = &s.period {
-            let p = format!(",period=\"{}\"", escape(period));
-            family(
-                "freshen_credits_allowance",
-                "gauge",
-                "Credits the vendor grants in the current period.",
-                &[(p.clone(), *allowance as f64)],
-            );
-            family(
-                "freshen_credits_spent",
-                "gauge",
-                "Credits spent in the current period, by every run.",
-                &[(p.clone(), *spent as f64)],
-            );
-            family(
-                "freshen_credits_remaining",
-                "gauge",
-                "Credits left in the current period: allowance less spent.",
-                &[(p, (*allowance - *spent) as f64)],
-            );
-        }
-        if let Some(last) = &s.last {
-            family(
-                "freshen_last_run_exit_code",
-                "gauge",
-                "Exit code of the last `freshen run` that ended: 0 complete, 3 budget, 4 vendor down, 5 locked by another run, 130 interrupted, 1 and 2 errors.",
-                &one(f64::from(last.code)),
-            );
-            family(
-                "freshen_last_run_end_timestamp_seconds",
-                "gauge",
-                "When the last `freshen run` ended, Unix time.",
-                &one(last.end),
-            );
-            family(
-                "freshen_last_run_status",
-                "gauge",
-                "1 for the status the last `freshen run` ended with.",
-                &[(format!(",status=\"{}\"", escape(&last.status)), 1.0)],
-            );
-        }
-        family(
+        credits(&mut w, s);
+        last_run(&mut w, s);
+        w.family(
             "freshen_metrics_updated_timestamp_seconds",
             "gauge",
             "When freshen last wrote this file, Unix time.",
             &one(jiff::Timestamp::now().as_millisecond() as f64 / 1000.0),
         );
-        out
+        w.out
+    }
+}
+
+/// The metric families of the text format, written one after another.
+struct Families {
+    table: String,
+    out: String,
+}
+
+impl Families {
+    fn family(&mut self, name: &str, kind: &str, help: &str, samples: &[(String, f64)]) {
+        let out = &mut self.out;
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            let t = &self.table;
+            let _ = writeln!(out, "{name}{{table=\"{t}\"{labels}}} {}", number(*value));
+        }
+    }
+}
+
+/// One sample without labels but the table's.
+fn one(v: f64) -> Vec<(String, f64)> {
+    vec![(String::new(), v)]
+}
+
+/// The period's allowance, spent and remaining.
+fn credits(w: &mut Families, s: &State) {
+    if let Some((period, allowance, spent)) = &s.period {
+        let p = format!(",period=\"{}\"", escape(period));
+        w.family(
+            "freshen_credits_allowance",
+            "gauge",
+            "Credits the vendor grants in the current period.",
+            &[(p.clone(), *allowance as f64)],
+        );
+        w.family(
+            "freshen_credits_spent",
+            "gauge",
+            "Credits spent in the current period, by every run.",
+            &[(p.clone(), *spent as f64)],
+        );
+        w.family(
+            "freshen_credits_remaining",
+            "gauge",
+            "Credits left in the current period: allowance less spent.",
+            &[(p, (*allowance - *spent) as f64)],
+        );
+    }
+}
+
+/// How the last `freshen run` ended.
+fn last_run(w: &mut Families, s: &State) {
+    if let Some(last) = &s.last {
+        w.family(
+            "freshen_last_run_exit_code",
+            "gauge",
+            "Exit code of the last `freshen run` that ended: 0 complete, 3 budget, 4 vendor down, 5 locked by another run, 130 interrupted, 1 and 2 errors.",
+            &one(f64::from(last.code)),
+        );
+        w.family(
+            "freshen_last_run_end_timestamp_seconds",
+            "gauge",
+            "When the last `freshen run` ended, Unix time.",
+            &one(last.end),
+        );
+        w.family(
+            "freshen_last_run_status",
+            "gauge",
+            "1 for the status the last `freshen run` ended with.",
+            &[(format!(",status=\"{}\"", escape(&last.status)), 1.0)],
+        );
     }
 }
 

@@ -56,9 +56,24 @@ struct WorkerView {
 }
 
 pub async fn status(config: Config, args: StatusArgs) -> Result<Exit> {
-    let json = args.json;
     let store = Store::connect(&config).await?;
     crate::cmd::ask_vendor(&config, &store, args.offline).await?;
+    let status = read(&store, &config).await?;
+    store.close().await;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        match &status.run {
+            None => println!("no run yet for table `{}`", config.source.table),
+            Some(r) => print_run(r, status.lock.as_ref()),
+        }
+        println!("credits  {}", status.credits.describe());
+    }
+    Ok(Exit::Complete)
+}
+
+/// The table's latest run, its lock and the period's credits.
+async fn read(store: &Store, config: &Config) -> Result<Status> {
     let stale_after = config.lock_stale_after;
     let run = match store.latest_run().await? {
         Some(run) => Some(RunView {
@@ -69,7 +84,7 @@ pub async fn status(config: Config, args: StatusArgs) -> Result<Exit> {
                 }),
                 _ => None,
             },
-            workers: workers(&store, run.id, stale_after).await?,
+            workers: workers(store, run.id, stale_after).await?,
             records: store.item_counts(run.id).await?,
             failures: store.failures(run.id, 10).await?,
             selection: serde_json::from_str(&run.selection).unwrap_or_default(),
@@ -82,92 +97,82 @@ pub async fn status(config: Config, args: StatusArgs) -> Result<Exit> {
         }),
         None => None,
     };
-    let status = Status {
+    Ok(Status {
         run,
         lock: store.lock_holder(stale_after).await?,
-        credits: PeriodView::read(&store, &config).await?,
-    };
-    store.close().await;
+        credits: PeriodView::read(store, config).await?,
+    })
+}
 
-    if json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
-        return Ok(Exit::Complete);
+/// The run's lines of the text form.
+fn print_run(r: &RunView, lock: Option<&LockHolder>) {
+    let (n, c) = (&r.records, &r.calls);
+    println!(
+        "run {} {} (selection: {})",
+        r.id,
+        r.status,
+        describe_selection(&r.selection)
+    );
+    println!(
+        "  records  {} total, {} done, {} failed, {} pending",
+        n.total, n.done, n.failed, n.pending
+    );
+    println!(
+        "  calls    {} total: {} ok, {} throttled, {} transient, {} permanent",
+        c.total(),
+        c.ok,
+        c.throttled,
+        c.transient,
+        c.permanent
+    );
+    println!(
+        "  times    created {}, updated {}, finished {}",
+        r.created_at,
+        r.updated_at,
+        r.finished_at.as_deref().unwrap_or("-")
+    );
+    if let Some(o) = &r.outage {
+        println!(
+            "  outage   the vendor fails every call ({}), for {:.0} s: one probe at a time until it answers",
+            o.cause.as_deref().unwrap_or("no answer"),
+            o.seconds
+        );
     }
-    match &status.run {
-        None => println!("no run yet for table `{}`", config.source.table),
-        Some(r) => {
-            let (n, c) = (&r.records, &r.calls);
-            println!(
-                "run {} {} (selection: {})",
-                r.id,
-                r.status,
-                describe_selection(&r.selection)
-            );
-            println!(
-                "  records  {} total, {} done, {} failed, {} pending",
-                n.total, n.done, n.failed, n.pending
-            );
-            println!(
-                "  calls    {} total: {} ok, {} throttled, {} transient, {} permanent",
-                c.total(),
-                c.ok,
-                c.throttled,
-                c.transient,
-                c.permanent
-            );
-            println!(
-                "  times    created {}, updated {}, finished {}",
-                r.created_at,
-                r.updated_at,
-                r.finished_at.as_deref().unwrap_or("-")
-            );
-            if let Some(o) = &r.outage {
-                println!(
-                    "  outage   the vendor fails every call ({}), for {:.0} s: one probe at a time until it answers",
-                    o.cause.as_deref().unwrap_or("no answer"),
-                    o.seconds
-                );
-            }
-            for w in &r.workers {
-                let w_ = &w.row;
-                println!(
-                    "  worker   {} {}: {} records claimed, {} credits reserved, heartbeat {:.1} s ago{}",
-                    w_.worker,
-                    if w.live { "live" } else { "gone" },
-                    w_.leases,
-                    w_.reserved,
-                    w_.heartbeat_age_ms as f64 / 1000.0,
-                    match (w.live, w.pruned) {
-                        (true, _) => "",
-                        (false, true) =>
-                            " (its claims are free for the others; its row is removed)",
-                        (false, false) => {
-                            " (its claims are free for the others; its row stays until its \
-                             reservation is settled)"
-                        }
-                    }
-                );
-            }
-            if let Some(lock) = &status.lock {
-                if lock.live {
-                    println!(
-                        "  lock     held by {} since {}, heartbeat {} s ago",
-                        lock.holder, lock.acquired_at, lock.heartbeat_age_s
-                    );
-                } else {
-                    println!(
-                        "  lock     left by {}, which is gone (heartbeat {} s ago): the next run takes it over",
-                        lock.holder, lock.heartbeat_age_s
-                    );
+    for w in &r.workers {
+        let w_ = &w.row;
+        println!(
+            "  worker   {} {}: {} records claimed, {} credits reserved, heartbeat {:.1} s ago{}",
+            w_.worker,
+            if w.live { "live" } else { "gone" },
+            w_.leases,
+            w_.reserved,
+            w_.heartbeat_age_ms as f64 / 1000.0,
+            match (w.live, w.pruned) {
+                (true, _) => "",
+                (false, true) => " (its claims are free for the others; its row is removed)",
+                (false, false) => {
+                    " (its claims are free for the others; its row stays until its \
+                     reservation is settled)"
                 }
             }
-            for (key, reason) in &r.failures {
-                println!("  failed   {key}: {reason}");
-            }
+        );
+    }
+    if let Some(lock) = lock {
+        if lock.live {
+            println!(
+                "  lock     held by {} since {}, heartbeat {} s ago",
+                lock.holder, lock.acquired_at, lock.heartbeat_age_s
+            );
+        } else {
+            println!(
+                "  lock     left by {}, which is gone (heartbeat {} s ago): the next run takes it over",
+                lock.holder, lock.heartbeat_age_s
+            );
         }
     }
-    println!("credits  {}", status.credits.describe());
-    Ok(Exit::Complete)
+    for (key, reason) in &r.failures {
+        println!("  failed   {key}: {reason}");
+    }
 }
 
 /// The workers of a run, each marked live or gone; the rows of the gone ones

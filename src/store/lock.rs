@@ -19,8 +19,9 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use sqlx::{AnyConnection, Connection, Row};
+use sqlx::{AnyConnection, AssertSqlSafe, Connection, Row};
 
+use super::ledger::now_ms;
 use super::{Backend, Store, now_stamp};
 
 /// Who holds a table's run lock.
@@ -70,19 +71,35 @@ enum Layer {
 /// The advisory lock's key: two int4s, a space of freshen's own and the table.
 const SPACE: &str = "freshen run lock";
 
-/// Takes a free lock, a stale one, the holder's own (the workers of a joined run
-/// share one holder name) or one held by a process known dead (`$6`).
-const TAKE: &str = "INSERT INTO freshen_locks (name, holder, acquired_at, heartbeat_at) \
-     VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, \
-     acquired_at = excluded.acquired_at, heartbeat_at = excluded.heartbeat_at \
-     WHERE freshen_locks.heartbeat_at < $5 OR freshen_locks.holder = excluded.holder \
-     OR freshen_locks.holder = $6";
+/// Takes a free lock, a stale one (a heartbeat older than `$4` ms), the
+/// holder's own (the workers of a joined run share one holder name) or one held
+/// by a process known dead (`$5`). Heartbeats are stamped and aged on the
+/// database's clock, as the ledger's are, so hosts' clocks need not agree.
+fn take(backend: Backend) -> String {
+    let now = now_ms(backend);
+    format!(
+        "INSERT INTO freshen_locks (name, holder, acquired_at, heartbeat_at) \
+         VALUES ($1, $2, $3, {now}) ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, \
+         acquired_at = excluded.acquired_at, heartbeat_at = excluded.heartbeat_at \
+         WHERE freshen_locks.heartbeat_at < {now} - $4 OR freshen_locks.holder = excluded.holder \
+         OR freshen_locks.holder = $5"
+    )
+}
 
 /// While another live process holds the lower layer: only a row that exists and
 /// is stale (or the holder's own) is taken; a missing row is being written by
 /// that process just now.
-const TAKE_OVER: &str = "UPDATE freshen_locks SET holder = $2, acquired_at = $3, heartbeat_at = $4 \
-     WHERE name = $1 AND (heartbeat_at < $5 OR holder = $2)";
+fn take_over(backend: Backend) -> String {
+    let now = now_ms(backend);
+    format!(
+        "UPDATE freshen_locks SET holder = $2, acquired_at = $3, heartbeat_at = {now} \
+         WHERE name = $1 AND (heartbeat_at < {now} - $4 OR holder = $2 OR holder = $5)"
+    )
+}
+
+/// A heartbeat age every heartbeat is older than: the lock is this process's
+/// alone (it holds the lower layer), whatever the row says.
+const ANY_AGE: i64 = -1_000_000_000_000_000;
 
 impl Store {
     /// Takes the table's run lock for `holder` (`shared` for a joined run's
@@ -95,25 +112,24 @@ impl Store {
         shared: bool,
     ) -> Result<Result<(), LockHolder>> {
         let layer = self.take_layer(shared).await;
-        let now = jiff::Timestamp::now().as_millisecond();
-        let stale = now - i64::try_from(stale_after.as_millis()).unwrap_or(i64::MAX);
+        let stale = i64::try_from(stale_after.as_millis()).unwrap_or(i64::MAX);
+        let (take, take_over) = (take(self.backend), take_over(self.backend));
         let (sql, stale, dead) = match layer {
-            Layer::Sole => (TAKE, i64::MAX, String::new()),
-            Layer::Shared | Layer::Kept => (TAKE, stale, String::new()),
-            Layer::Busy => (TAKE_OVER, stale, String::new()),
+            Layer::Sole => (&take, ANY_AGE, String::new()),
+            Layer::Shared | Layer::Kept => (&take, stale, String::new()),
+            Layer::Busy => (&take_over, stale, String::new()),
             Layer::Unavailable => {
                 let dead = match self.lock_row().await? {
                     Some((other, acquired_at, _)) if gone_here(&other, &acquired_at) => other,
                     _ => String::new(),
                 };
-                (TAKE, stale, dead)
+                (&take, stale, dead)
             }
         };
-        let taken = sqlx::query(sql)
+        let taken = sqlx::query(AssertSqlSafe(sql.as_str()))
             .bind(self.table.clone())
             .bind(holder.to_owned())
             .bind(now_stamp())
-            .bind(now)
             .bind(stale)
             .bind(dead)
             .execute(&self.pool)
@@ -139,10 +155,9 @@ impl Store {
 
     /// The lock's holder, if any, and whether it may be alive.
     pub async fn lock_holder(&self, stale_after: Duration) -> Result<Option<LockHolder>> {
-        let Some((holder, acquired_at, heartbeat_at)) = self.lock_row().await? else {
+        let Some((holder, acquired_at, age_ms)) = self.lock_row().await? else {
             return Ok(None);
         };
-        let age_ms = jiff::Timestamp::now().as_millisecond() - heartbeat_at;
         let fresh = u128::try_from(age_ms).unwrap_or(0) < stale_after.as_millis();
         let live = fresh
             && !gone_here(&holder, &acquired_at)
@@ -169,11 +184,10 @@ impl Store {
     /// let go since, or the server dropped the lock's session); false if the lock
     /// is no longer this holder's.
     pub async fn heartbeat(&self, holder: &str) -> Result<bool> {
-        let now = jiff::Timestamp::now().as_millisecond();
-        let kept = sqlx::query(
-            "UPDATE freshen_locks SET heartbeat_at = $1 WHERE name = $2 AND holder = $3",
-        )
-        .bind(now)
+        let now = now_ms(self.backend);
+        let kept = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE freshen_locks SET heartbeat_at = {now} WHERE name = $1 AND holder = $2"
+        )))
         .bind(self.table.clone())
         .bind(holder.to_owned())
         .execute(&self.pool)
@@ -210,10 +224,13 @@ impl Store {
         }
     }
 
+    /// The lock's holder, when it took the lock, and its heartbeat's age in ms.
     async fn lock_row(&self) -> Result<Option<(String, String, i64)>> {
-        let row = sqlx::query(
-            "SELECT holder, acquired_at, heartbeat_at FROM freshen_locks WHERE name = $1",
-        )
+        let now = now_ms(self.backend);
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT holder, acquired_at, CAST({now} - heartbeat_at AS BIGINT) \
+             FROM freshen_locks WHERE name = $1"
+        )))
         .bind(self.table.clone())
         .fetch_optional(&self.pool)
         .await

@@ -59,6 +59,71 @@ const NOW_MS: &str = now_ms!();
 const RUN_COLUMNS: &str = "id, selection, status, total, calls_ok, calls_throttled, calls_transient, \
                            calls_permanent, credits_spent, skipped, created_at, updated_at, finished_at";
 
+/// The statements that read items to work with their record's columns the
+/// path template needs: the pending items after a `seq` (a solo run) and the
+/// claim of a batch (`--join`, PostgreSQL only).
+fn item_reads(
+    config: &Config,
+    key_kind: ColumnKind,
+    key_column: &KeyColumn,
+    backend: Backend,
+) -> (String, String) {
+    let s = &config.source;
+    let (table, key) = (s.table.quoted(), s.key.quoted());
+    // Non-key columns the path template needs are joined from the record.
+    let params: Vec<String> = config
+        .api
+        .path
+        .columns()
+        .filter(|c| **c != s.key)
+        .map(|c| c.quoted())
+        .collect();
+    let pending_after = if params.is_empty() {
+        "SELECT i.seq, i.key, i.attempts FROM freshen_items i \
+         WHERE i.run_id = $1 AND i.state = 'pending' AND i.seq > $2 ORDER BY i.seq LIMIT $3"
+            .to_owned()
+    } else {
+        // The item's key is text; compare in the key column's own type so its index is used.
+        let item_key = item_key(backend, key_kind, key_column, "i");
+        let cols: Vec<String> = params
+            .iter()
+            .map(|c| format!("CAST(t.{c} AS TEXT)"))
+            .collect();
+        format!(
+            "SELECT i.seq, i.key, i.attempts, {} FROM freshen_items i JOIN {table} t ON t.{key} = {item_key} \
+             WHERE i.run_id = $1 AND i.state = 'pending' AND i.seq > $2 ORDER BY i.seq LIMIT $3",
+            cols.join(", ")
+        )
+    };
+
+    let claim = {
+        let item_key = item_key(backend, key_kind, key_column, "c");
+        let (cols, join): (String, String) = if params.is_empty() {
+            (String::new(), String::new())
+        } else {
+            (
+                params
+                    .iter()
+                    .map(|c| format!(", CAST(t.{c} AS TEXT)"))
+                    .collect(),
+                format!(" JOIN {table} t ON t.{key} = {item_key}"),
+            )
+        };
+        // PostgreSQL only (`--join`): SKIP LOCKED lets workers claim side by
+        // side; an item whose claimant's heartbeat is stale is free again.
+        format!(
+            "WITH c AS (UPDATE freshen_items SET lease_owner = $2 \
+             WHERE run_id = $1 AND seq IN (SELECT seq FROM freshen_items \
+             WHERE run_id = $1 AND state = 'pending' AND (lease_owner IS NULL OR lease_owner \
+             NOT IN (SELECT worker FROM freshen_workers WHERE heartbeat_at >= {NOW_MS} - $3)) \
+             ORDER BY seq LIMIT $4 FOR UPDATE SKIP LOCKED) \
+             RETURNING seq, key, attempts) \
+             SELECT c.seq, c.key, c.attempts{cols} FROM c{join} ORDER BY c.seq"
+        )
+    };
+    (pending_after, claim)
+}
+
 impl Statements {
     /// `mapped`: the kinds of the mapped columns, in `api.response` order.
     pub fn new(
@@ -75,57 +140,7 @@ impl Statements {
         // The source table's name goes in as a literal: it is a checked identifier.
         let table_lit = format!("'{}'", s.table);
 
-        // Non-key columns the path template needs are joined from the record.
-        let params: Vec<String> = config
-            .api
-            .path
-            .columns()
-            .filter(|c| **c != s.key)
-            .map(|c| c.quoted())
-            .collect();
-        let pending_after = if params.is_empty() {
-            "SELECT i.seq, i.key, i.attempts FROM freshen_items i \
-             WHERE i.run_id = $1 AND i.state = 'pending' AND i.seq > $2 ORDER BY i.seq LIMIT $3"
-                .to_owned()
-        } else {
-            // The item's key is text; compare in the key column's own type so its index is used.
-            let item_key = item_key(backend, key_kind, key_column, "i");
-            let cols: Vec<String> = params
-                .iter()
-                .map(|c| format!("CAST(t.{c} AS TEXT)"))
-                .collect();
-            format!(
-                "SELECT i.seq, i.key, i.attempts, {} FROM freshen_items i JOIN {table} t ON t.{key} = {item_key} \
-                 WHERE i.run_id = $1 AND i.state = 'pending' AND i.seq > $2 ORDER BY i.seq LIMIT $3",
-                cols.join(", ")
-            )
-        };
-
-        let claim = {
-            let item_key = item_key(backend, key_kind, key_column, "c");
-            let (cols, join): (String, String) = if params.is_empty() {
-                (String::new(), String::new())
-            } else {
-                (
-                    params
-                        .iter()
-                        .map(|c| format!(", CAST(t.{c} AS TEXT)"))
-                        .collect(),
-                    format!(" JOIN {table} t ON t.{key} = {item_key}"),
-                )
-            };
-            // PostgreSQL only (`--join`): SKIP LOCKED lets workers claim side by
-            // side; an item whose claimant's heartbeat is stale is free again.
-            format!(
-                "WITH c AS (UPDATE freshen_items SET lease_owner = $2 \
-                 WHERE run_id = $1 AND seq IN (SELECT seq FROM freshen_items \
-                 WHERE run_id = $1 AND state = 'pending' AND (lease_owner IS NULL OR lease_owner \
-                 NOT IN (SELECT worker FROM freshen_workers WHERE heartbeat_at >= {NOW_MS} - $3)) \
-                 ORDER BY seq LIMIT $4 FOR UPDATE SKIP LOCKED) \
-                 RETURNING seq, key, attempts) \
-                 SELECT c.seq, c.key, c.attempts{cols} FROM c{join} ORDER BY c.seq"
-            )
-        };
+        let (pending_after, claim) = item_reads(config, key_kind, key_column, backend);
 
         let a: fn(String) -> Arc<str> = Arc::from;
         let mut statements = Statements {
