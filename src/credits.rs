@@ -213,6 +213,11 @@ pub trait GrantSource: Send + Sync {
     fn grant<'a>(&'a self, period: &'a str, want: i64) -> BoxFuture<'a, anyhow::Result<Grant>>;
     /// Gives unused credits of `period` back.
     fn give_back<'a>(&'a self, period: &'a str, credits: i64) -> BoxFuture<'a, anyhow::Result<()>>;
+    /// Counts `credits` of `period` as sent (negative: answered unbilled), at
+    /// once and where a crash of this process cannot lose it, so that a dead
+    /// holder's unsent credits can go back (`store::sent`). Called before each
+    /// call goes out: it must be quick.
+    fn sent(&self, _period: &str, _credits: i64) {}
 }
 
 /// A call's credits, reserved against the period current when it was sent.
@@ -492,6 +497,18 @@ impl Budget {
             budget.state().prefetching = false;
             budget.settled.notify_waiters();
         });
+    }
+
+    /// The call is about to go out: its credits count as sent (see
+    /// [`GrantSource::sent`]) until it is answered unbilled.
+    pub fn sending(&self, r: &Reservation) {
+        self.source.sent(&r.period, self.cost);
+    }
+
+    /// The call was answered unbilled: its credits no longer count as sent.
+    /// The reservation stays with the record for its next try.
+    pub fn unbilled(&self, r: &Reservation) {
+        self.source.sent(&r.period, -self.cost);
     }
 
     /// The answer was billed: the reservation is now a charge, of the period

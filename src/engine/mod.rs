@@ -398,10 +398,11 @@ async fn work(shared: Arc<Shared>, mut item: Item, _slot: OwnedSemaphorePermit, 
             return;
         }
         pacer.sending(&mut ticket, item.attempts > 0);
+        let reservation = hold.reservation.take().expect("reserved above");
+        shared.budget.sending(&reservation);
         let started = tokio::time::Instant::now();
         let call = shared.vendor.call(&item).await;
         let billed = shared.vendor.is_billed(call.status);
-        let reservation = hold.reservation.take().expect("reserved above");
         if billed {
             let period = shared.budget.charge(reservation, call.credits_left);
             match charges.last_mut() {
@@ -410,6 +411,7 @@ async fn work(shared: Arc<Shared>, mut item: Item, _slot: OwnedSemaphorePermit, 
             }
         } else {
             // An unbilled answer: the reservation pays for this record's next try.
+            shared.budget.unbilled(&reservation);
             hold.reservation = Some(reservation);
             if let Some(left) = call.credits_left {
                 shared.budget.vendor_says(left);

@@ -28,6 +28,7 @@ use anyhow::{Context, Result};
 use futures_util::future::BoxFuture;
 use sqlx::{Any, Row};
 
+use super::sent::{SentLog, sent_by_dead};
 use super::{Backend, Store};
 use crate::credits::{Funds, Grant, GrantSource, RunCap};
 
@@ -70,7 +71,7 @@ impl Sql {
             reap: format!(
                 "DELETE FROM freshen_reservations WHERE period = $1 AND NOT EXISTS \
                  (SELECT 1 FROM freshen_workers w WHERE w.worker = freshen_reservations.holder \
-                  AND w.heartbeat_at >= {now} - $2) RETURNING run_id, reserved"
+                  AND w.heartbeat_at >= {now} - $2) RETURNING run_id, reserved, holder, charged, sent_log"
             ),
         }
     }
@@ -95,6 +96,7 @@ pub struct Holder {
 /// gets its credits.
 pub struct Account {
     store: Arc<Store>,
+    log: SentLog,
     holder: Holder,
     /// The period whose row is known to exist.
     known: std::sync::Mutex<String>,
@@ -104,6 +106,7 @@ impl Account {
     pub fn new(store: Arc<Store>, holder: Holder) -> Account {
         Account {
             store,
+            log: SentLog::new(&holder.worker),
             holder,
             known: std::sync::Mutex::new(String::new()),
         }
@@ -120,8 +123,22 @@ impl GrantSource for Account {
                     .await?;
                 *self.known.lock().expect("period lock") = period.to_owned();
             }
-            self.store.grant(&self.holder, period, want).await
+            // The file that counts what is sent exists before any credit
+            // of the period is granted; without it the grant is counted whole
+            // after a crash, as it is on another host.
+            let log = match self.log.path(period) {
+                Ok(path) => Some(path),
+                Err(e) => {
+                    tracing::warn!("{e:#}; a crash will count this run's reservation whole");
+                    None
+                }
+            };
+            self.store.grant(&self.holder, period, want, log).await
         })
+    }
+
+    fn sent(&self, period: &str, credits: i64) {
+        self.log.add(period, credits);
     }
 
     fn give_back<'a>(&'a self, period: &'a str, credits: i64) -> BoxFuture<'a, Result<()>> {
@@ -161,7 +178,7 @@ impl Store {
             lock_period(&mut tx, &period).await?;
             let rows = sqlx::query(
                 "DELETE FROM freshen_reservations WHERE holder = $1 AND period = $2 \
-                 RETURNING run_id, reserved",
+                 RETURNING run_id, reserved, holder, charged, sent_log",
             )
             .bind(worker.to_owned())
             .bind(period.clone())
@@ -218,7 +235,13 @@ impl Store {
     /// period's row with every other grant and charge. Dead holders'
     /// reservations are moved into `spent` first.
     /// The period's row must exist ([`Account`] makes sure of it).
-    pub async fn grant(&self, req: &Holder, period: &str, want: i64) -> Result<Grant> {
+    pub async fn grant(
+        &self,
+        req: &Holder,
+        period: &str,
+        want: i64,
+        sent_log: Option<String>,
+    ) -> Result<Grant> {
         let mut tx = self.pool.begin().await.context("asking for credits")?;
         lock_period(&mut tx, period).await?;
         self.reap(&mut tx, period, req.stale_after).await?;
@@ -240,14 +263,16 @@ impl Store {
         };
         if granted > 0 {
             sqlx::query(
-                "INSERT INTO freshen_reservations (holder, period, run_id, reserved) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (holder, period) \
-                 DO UPDATE SET reserved = freshen_reservations.reserved + excluded.reserved",
+                "INSERT INTO freshen_reservations (holder, period, run_id, reserved, sent_log) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (holder, period) \
+                 DO UPDATE SET reserved = freshen_reservations.reserved + excluded.reserved, \
+                 sent_log = excluded.sent_log",
             )
             .bind(req.worker.clone())
             .bind(period.to_owned())
             .bind(req.run)
             .bind(granted)
+            .bind(sent_log)
             .execute(&mut *tx)
             .await
             .context("reserving credits")?;
@@ -367,15 +392,30 @@ impl Store {
     }
 }
 
-/// Counts reservations of dead holders (rows of run and credits) as spent in
-/// `period`, as uncertain, and in their runs' spent, so `--max-credits` counts them.
+/// Counts reservations of dead holders (rows of run, credits, holder, charged
+/// and sent log) as spent in `period`, as uncertain, and in their runs' spent,
+/// so `--max-credits` counts them. A holder dead on this host whose sent log is
+/// there is settled exactly: what it sent and had not charged counts (the
+/// vendor may have billed it), what it held unsent goes back to the period.
 async fn count_as_spent(
     tx: &mut sqlx::Transaction<'_, Any>,
     period: &str,
     rows: &[sqlx::any::AnyRow],
 ) -> Result<()> {
     for row in rows {
-        let (run, credits): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+        let (run, reserved): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+        let (holder, charged): (String, i64) = (row.try_get(2)?, row.try_get(3)?);
+        let log: Option<String> = row.try_get(4)?;
+        let credits = match log.and_then(|path| sent_by_dead(&holder, &path)) {
+            Some(sent) => (sent - charged).clamp(0, reserved),
+            None => reserved,
+        };
+        if credits < reserved {
+            tracing::info!(
+                "{} credits a run that died (run {run}) held unsent go back to the period",
+                reserved - credits
+            );
+        }
         if credits == 0 {
             continue;
         }
@@ -485,7 +525,8 @@ pub(super) async fn settle(
         .await
         .context("charging the period")?;
     let held = sqlx::query(
-        "UPDATE freshen_reservations SET reserved = reserved - $1 WHERE holder = $2 AND period = $3",
+        "UPDATE freshen_reservations SET reserved = reserved - $1, charged = charged + $1 \
+         WHERE holder = $2 AND period = $3",
     )
     .bind(charged)
     .bind(worker.to_owned())

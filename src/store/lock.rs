@@ -405,7 +405,7 @@ pub fn this_process() -> String {
     format!("{}:{}", host_name(), std::process::id())
 }
 
-fn host_name() -> String {
+pub(super) fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|h| h.trim().to_owned())

@@ -65,6 +65,12 @@ pub(super) fn migrator(backend: Backend) -> Migrator {
             include_str!("../../migrations/sqlite/0009_outage.sql"),
             include_str!("../../migrations/postgres/0009_outage.sql"),
         ),
+        (
+            10,
+            "sent",
+            include_str!("../../migrations/sqlite/0010_sent.sql"),
+            include_str!("../../migrations/postgres/0010_sent.sql"),
+        ),
     ];
     let migrations = all
         .into_iter()

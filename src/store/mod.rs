@@ -38,6 +38,7 @@ mod prune;
 mod rows;
 mod runs;
 mod samples;
+mod sent;
 mod session;
 mod statements;
 

@@ -162,6 +162,41 @@ async fn killed_runs_never_push_the_vendors_bill_past_the_allowance() {
     );
 }
 
+#[tokio::test]
+async fn a_killed_run_counts_what_it_sent_and_gives_back_what_it_held_unsent() {
+    let mut env = TestEnv::new(6000).await;
+    env.vendor(SandboxOptions {
+        latency: Duration::from_millis(50),
+        ..SandboxOptions::default()
+    })
+    .await;
+    env.write_config(&Conf {
+        rate: 1000,
+        max_concurrency: 32,
+        allowance: 100_000,
+        reserve: 0,
+        lock_stale_after: "2s",
+        ..Conf::default()
+    });
+    for _ in 0..4 {
+        let mut child = working(&env, 400).await;
+        child.kill().await.unwrap();
+        child.wait().await.unwrap();
+    }
+    let out = unlocked_run(&env).await;
+    assert_exit(&out, 0);
+    let billed = env.sandbox().stats().ok as i64;
+    let ledger = spent(&env).await;
+    // The calls each killed run had out are billed (the sandbox serves a call
+    // to its end, as vendors do) and counted; what it held granted and unsent
+    // (up to one and a half blocks of 32 calls) goes back. Only a call counted
+    // as sent in the instant before its request was written can be over.
+    assert!(
+        billed <= ledger && ledger <= billed + 4 * 2,
+        "ledger {ledger}, billed {billed}"
+    );
+}
+
 /// A run that has made `calls` more calls. A run that finds the table still
 /// locked by one just killed (exit 5) is started again until it works.
 async fn working(env: &TestEnv, calls: u64) -> tokio::process::Child {
