@@ -12,8 +12,11 @@
 //! A holder whose heartbeat goes stale (killed, suspended, cut off) is dead for
 //! good: its heartbeat is refused from then on (it must stop calling), and the
 //! next grant moves its reservation into `spent` and `uncertain`, since the
-//! vendor may have billed the calls it had out. A crash can so waste at most the
-//! unused part of one grant; it can never spend past the allowance.
+//! vendor may have billed the calls it had out. A holder dead on this host is
+//! settled exactly from its sent log (`store::sent`): what it sent and had not
+//! charged is spent, what it held unsent goes back. One on another host, or
+//! suspended, is counted whole: a crash can so waste at most the unused part of
+//! one grant; it can never spend past the allowance.
 //!
 //! Lock order, everywhere: the period's row first, then reservations. The
 //! first statement of each transaction writes the period's row, which on
@@ -28,7 +31,7 @@ use anyhow::{Context, Result};
 use futures_util::future::BoxFuture;
 use sqlx::{Any, Row};
 
-use super::sent::{SentLog, sent_by_dead};
+use super::sent::{SentLog, peek, sent_by_dead};
 use super::{Backend, Store};
 use crate::credits::{Funds, Grant, GrantSource, RunCap};
 
@@ -64,14 +67,14 @@ impl Sql {
                  WHERE worker = $1 AND heartbeat_at >= {now} - $2"
             ),
             dead: format!(
-                "SELECT CAST(COALESCE(SUM(reserved), 0) AS BIGINT) FROM freshen_reservations \
+                "SELECT holder, reserved, charged, sent_log FROM freshen_reservations \
                  WHERE period = $1 AND NOT EXISTS (SELECT 1 FROM freshen_workers w \
                  WHERE w.worker = freshen_reservations.holder AND w.heartbeat_at >= {now} - $2)"
             ),
             reap: format!(
                 "DELETE FROM freshen_reservations WHERE period = $1 AND NOT EXISTS \
                  (SELECT 1 FROM freshen_workers w WHERE w.worker = freshen_reservations.holder \
-                  AND w.heartbeat_at >= {now} - $2) RETURNING run_id, reserved, holder, charged, sent_log"
+                  AND w.heartbeat_at >= {now} - $2) RETURNING holder, reserved, charged, sent_log, run_id"
             ),
         }
     }
@@ -178,7 +181,7 @@ impl Store {
             lock_period(&mut tx, &period).await?;
             let rows = sqlx::query(
                 "DELETE FROM freshen_reservations WHERE holder = $1 AND period = $2 \
-                 RETURNING run_id, reserved, holder, charged, sent_log",
+                 RETURNING holder, reserved, charged, sent_log, run_id",
             )
             .bind(worker.to_owned())
             .bind(period.clone())
@@ -336,10 +339,11 @@ impl Store {
     }
 
     /// The period's figures as every grant sees them, for `status` and
-    /// `estimate` (reads only; dead holders' reservations count as reserved).
-    /// What dead holders (heartbeat older than `stale_after`, or gone from this
-    /// host) still hold reserved is shown as spent and uncertain, as the next
-    /// grant will count it.
+    /// `estimate` (reads only). What dead holders (heartbeat older than
+    /// `stale_after`, or gone from this host) still hold reserved is shown as
+    /// the next grant will count it: as spent and uncertain, what they sent and
+    /// had not charged (all of it for a holder of another host), and the rest as
+    /// free.
     pub async fn funds(
         &self,
         period: &str,
@@ -352,15 +356,19 @@ impl Store {
         self.expire_gone_here().await?;
         let mut conn = self.pool.acquire().await.context("reading the credits")?;
         let (mut funds, _) = read_funds(&mut conn, period, reserve, None).await?;
-        let dead: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(self.ledger.dead.clone()))
+        let dead = sqlx::query(sqlx::AssertSqlSafe(self.ledger.dead.clone()))
             .bind(period.to_owned())
             .bind(millis(stale_after))
-            .fetch_one(&mut *conn)
+            .fetch_all(&mut *conn)
             .await
             .context("reading dead runs' reservations")?;
-        funds.reserved -= dead;
-        funds.spent += dead;
-        funds.uncertain += dead;
+        for row in dead {
+            let reserved: i64 = row.try_get(1)?;
+            let counted = counted(&row, peek)?;
+            funds.reserved -= reserved;
+            funds.spent += counted;
+            funds.uncertain += counted;
+        }
         Ok(funds)
     }
 
@@ -392,8 +400,8 @@ impl Store {
     }
 }
 
-/// Counts reservations of dead holders (rows of run, credits, holder, charged
-/// and sent log) as spent in `period`, as uncertain, and in their runs' spent,
+/// Counts reservations of dead holders (rows of holder, reserved, charged, sent
+/// log and run) as spent in `period`, as uncertain, and in their runs' spent,
 /// so `--max-credits` counts them. A holder dead on this host whose sent log is
 /// there is settled exactly: what it sent and had not charged counts (the
 /// vendor may have billed it), what it held unsent goes back to the period.
@@ -403,13 +411,8 @@ async fn count_as_spent(
     rows: &[sqlx::any::AnyRow],
 ) -> Result<()> {
     for row in rows {
-        let (run, reserved): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
-        let (holder, charged): (String, i64) = (row.try_get(2)?, row.try_get(3)?);
-        let log: Option<String> = row.try_get(4)?;
-        let credits = match log.and_then(|path| sent_by_dead(&holder, &path)) {
-            Some(sent) => (sent - charged).clamp(0, reserved),
-            None => reserved,
-        };
+        let (run, reserved): (i64, i64) = (row.try_get(4)?, row.try_get(1)?);
+        let credits = counted(row, sent_by_dead)?;
         if credits < reserved {
             tracing::info!(
                 "{} credits a run that died (run {run}) held unsent go back to the period",
@@ -438,6 +441,18 @@ async fn count_as_spent(
             .await?;
     }
     Ok(())
+}
+
+/// What a dead holder's reservation (a row of holder, reserved, charged and
+/// sent log) counts as spent: on this host, what its sent log says it sent and
+/// had not charged; otherwise the whole of it.
+fn counted(row: &sqlx::any::AnyRow, sent: fn(&str, &str) -> Option<i64>) -> Result<i64> {
+    let (holder, reserved): (String, i64) = (row.try_get(0)?, row.try_get(1)?);
+    let (charged, log): (i64, Option<String>) = (row.try_get(2)?, row.try_get(3)?);
+    Ok(match log.and_then(|path| sent(&holder, &path)) {
+        Some(sent) => (sent - charged).clamp(0, reserved),
+        None => reserved,
+    })
 }
 
 /// Takes the period's row (and on SQLite the write lock) for the transaction.

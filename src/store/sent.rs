@@ -130,6 +130,13 @@ impl Drop for SentLog {
 /// that wrote it is dead on this host (see [`super::gone_here`]); the file is
 /// removed once read. `None`: count the reservation whole.
 pub fn sent_by_dead(worker: &str, path: &str) -> Option<i64> {
+    let sent = peek(worker, path)?;
+    let _ = std::fs::remove_file(path);
+    Some(sent)
+}
+
+/// [`sent_by_dead`] without removing the file (for `status` and `estimate`).
+pub fn peek(worker: &str, path: &str) -> Option<i64> {
     let path = Path::new(path);
     // Only files of this host's directory: the path comes from the database.
     if path.parent() != Some(dir().as_path()) {
@@ -138,11 +145,7 @@ pub fn sent_by_dead(worker: &str, path: &str) -> Option<i64> {
     let bytes = std::fs::read(path).ok()?;
     let count = i64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
     let made = std::str::from_utf8(bytes.get(8..)?).ok()?;
-    if !super::gone_here(worker, made) {
-        return None;
-    }
-    let _ = std::fs::remove_file(path);
-    Some(count)
+    super::gone_here(worker, made).then_some(count)
 }
 
 /// Enough to keep two stores of one process (tests) apart.
