@@ -364,31 +364,10 @@ impl Vendor {
             );
         }
 
-        let rate = self.rate_at(elapsed);
-        let mut quota = None;
-        if rate > 0.0 {
-            let burst = f64::from(self.opts.burst.max(1));
-            let refill = now.duration_since(c.refilled).as_secs_f64() * rate;
-            c.tokens = (c.tokens + refill).min(burst);
-            c.refilled = now;
-            if c.tokens < 1.0 {
-                c.stats.throttled += 1;
-                c.timeline.throttled.push(elapsed);
-                let wait = ((1.0 - c.tokens) / rate).ceil().max(1.0) as u64;
-                let mut r = status(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(wait));
-                if self.opts.ratelimit_headers {
-                    rate_headers(r.headers_mut(), rate, 0);
-                }
-                return (Verdict::Refuse(r), None);
-            }
-            c.tokens -= 1.0;
-            quota = self
-                .opts
-                .ratelimit_headers
-                .then_some((rate, c.tokens.floor() as u64));
-        }
+        let quota = match self.take_token(&mut c, now, elapsed) {
+            Ok(quota) => quota,
+            Err(refused) => return (Verdict::Refuse(refused), None),
+        };
 
         if c.credits == Some(0) {
             c.stats.payment_required += 1;
@@ -399,57 +378,29 @@ impl Vendor {
             );
         }
 
-        let mut fault = self.faults.get(key).cloned();
-        let throttle = match &fault {
-            Some(Fault::Flaky(n) | Fault::Throttle(n)) => Some(*n),
-            Some(Fault::ThrottleFor(_)) => Some(1),
-            _ => None,
+        let fault = match self.scripted(&mut c, key, elapsed) {
+            Ok(fault) => fault,
+            Err(refused) => return (Verdict::Refuse(refused), None),
         };
-        if let Some(n) = throttle {
-            let seen = c.fault_calls.entry(key.to_owned()).or_default();
-            *seen += 1;
-            if *seen > n {
-                fault = None;
-            } else if let Some(Fault::Throttle(_) | Fault::ThrottleFor(_)) = &fault {
-                let secs = match &fault {
-                    Some(Fault::ThrottleFor(d)) => d.as_secs() + u64::from(d.subsec_nanos() > 0),
-                    _ => 1,
-                };
-                c.stats.throttled += 1;
-                c.timeline.throttled.push(elapsed);
-                let mut r = status(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-                return (Verdict::Refuse(r), None);
+        if fault.is_none()
+            && let Some(code) = self.random_error(&mut c)
+        {
+            c.stats.errors += 1;
+            if self.opts.instant_errors {
+                return (Verdict::Refuse(status(code, "internal error")), None);
             }
-        }
-        if fault.is_none() && self.opts.error_rate > 0.0 {
-            // xorshift64*: a few lines, seeded, the same sequence every run.
-            c.rng ^= c.rng >> 12;
-            c.rng ^= c.rng << 25;
-            c.rng ^= c.rng >> 27;
-            let draw =
-                (c.rng.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64;
-            if draw < self.opts.error_rate {
-                c.stats.errors += 1;
-                let code = StatusCode::from_u16(self.opts.error_status)
-                    .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                if self.opts.instant_errors {
-                    return (Verdict::Refuse(status(code, "internal error")), None);
-                }
-                // A backend that fails after doing the work: it holds a slot, and
-                // is not billed.
-                c.in_flight += 1;
-                c.stats.max_in_flight = c.stats.max_in_flight.max(c.in_flight);
-                drop(c);
-                let verdict = Verdict::Serve {
-                    fault: None,
-                    remaining: None,
-                    quota: None,
-                    error: Some(code),
-                };
-                return (verdict, Some(InFlight(self.clone())));
-            }
+            // A backend that fails after doing the work: it holds a slot, and
+            // is not billed.
+            c.in_flight += 1;
+            c.stats.max_in_flight = c.stats.max_in_flight.max(c.in_flight);
+            drop(c);
+            let verdict = Verdict::Serve {
+                fault: None,
+                remaining: None,
+                quota: None,
+                error: Some(code),
+            };
+            return (verdict, Some(InFlight(self.clone())));
         }
 
         // Accepted: it will be served, so it is billed now.
@@ -471,6 +422,89 @@ impl Vendor {
             },
             Some(InFlight(self.clone())),
         )
+    }
+
+    /// A token of the bucket (`--rate`, `--burst`), and the rate headers'
+    /// quota if it sends them; or the 429 with its Retry-After.
+    fn take_token(
+        &self,
+        c: &mut Counters,
+        now: Instant,
+        elapsed: Duration,
+    ) -> Result<Option<(f64, u64)>, Response> {
+        let rate = self.rate_at(elapsed);
+        if rate <= 0.0 {
+            return Ok(None);
+        }
+        let burst = f64::from(self.opts.burst.max(1));
+        let refill = now.duration_since(c.refilled).as_secs_f64() * rate;
+        c.tokens = (c.tokens + refill).min(burst);
+        c.refilled = now;
+        if c.tokens < 1.0 {
+            c.stats.throttled += 1;
+            c.timeline.throttled.push(elapsed);
+            let wait = ((1.0 - c.tokens) / rate).ceil().max(1.0) as u64;
+            let mut r = status(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(wait));
+            if self.opts.ratelimit_headers {
+                rate_headers(r.headers_mut(), rate, 0);
+            }
+            return Err(r);
+        }
+        c.tokens -= 1.0;
+        Ok(self
+            .opts
+            .ratelimit_headers
+            .then_some((rate, c.tokens.floor() as u64)))
+    }
+
+    /// The key's scripted fault (`--fault`) for this call: a throttle or a
+    /// flaky answer for its first N calls, then none.
+    fn scripted(
+        &self,
+        c: &mut Counters,
+        key: &str,
+        elapsed: Duration,
+    ) -> Result<Option<Fault>, Response> {
+        let fault = self.faults.get(key).cloned();
+        let throttle = match &fault {
+            Some(Fault::Flaky(n) | Fault::Throttle(n)) => *n,
+            Some(Fault::ThrottleFor(_)) => 1,
+            _ => return Ok(fault),
+        };
+        let seen = c.fault_calls.entry(key.to_owned()).or_default();
+        *seen += 1;
+        if *seen > throttle {
+            return Ok(None);
+        }
+        let secs = match &fault {
+            Some(Fault::Flaky(_)) => return Ok(fault),
+            Some(Fault::ThrottleFor(d)) => d.as_secs() + u64::from(d.subsec_nanos() > 0),
+            _ => 1,
+        };
+        c.stats.throttled += 1;
+        c.timeline.throttled.push(elapsed);
+        let mut r = status(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        Err(r)
+    }
+
+    /// `--error-rate`'s draw: the status to fail this call with, if it fails.
+    fn random_error(&self, c: &mut Counters) -> Option<StatusCode> {
+        if self.opts.error_rate <= 0.0 {
+            return None;
+        }
+        // xorshift64*: a few lines, seeded, the same sequence every run.
+        c.rng ^= c.rng >> 12;
+        c.rng ^= c.rng << 25;
+        c.rng ^= c.rng >> 27;
+        let draw = (c.rng.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64;
+        (draw < self.opts.error_rate).then(|| {
+            StatusCode::from_u16(self.opts.error_status)
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+        })
     }
 
     fn count(&self, f: impl FnOnce(&mut Stats)) {
@@ -542,7 +576,22 @@ async fn serve_call(
         drop(in_flight);
         return status(code, "internal error");
     }
-    let mut response = match fault {
+    let mut response = respond(&vendor, fault, &key);
+    if let Some(n) = remaining {
+        response
+            .headers_mut()
+            .insert("x-credits-remaining", HeaderValue::from(n));
+    }
+    if let Some((rate, left)) = quota {
+        rate_headers(response.headers_mut(), rate, left);
+    }
+    drop(in_flight);
+    response
+}
+
+/// The answer to a call admitted with `fault` (none: the person), counted.
+fn respond(vendor: &Vendor, fault: Option<Fault>, key: &str) -> Response {
+    match fault {
         Some(Fault::Status(code)) => {
             vendor.count(|s| s.client_errors += 1);
             status(
@@ -601,22 +650,12 @@ async fn serve_call(
             vendor.count(|s| {
                 s.ok += 1;
                 if !vendor.opts.lean {
-                    *s.per_key_ok.entry(key.clone()).or_default() += 1;
+                    *s.per_key_ok.entry(key.to_owned()).or_default() += 1;
                 }
             });
             axum::Json(person(&key)).into_response()
         }
-    };
-    if let Some(n) = remaining {
-        response
-            .headers_mut()
-            .insert("x-credits-remaining", HeaderValue::from(n));
     }
-    if let Some((rate, left)) = quota {
-        rate_headers(response.headers_mut(), rate, left);
-    }
-    drop(in_flight);
-    response
 }
 
 /// The account endpoint: the credits left, as `{"credits": {"remaining": N}}`
