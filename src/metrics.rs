@@ -107,8 +107,8 @@ impl Metrics {
         tokio::spawn(async move {
             let mut warned = false;
             loop {
-                let n = |c| Tally::get(c) as i64;
-                let (done, failed, credits) = (n(&tally.done), n(&tally.failed), n(&tally.credits));
+                let now = tally.now();
+                let (done, failed, credits) = (now.done, now.failed, now.credits);
                 let result = metrics.update(|s| {
                     s.run = Some(live.run);
                     s.records = Some(ItemCounts {
@@ -118,10 +118,10 @@ impl Metrics {
                         pending: (live.before.pending - done - failed).max(0),
                     });
                     s.calls = Some(CallCounts {
-                        ok: live.calls.ok + n(&tally.ok),
-                        throttled: live.calls.throttled + n(&tally.throttled),
-                        transient: live.calls.transient + n(&tally.transient),
-                        permanent: live.calls.permanent + n(&tally.permanent),
+                        ok: live.calls.ok + now.calls.ok,
+                        throttled: live.calls.throttled + now.calls.throttled,
+                        transient: live.calls.transient + now.calls.transient,
+                        permanent: live.calls.permanent + now.calls.permanent,
                     });
                     s.run_credits = Some(live.credits + credits);
                     s.period = Some((

@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::Tally;
+use crate::engine::{Counted, Tally};
 use crate::pacer::Pacer;
 use crate::store::{CallCounts, Sample, Store};
 
@@ -76,36 +76,10 @@ impl Sampler {
     }
 }
 
-/// Counters at a moment, to take differences of.
-#[derive(Debug, Clone, Copy, Default)]
-struct Counts {
-    calls: CallCounts,
-    done: i64,
-    failed: i64,
-    credits: i64,
-}
-
-impl Counts {
-    fn now(tally: &Tally) -> Counts {
-        let n = |c| Tally::get(c) as i64;
-        Counts {
-            calls: CallCounts {
-                ok: n(&tally.ok),
-                throttled: n(&tally.throttled),
-                transient: n(&tally.transient),
-                permanent: n(&tally.permanent),
-            },
-            done: n(&tally.done),
-            failed: n(&tally.failed),
-            credits: n(&tally.credits),
-        }
-    }
-}
-
 /// One sample in the making.
 struct Window {
     started: Instant,
-    at_start: Counts,
+    at_start: Counted,
     polls: u32,
     in_flight: usize,
     paused: bool,
@@ -113,7 +87,7 @@ struct Window {
 }
 
 impl Window {
-    fn new(started: Instant, at_start: Counts) -> Window {
+    fn new(started: Instant, at_start: Counted) -> Window {
         Window {
             started,
             at_start,
@@ -127,7 +101,7 @@ impl Window {
     fn close(
         &self,
         now: Instant,
-        counts: Counts,
+        counts: Counted,
         pacer: &Pacer,
         ceiling: f64,
         at_ms: i64,
@@ -172,7 +146,7 @@ async fn sample(
     pacer: Arc<Pacer>,
     stop: CancellationToken,
 ) {
-    let mut window = Window::new(Instant::now(), Counts::now(&tally));
+    let mut window = Window::new(Instant::now(), tally.now());
     let mut written = 0usize;
     let mut last_at = 0i64;
     let mut held: Vec<Sample> = Vec::new();
@@ -195,7 +169,7 @@ async fn sample(
         // Half a poll early rather than a whole poll late.
         let due = now.duration_since(window.started) + POLL / 2 >= interval_after(written);
         if due || last {
-            let counts = Counts::now(&tally);
+            let counts = tally.now();
             // Strictly increasing, so samples order as they were taken.
             let at_ms = jiff::Timestamp::now().as_millisecond().max(last_at + 1);
             let sample = window.close(now, counts, &pacer, ceiling, at_ms);

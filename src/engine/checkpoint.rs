@@ -215,11 +215,5 @@ pub(super) async fn reconnecting<T, F: Future<Output = anyhow::Result<T>>>(
 }
 
 fn counts(tally: &Tally) -> CallCounts {
-    let n = |c| Tally::get(c) as i64;
-    CallCounts {
-        ok: n(&tally.ok),
-        throttled: n(&tally.throttled),
-        transient: n(&tally.transient),
-        permanent: n(&tally.permanent),
-    }
+    tally.now().calls
 }

@@ -39,7 +39,7 @@ use crate::credits::{Budget, Reservation, Spent};
 use crate::fleet::Fleet;
 use crate::lease::Lease;
 use crate::pacer::{Backoff, Outage, Pacer, Signal};
-use crate::store::{Finished, Item, Resolution, Store};
+use crate::store::{CallCounts, Finished, Item, Resolution, Store};
 
 /// Why the loop ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,9 +78,34 @@ pub struct Tally {
     pub credits: AtomicU64,
 }
 
+/// What a [`Tally`] holds at one moment, to show or take differences of.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counted {
+    pub calls: CallCounts,
+    pub done: i64,
+    pub failed: i64,
+    pub credits: i64,
+}
+
 impl Tally {
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    /// Every counter, read now.
+    pub fn now(&self) -> Counted {
+        let n = |c| i64::try_from(Tally::get(c)).unwrap_or(i64::MAX);
+        Counted {
+            calls: CallCounts {
+                ok: n(&self.ok),
+                throttled: n(&self.throttled),
+                transient: n(&self.transient),
+                permanent: n(&self.permanent),
+            },
+            done: n(&self.done),
+            failed: n(&self.failed),
+            credits: n(&self.credits),
+        }
     }
     fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);

@@ -366,7 +366,7 @@ impl Vendor {
 
         let quota = match self.take_token(&mut c, now, elapsed) {
             Ok(quota) => quota,
-            Err(refused) => return (Verdict::Refuse(refused), None),
+            Err(refused) => return (Verdict::Refuse(*refused), None),
         };
 
         if c.credits == Some(0) {
@@ -380,7 +380,7 @@ impl Vendor {
 
         let fault = match self.scripted(&mut c, key, elapsed) {
             Ok(fault) => fault,
-            Err(refused) => return (Verdict::Refuse(refused), None),
+            Err(refused) => return (Verdict::Refuse(*refused), None),
         };
         if fault.is_none()
             && let Some(code) = self.random_error(&mut c)
@@ -431,7 +431,7 @@ impl Vendor {
         c: &mut Counters,
         now: Instant,
         elapsed: Duration,
-    ) -> Result<Option<(f64, u64)>, Response> {
+    ) -> Result<Option<(f64, u64)>, Box<Response>> {
         let rate = self.rate_at(elapsed);
         if rate <= 0.0 {
             return Ok(None);
@@ -450,7 +450,7 @@ impl Vendor {
             if self.opts.ratelimit_headers {
                 rate_headers(r.headers_mut(), rate, 0);
             }
-            return Err(r);
+            return Err(Box::new(r));
         }
         c.tokens -= 1.0;
         Ok(self
@@ -466,7 +466,7 @@ impl Vendor {
         c: &mut Counters,
         key: &str,
         elapsed: Duration,
-    ) -> Result<Option<Fault>, Response> {
+    ) -> Result<Option<Fault>, Box<Response>> {
         let fault = self.faults.get(key).cloned();
         let throttle = match &fault {
             Some(Fault::Flaky(n) | Fault::Throttle(n)) => *n,
@@ -488,7 +488,7 @@ impl Vendor {
         let mut r = status(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
         r.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        Err(r)
+        Err(Box::new(r))
     }
 
     /// `--error-rate`'s draw: the status to fail this call with, if it fails.
@@ -613,13 +613,13 @@ fn respond(vendor: &Vendor, fault: Option<Fault>, key: &str) -> Response {
         }
         Some(Fault::Oversized) => {
             vendor.count(|s| s.ok += 1);
-            let mut body = person(&key);
+            let mut body = person(key);
             body["padding"] = json!("x".repeat(3 << 20));
             axum::Json(body).into_response()
         }
         Some(Fault::WrongType) => {
             vendor.count(|s| s.ok += 1);
-            let mut body = person(&key);
+            let mut body = person(key);
             body["score"] = json!("high");
             axum::Json(body).into_response()
         }
@@ -638,7 +638,7 @@ fn respond(vendor: &Vendor, fault: Option<Fault>, key: &str) -> Response {
         }
         Some(Fault::Redirect(url)) => {
             vendor.count(|s| s.redirected += 1);
-            let to = url.replace("{key}", &key);
+            let to = url.replace("{key}", key);
             match HeaderValue::from_str(&to) {
                 Ok(to) => {
                     (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, to)]).into_response()
@@ -653,7 +653,7 @@ fn respond(vendor: &Vendor, fault: Option<Fault>, key: &str) -> Response {
                     *s.per_key_ok.entry(key.to_owned()).or_default() += 1;
                 }
             });
-            axum::Json(person(&key)).into_response()
+            axum::Json(person(key)).into_response()
         }
     }
 }
