@@ -132,6 +132,17 @@ struct Shared {
 }
 
 impl Shared {
+    /// `work`, unless the run stops first: `None` once it is stopped, whether
+    /// before `work` is ready or at the same moment (the stop wins), so no new
+    /// work starts after a stop.
+    async fn unless_stopped<T>(&self, work: impl Future<Output = T>) -> Option<T> {
+        tokio::select! {
+            biased;
+            _ = self.stop.cancelled() => None,
+            done = work => Some(done),
+        }
+    }
+
     async fn halt(&self, why: Stop) {
         self.reason.lock().await.get_or_insert(why);
         self.stop.cancel();
@@ -245,32 +256,29 @@ async fn dispatch(
 ) -> Result<()> {
     let mut after = 0;
     loop {
-        let items = tokio::select! {
-            biased;
-            _ = shared.stop.cancelled() => return Ok(()),
-            items = checkpoint::reconnecting(
-                || next_items(store, run, after, shared),
-                shared.retry.max_outage,
-                "waiting to read the next items",
-            ) => items?,
+        let reading = checkpoint::reconnecting(
+            || next_items(store, run, after, shared),
+            shared.retry.max_outage,
+            "waiting to read the next items",
+        );
+        let Some(items) = shared.unless_stopped(reading).await else {
+            return Ok(());
         };
+        let items = items?;
         let Some(last) = items.last() else {
             return Ok(());
         };
         after = last.seq;
         for item in items {
-            let slot = tokio::select! {
-                biased;
-                _ = shared.stop.cancelled() => return Ok(()),
-                slot = slots.clone().acquire_owned() => slot.expect("never closed"),
+            let Some(slot) = shared.unless_stopped(slots.clone().acquire_owned()).await else {
+                return Ok(());
             };
+            let slot = slot.expect("never closed");
             // Credits are reserved here, in queue order, so the budget reaches
             // exactly the stalest records (the cut `estimate` predicts), whatever
             // order the workers' calls then go out in.
-            let reserved = tokio::select! {
-                biased;
-                _ = shared.stop.cancelled() => return Ok(()),
-                reserved = shared.budget.reserve() => reserved,
+            let Some(reserved) = shared.unless_stopped(shared.budget.reserve()).await else {
+                return Ok(());
             };
             let reservation = match reserved {
                 Ok(r) => r,
@@ -368,10 +376,8 @@ async fn work(shared: Arc<Shared>, mut item: Item, _slot: OwnedSemaphorePermit, 
         return;
     }
     loop {
-        let ticket = tokio::select! {
-            biased;
-            _ = shared.stop.cancelled() => return,
-            ticket = pacer.acquire() => ticket,
+        let Some(ticket) = shared.unless_stopped(pacer.acquire()).await else {
+            return;
         };
         let mut ticket = match ticket {
             Ok(ticket) => ticket,
@@ -382,16 +388,12 @@ async fn work(shared: Arc<Shared>, mut item: Item, _slot: OwnedSemaphorePermit, 
         };
         if let Some(fleet) = &shared.fleet {
             // The table's shared bucket: all workers together keep to the rate.
-            tokio::select! {
-                biased;
-                _ = shared.stop.cancelled() => return,
-                _ = fleet.token(pacer) => {}
+            if shared.unless_stopped(fleet.token(pacer)).await.is_none() {
+                return;
             }
             // A throttle another worker saw may have come with the token.
-            tokio::select! {
-                biased;
-                _ = shared.stop.cancelled() => return,
-                _ = pacer.wait_pause() => {}
+            if shared.unless_stopped(pacer.wait_pause()).await.is_none() {
+                return;
             }
         }
         if shared.stop.is_cancelled() {
@@ -399,10 +401,8 @@ async fn work(shared: Arc<Shared>, mut item: Item, _slot: OwnedSemaphorePermit, 
         }
         if hold.reservation.is_none() {
             // The last attempt was billed: this one needs credits of its own.
-            let reserved = tokio::select! {
-                biased;
-                _ = shared.stop.cancelled() => return,
-                reserved = shared.budget.reserve() => reserved,
+            let Some(reserved) = shared.unless_stopped(shared.budget.reserve()).await else {
+                return;
             };
             match reserved {
                 Ok(r) => hold.reservation = Some(r),
@@ -413,10 +413,8 @@ async fn work(shared: Arc<Shared>, mut item: Item, _slot: OwnedSemaphorePermit, 
             }
         }
         // A process suspended past its lease must not spend what it no longer holds.
-        let held = tokio::select! {
-            biased;
-            _ = shared.stop.cancelled() => return,
-            held = shared.lease.check() => held,
+        let Some(held) = shared.unless_stopped(shared.lease.check()).await else {
+            return;
         };
         if !held {
             shared.halt(Stop::Fenced).await;
@@ -488,10 +486,9 @@ async fn work(shared: Arc<Shared>, mut item: Item, _slot: OwnedSemaphorePermit, 
                     loop {
                         let wait = backoff.next_delay();
                         tracing::debug!(key = %item.key, attempt = item.attempts, ?wait, %reason, "retrying later");
-                        tokio::select! {
-                            biased;
-                            _ = shared.stop.cancelled() => return,
-                            _ = tokio::time::sleep(wait) => {}
+                        let waited = shared.unless_stopped(tokio::time::sleep(wait)).await;
+                        if waited.is_none() {
+                            return;
                         }
                         if pacer.try_retry() {
                             break;
