@@ -14,6 +14,7 @@ use anyhow::{Context, Result};
 use reqwest::{Client, Response, StatusCode};
 
 use crate::config::{Config, PathPart, StatusPattern};
+use crate::pacer::Signal;
 use crate::record::{ColumnKind, Value};
 use crate::store::Item;
 
@@ -64,6 +65,27 @@ pub struct Call {
     /// The account's credits left, as the vendor counts them
     /// (`credits.remaining_header`).
     pub credits_left: Option<i64>,
+    /// Whether the vendor bills this answer (`credits.billed_statuses`).
+    pub billed: bool,
+    /// From the request's start to the answer's end.
+    pub elapsed: Duration,
+}
+
+impl Call {
+    /// What the answer tells the pacer, and the wait a throttle asks for.
+    pub fn signal(&self) -> (Signal, Option<Duration>) {
+        match &self.result {
+            Ok(_) => (Signal::Success(self.elapsed), None),
+            Err(CallError::Throttled { retry_after }) => (Signal::Throttled, *retry_after),
+            Err(CallError::Transient { overload: true, .. }) => (Signal::Overloaded, None),
+            Err(CallError::Transient {
+                overload: false, ..
+            }) => (Signal::Failed, None),
+            Err(CallError::Permanent(_) | CallError::OutOfCredits | CallError::Fatal(_)) => {
+                (Signal::Answered, None)
+            }
+        }
+    }
 }
 
 /// How a `{column}` placeholder of `api.path` is filled.
@@ -202,12 +224,14 @@ impl Vendor {
     }
 
     /// Whether the vendor bills an answer with this status.
-    pub fn is_billed(&self, status: Option<u16>) -> bool {
-        status.is_some_and(|s| self.billed.iter().any(|p| p.matches(s)))
+    fn is_billed(&self, status: u16) -> bool {
+        self.billed.iter().any(|p| p.matches(status))
     }
 
-    /// One call for one item, classified.
+    /// One call for one item, classified: its values or why not, whether it is
+    /// billed, and what it says of the vendor's limits.
     pub async fn call(&self, item: &Item) -> Call {
+        let started = tokio::time::Instant::now();
         let response = match self
             .client
             .request(self.method.clone(), self.url(item))
@@ -221,6 +245,8 @@ impl Vendor {
                     result: Err(self.transport_error(&e)),
                     hint: None,
                     credits_left: None,
+                    billed: false,
+                    elapsed: started.elapsed(),
                 };
             }
         };
@@ -236,6 +262,8 @@ impl Vendor {
             result,
             hint,
             credits_left,
+            billed: self.is_billed(status.as_u16()),
+            elapsed: started.elapsed(),
         }
     }
 

@@ -423,10 +423,8 @@ async fn work(shared: Arc<Shared>, mut item: Item, _slot: OwnedSemaphorePermit, 
         pacer.sending(&mut ticket, item.attempts > 0);
         let reservation = hold.reservation.take().expect("reserved above");
         shared.budget.sending(&reservation);
-        let started = tokio::time::Instant::now();
         let call = shared.vendor.call(&item).await;
-        let billed = shared.vendor.is_billed(call.status);
-        if billed {
+        if call.billed {
             let period = shared.budget.charge(reservation, call.credits_left);
             match charges.last_mut() {
                 Some((p, credits)) if *p == period => *credits += shared.budget.cost(),
@@ -441,17 +439,7 @@ async fn work(shared: Arc<Shared>, mut item: Item, _slot: OwnedSemaphorePermit, 
             }
         }
         pacer.saw(call.status, call.result.as_ref().err());
-        let (signal, retry_after) = match &call.result {
-            Ok(_) => (Signal::Success(started.elapsed()), None),
-            Err(CallError::Throttled { retry_after }) => (Signal::Throttled, *retry_after),
-            Err(CallError::Transient { overload: true, .. }) => (Signal::Overloaded, None),
-            Err(CallError::Transient {
-                overload: false, ..
-            }) => (Signal::Failed, None),
-            Err(CallError::Permanent(_) | CallError::OutOfCredits | CallError::Fatal(_)) => {
-                (Signal::Answered, None)
-            }
-        };
+        let (signal, retry_after) = call.signal();
         let outage = pacer.observe(&mut ticket, item.seq, signal, retry_after, call.hint);
         if let (Some(fleet), Signal::Throttled) = (&shared.fleet, signal) {
             fleet.pause_all(retry_after.unwrap_or(shared.retry.base_delay));
