@@ -33,12 +33,12 @@ use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::api::{CallError, Vendor};
+use crate::api::{Call, CallError, Vendor};
 use crate::config::Config;
 use crate::credits::{Budget, Reservation, Spent};
 use crate::fleet::Fleet;
 use crate::lease::Lease;
-use crate::pacer::{Backoff, Outage, Pacer, Signal};
+use crate::pacer::{Backoff, Outage, Pacer, Signal, Ticket};
 use crate::store::{CallCounts, Finished, Item, Resolution, Store};
 
 /// Why the loop ended.
@@ -347,6 +347,113 @@ impl Drop for Hold {
     }
 }
 
+/// The record's result, counted and handed to the checkpoint writer.
+async fn finish(
+    shared: &Shared,
+    item: Item,
+    resolution: Resolution,
+    charges: Vec<(Arc<str>, i64)>,
+) {
+    match &resolution {
+        Resolution::Done(_) => Tally::bump(&shared.tally.done),
+        Resolution::Failed(reason) => {
+            Tally::bump(&shared.tally.failed);
+            tracing::debug!(key = %item.key, %reason, "record failed");
+        }
+    }
+    let finished = Finished {
+        seq: item.seq,
+        key: item.key,
+        attempts: item.attempts,
+        resolution,
+        charges,
+    };
+    shared.outbox.put(finished).await;
+}
+
+/// Waits for the next attempt's turn: a concurrency ticket, the fleet's rate
+/// token and pause, the attempt's credits, the lease. `None` once the run stops
+/// (halted here if this is what stops it).
+async fn ready(shared: &Shared, hold: &mut Hold) -> Option<Ticket> {
+    let pacer = &shared.pacer;
+    let ticket = match shared.unless_stopped(pacer.acquire()).await? {
+        Ok(ticket) => ticket,
+        Err(Outage) => {
+            shared.halt(Stop::Outage).await;
+            return None;
+        }
+    };
+    if let Some(fleet) = &shared.fleet {
+        // The table's shared bucket: all workers together keep to the rate.
+        shared.unless_stopped(fleet.token(pacer)).await?;
+        // A throttle another worker saw may have come with the token.
+        shared.unless_stopped(pacer.wait_pause()).await?;
+    }
+    if shared.stop.is_cancelled() {
+        return None;
+    }
+    if hold.reservation.is_none() {
+        // The last attempt was billed: this one needs credits of its own.
+        match shared.unless_stopped(shared.budget.reserve()).await? {
+            Ok(r) => hold.reservation = Some(r),
+            Err(spent) => {
+                shared.halt(stop_for(spent)).await;
+                return None;
+            }
+        }
+    }
+    // A process suspended past its lease must not spend what it no longer holds.
+    if !shared.unless_stopped(shared.lease.check()).await? {
+        shared.halt(Stop::Fenced).await;
+        return None;
+    }
+    Some(ticket)
+}
+
+/// The call's credits: a billed answer's are a charge of the record (of the
+/// period it was reserved in); an unbilled one's pay for the record's next try.
+fn account(
+    shared: &Shared,
+    call: &Call,
+    reservation: Reservation,
+    hold: &mut Hold,
+    charges: &mut Vec<(Arc<str>, i64)>,
+) {
+    let budget = &shared.budget;
+    if call.billed {
+        let period = budget.charge(reservation, call.credits_left);
+        match charges.last_mut() {
+            Some((p, credits)) if *p == period => *credits += budget.cost(),
+            _ => charges.push((period, budget.cost())),
+        }
+    } else {
+        budget.unbilled(&reservation);
+        hold.reservation = Some(reservation);
+        if let Some(left) = call.credits_left {
+            budget.vendor_says(left);
+        }
+    }
+}
+
+/// Waits out the record's backoff, and longer while retries are over their
+/// share. False if the run stopped meanwhile.
+async fn wait_to_retry(shared: &Shared, backoff: &mut Backoff, item: &Item, reason: &str) -> bool {
+    loop {
+        let wait = backoff.next_delay();
+        tracing::debug!(key = %item.key, attempt = item.attempts, ?wait, %reason, "retrying later");
+        if shared
+            .unless_stopped(tokio::time::sleep(wait))
+            .await
+            .is_none()
+        {
+            return false;
+        }
+        if shared.pacer.try_retry() {
+            return true;
+        }
+    }
+}
+
 /// The stop a spent budget means.
 fn stop_for(spent: Spent) -> Stop {
     match spent {
@@ -363,81 +470,19 @@ async fn work(shared: Arc<Shared>, mut item: Item, _slot: OwnedSemaphorePermit, 
     if let Some(why) = shared.vendor.refuses(&item) {
         // No call can send it intact: it fails at once, unbilled (the hold is
         // given back when dropped).
-        Tally::bump(&tally.failed);
         tracing::warn!("record {} not sent: {why}", crate::api::shown(&item.key));
-        let failed = Finished {
-            seq: item.seq,
-            key: item.key,
-            attempts: item.attempts,
-            resolution: Resolution::Failed(why),
-            charges,
-        };
-        shared.outbox.put(failed).await;
+        finish(&shared, item, Resolution::Failed(why), charges).await;
         return;
     }
     loop {
-        let Some(ticket) = shared.unless_stopped(pacer.acquire()).await else {
+        let Some(mut ticket) = ready(&shared, &mut hold).await else {
             return;
         };
-        let mut ticket = match ticket {
-            Ok(ticket) => ticket,
-            Err(Outage) => {
-                shared.halt(Stop::Outage).await;
-                return;
-            }
-        };
-        if let Some(fleet) = &shared.fleet {
-            // The table's shared bucket: all workers together keep to the rate.
-            if shared.unless_stopped(fleet.token(pacer)).await.is_none() {
-                return;
-            }
-            // A throttle another worker saw may have come with the token.
-            if shared.unless_stopped(pacer.wait_pause()).await.is_none() {
-                return;
-            }
-        }
-        if shared.stop.is_cancelled() {
-            return;
-        }
-        if hold.reservation.is_none() {
-            // The last attempt was billed: this one needs credits of its own.
-            let Some(reserved) = shared.unless_stopped(shared.budget.reserve()).await else {
-                return;
-            };
-            match reserved {
-                Ok(r) => hold.reservation = Some(r),
-                Err(spent) => {
-                    shared.halt(stop_for(spent)).await;
-                    return;
-                }
-            }
-        }
-        // A process suspended past its lease must not spend what it no longer holds.
-        let Some(held) = shared.unless_stopped(shared.lease.check()).await else {
-            return;
-        };
-        if !held {
-            shared.halt(Stop::Fenced).await;
-            return;
-        }
         pacer.sending(&mut ticket, item.attempts > 0);
         let reservation = hold.reservation.take().expect("reserved above");
         shared.budget.sending(&reservation);
         let call = shared.vendor.call(&item).await;
-        if call.billed {
-            let period = shared.budget.charge(reservation, call.credits_left);
-            match charges.last_mut() {
-                Some((p, credits)) if *p == period => *credits += shared.budget.cost(),
-                _ => charges.push((period, shared.budget.cost())),
-            }
-        } else {
-            // An unbilled answer: the reservation pays for this record's next try.
-            shared.budget.unbilled(&reservation);
-            hold.reservation = Some(reservation);
-            if let Some(left) = call.credits_left {
-                shared.budget.vendor_says(left);
-            }
-        }
+        account(&shared, &call, reservation, &mut hold, &mut charges);
         pacer.saw(call.status, call.result.as_ref().err());
         let (signal, retry_after) = call.signal();
         let outage = pacer.observe(&mut ticket, item.seq, signal, retry_after, call.hint);
@@ -470,17 +515,8 @@ async fn work(shared: Arc<Shared>, mut item: Item, _slot: OwnedSemaphorePermit, 
                     // record waiting to retry must not keep another from being called.
                     drop(ticket);
                     let backoff = backoff.get_or_insert_with(|| Backoff::new(&shared.retry));
-                    // Wait out the backoff, and longer while retries are over their share.
-                    loop {
-                        let wait = backoff.next_delay();
-                        tracing::debug!(key = %item.key, attempt = item.attempts, ?wait, %reason, "retrying later");
-                        let waited = shared.unless_stopped(tokio::time::sleep(wait)).await;
-                        if waited.is_none() {
-                            return;
-                        }
-                        if pacer.try_retry() {
-                            break;
-                        }
+                    if !wait_to_retry(&shared, backoff, &item, &reason).await {
+                        return;
                     }
                     continue;
                 }
@@ -507,24 +543,10 @@ async fn work(shared: Arc<Shared>, mut item: Item, _slot: OwnedSemaphorePermit, 
                 return;
             }
         };
-        match &resolution {
-            Resolution::Done(_) => Tally::bump(&tally.done),
-            Resolution::Failed(reason) => {
-                Tally::bump(&tally.failed);
-                tracing::debug!(key = %item.key, %reason, "record failed");
-            }
-        }
-        let finished = Finished {
-            seq: item.seq,
-            key: item.key,
-            attempts: item.attempts,
-            resolution,
-            charges,
-        };
         // The ticket (and its concurrency permit) is held until the result is in the
         // outbox: see the bound in `checkpoint`. If the writer failed, its error ends
         // the run and the item stays pending.
-        shared.outbox.put(finished).await;
+        finish(&shared, item, resolution, charges).await;
         drop(ticket);
         return;
     }
