@@ -257,7 +257,7 @@ impl FileCredits {
 pub struct Config {
     /// The file it was read from, for messages.
     pub path: PathBuf,
-    pub database_url: Secret,
+    pub database_url: DatabaseUrl,
     /// Where the URL came from, for messages: `database.url in FILE` or
     /// `--database-url (or FRESHEN_DATABASE_URL)`.
     pub database_source: String,
@@ -273,6 +273,70 @@ pub struct Config {
     /// zero: no limit.
     pub lock_timeout: Duration,
     pub statement_timeout: Duration,
+}
+
+/// Which engine is behind the database URL: the SQL is shared, the migrations
+/// and a few schema queries are not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// `database.url` (or `--database-url`): `${VAR}` and a relative SQLite path
+/// resolved, and the engine its scheme names, read once. A secret: shown only
+/// through [`DatabaseUrl::display`].
+#[derive(Debug, Clone)]
+pub struct DatabaseUrl {
+    url: Secret,
+    backend: Backend,
+}
+
+impl DatabaseUrl {
+    /// The URL's engine from its scheme, or why it names none.
+    pub fn new(url: String) -> Result<DatabaseUrl, &'static str> {
+        let backend = match url.split_once(':').map_or("", |(scheme, _)| scheme) {
+            "sqlite" => Backend::Sqlite,
+            "postgres" | "postgresql" => Backend::Postgres,
+            _ => {
+                return Err(
+                    "must start with `sqlite:` or `postgres://` (the scheme names the \
+                            database engine)",
+                );
+            }
+        };
+        Ok(DatabaseUrl {
+            url: Secret::new(url),
+            backend,
+        })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The URL itself, password included: for the driver only.
+    pub fn expose(&self) -> &str {
+        self.url.expose()
+    }
+
+    /// The URL with any password hidden, for messages: engine, user, host and
+    /// database, or the SQLite file; the query (which may carry a `password=`)
+    /// left out.
+    pub fn display(&self) -> String {
+        let url = self.url.expose();
+        match (Url::parse(url), self.backend) {
+            (Ok(mut parsed), _) => {
+                if parsed.password().is_some() {
+                    let _ = parsed.set_password(Some("(redacted)"));
+                }
+                parsed.set_query(None);
+                parsed.to_string()
+            }
+            (Err(_), Backend::Sqlite) => url.to_owned(),
+            (Err(_), Backend::Postgres) => "(database url)".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -773,23 +837,7 @@ impl Config {
 
     /// The database URL with any password hidden, for messages.
     pub fn database_display(&self) -> String {
-        match Url::parse(self.database_url.expose()) {
-            Ok(mut url) if url.password().is_some() => {
-                let _ = url.set_password(Some("(redacted)"));
-                url.set_query(None);
-                url.to_string()
-            }
-            // Engine, user, host and database; the query (which may carry a
-            // `password=`) left out.
-            Ok(mut url) => {
-                url.set_query(None);
-                url.to_string()
-            }
-            _ if self.database_url.expose().starts_with("sqlite:") => {
-                self.database_url.expose().to_owned()
-            }
-            _ => "(database url)".into(),
-        }
+        self.database_url.display()
     }
 }
 
@@ -803,7 +851,7 @@ fn database(
     raw: &FileDatabase,
     flag: Option<&str>,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<(Secret, String)> {
+) -> Result<(DatabaseUrl, String)> {
     let (url, source) = match flag {
         Some(url) => (
             resolve_sqlite(url, Path::new("")),
@@ -818,16 +866,13 @@ fn database(
             )
         }
     };
-    let scheme = url.split(':').next().unwrap_or_default();
-    if !matches!(scheme, "sqlite" | "postgres" | "postgresql") {
-        let why =
-            "must start with `sqlite:` or `postgres://` (the scheme names the database engine)";
-        return Err(match flag {
+    match DatabaseUrl::new(url) {
+        Ok(url) => Ok((url, source)),
+        Err(why) => Err(match flag {
             Some(_) => usage(format!("{source}: {why}")),
             None => doc.error(&["database", "url"], why),
-        });
+        }),
     }
-    Ok((Secret::new(url), source))
 }
 
 /// `api` with its headers resolved, its CA file read and its mappings checked
@@ -1463,5 +1508,45 @@ mod located {
             error("[lock]", "[lock"),
             format!("config.toml:{lock}:6: unclosed table, expected `]`")
         );
+    }
+}
+
+#[cfg(test)]
+mod database_url {
+    use super::*;
+
+    #[test]
+    fn the_scheme_is_read_once_into_the_backend() {
+        let url = |u: &str| DatabaseUrl::new(u.to_owned());
+        assert_eq!(url("sqlite://x.db").unwrap().backend(), Backend::Sqlite);
+        assert_eq!(url("sqlite::memory:").unwrap().backend(), Backend::Sqlite);
+        for pg in ["postgres://u@h/db", "postgresql://u@h/db"] {
+            assert_eq!(url(pg).unwrap().backend(), Backend::Postgres);
+        }
+        for bad in ["mysql://h/db", "x.db", "", "sqlite"] {
+            assert!(url(bad).unwrap_err().contains("`sqlite:`"), "{bad}");
+        }
+        let shown = url("postgres://u:pw@h/db?password=pw2").unwrap().display();
+        assert_eq!(shown, "postgres://u:(redacted)@h/db");
+
+        // From the file: the key and where it is; from the flag: the flag.
+        let text = include_str!("../config.toml").replace(
+            "url = \"sqlite://freshen-demo.db\"",
+            "url = \"mysql://h/db\"",
+        );
+        let path = Path::new("config.toml");
+        let e = format!(
+            "{:#}",
+            Config::parse(path, &text, None, &|_| None).unwrap_err()
+        );
+        assert!(
+            e.starts_with("config.toml:") && e.contains(": database.url: must start"),
+            "{e}"
+        );
+        let shipped = include_str!("../config.toml");
+        let e = Config::parse(path, shipped, Some("mysql://h/db"), &|_| None).unwrap_err();
+        assert!(format!("{e:#}").starts_with("--database-url (or FRESHEN_DATABASE_URL): must"));
+        let c = Config::parse(path, shipped, Some("postgres://h/db"), &|_| None).unwrap();
+        assert_eq!(c.database_url.backend(), Backend::Postgres);
     }
 }
