@@ -154,8 +154,8 @@ pub struct RunArgs {
     pub summary_json: Option<PathBuf>,
 
     /// Spend at most N credits on this run, over all its resumes (exit 3 when reached)
-    #[arg(long, value_name = "N", allow_hyphen_values = true, value_parser = whole_number)]
-    pub max_credits: Option<u64>,
+    #[arg(long, value_name = "N", allow_hyphen_values = true, value_parser = credits)]
+    pub max_credits: Option<i64>,
 
     /// Keep this file in Prometheus' text format (node_exporter's textfile collector):
     /// records, calls, credits, the last run's exit code and end time; rewritten
@@ -196,8 +196,8 @@ pub struct EstimateArgs {
     pub selection: SelectionArgs,
 
     /// As `run --max-credits`: the run may spend at most N credits
-    #[arg(long, value_name = "N", allow_hyphen_values = true, value_parser = whole_number)]
-    pub max_credits: Option<u64>,
+    #[arg(long, value_name = "N", allow_hyphen_values = true, value_parser = credits)]
+    pub max_credits: Option<i64>,
 
     /// Print the estimate as JSON
     #[arg(long)]
@@ -293,6 +293,14 @@ pub struct ReportArgs {
 
 /// A count given on the command line: `-1` is a number said wrong, not an
 /// unknown flag (clap's "unexpected argument '-1'" without this).
+/// A number of credits, typed as the configuration's (`i64`, 0 or more).
+fn credits(text: &str) -> Result<i64, String> {
+    text.parse::<i64>()
+        .ok()
+        .filter(|n| *n >= 0)
+        .ok_or_else(|| format!("`{text}` must be a positive whole number (0 or more), e.g. 100"))
+}
+
 fn whole_number(text: &str) -> Result<u64, String> {
     text.parse::<u64>()
         .map_err(|_| format!("`{text}` must be a positive whole number (0 or more), e.g. 100"))

@@ -1,13 +1,21 @@
-//! The configuration: `config.toml` as written (`FileConfig`, serde, unknown keys
-//! rejected) turned once, at start, into `Config`: typed, validated, with `${VAR}`
-//! references resolved and command-line overrides applied. Nothing downstream parses
-//! a string from the file again.
+//! The configuration: `config.toml` read once, at start, into `Config`: typed,
+//! validated, with `${VAR}` references resolved and command-line overrides
+//! applied. Nothing downstream parses a string from the file again.
 //!
-//! Every error names the file and the key, and says how to fix it; they are all
-//! `UsageError`s, so the binary exits with code 2.
+//! Each section is a serde struct whose fields check themselves as they are read
+//! (`Ident`, `PathTemplate`, `StatusPattern` by `try_from`, durations, counts and
+//! names by the functions of [`de`]), unknown keys refused; what ties two keys
+//! together is checked right after, by the section ([`Retry::check`],
+//! [`FileCredits::check`]) or, across sections, by [`Config::parse_reading`].
+//!
+//! Every error is one line, `FILE:LINE:COLUMN: section.key: what is wrong, how to
+//! fix it` (the position from the TOML parser; `FILE: section.key: …` for a key
+//! left to its default). They are all `UsageError`s: the binary exits with code 2.
 
 use std::collections::BTreeMap;
+use std::fmt::Display;
 use std::num::{NonZeroU32, NonZeroUsize};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -20,19 +28,19 @@ use url::Url;
 use crate::error::{Secret, usage};
 use crate::ident::Ident;
 
-// ---- the file, as written -------------------------------------------------------
+// ---- the file: sections as written, each value checked as it is read ------------
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     database: FileDatabase,
-    source: FileSource,
+    source: Source,
     api: FileApi,
-    limits: FileLimits,
+    limits: Limits,
     #[serde(default)]
-    retry: FileRetry,
+    retry: Retry,
     #[serde(default)]
-    checkpoint: FileCheckpoint,
+    checkpoint: Checkpoint,
     credits: FileCredits,
     #[serde(default)]
     lock: FileLock,
@@ -41,13 +49,14 @@ struct FileConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct FileLock {
-    stale_after: String,
+    #[serde(deserialize_with = "de::stale_after")]
+    stale_after: Duration,
 }
 
 impl Default for FileLock {
     fn default() -> Self {
         FileLock {
-            stale_after: "60s".into(),
+            stale_after: Duration::from_secs(60),
         }
     }
 }
@@ -55,108 +64,76 @@ impl Default for FileLock {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileDatabase {
+    /// As written: `${VAR}` is resolved, and a relative SQLite path, after.
     url: String,
     /// PostgreSQL: how long a statement may wait for a lock (`0s`: forever).
-    #[serde(default = "default_lock_timeout")]
-    lock_timeout: String,
+    #[serde(default = "thirty_seconds", deserialize_with = "de::duration")]
+    lock_timeout: Duration,
     /// PostgreSQL: how long a statement may run (`0s`: forever).
-    #[serde(default = "default_statement_timeout")]
-    statement_timeout: String,
+    #[serde(default = "ten_minutes", deserialize_with = "de::duration")]
+    statement_timeout: Duration,
 }
 
-fn default_lock_timeout() -> String {
-    "30s".into()
+fn thirty_seconds() -> Duration {
+    Duration::from_secs(30)
 }
-
-fn default_statement_timeout() -> String {
-    "10m".into()
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileSource {
-    table: String,
-    key: String,
-    refreshed_at: String,
-    filter: Option<String>,
+fn ten_minutes() -> Duration {
+    Duration::from_secs(600)
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileApi {
-    base_url: String,
-    #[serde(default = "default_method")]
-    method: String,
-    path: String,
+    #[serde(deserialize_with = "de::http_url")]
+    base_url: Url,
+    #[serde(default, deserialize_with = "de::method")]
+    method: Method,
+    path: PathTemplate,
+    /// As written: `${VAR}` is resolved after.
     #[serde(default)]
     headers: BTreeMap<String, String>,
-    #[serde(default = "default_timeout")]
-    timeout: String,
-    #[serde(default = "default_connect_timeout")]
-    connect_timeout: String,
-    #[serde(default = "default_max_body_bytes")]
-    max_body_bytes: u64,
+    #[serde(default = "ten_seconds", deserialize_with = "de::duration")]
+    timeout: Duration,
+    #[serde(default = "five_seconds", deserialize_with = "de::duration")]
+    connect_timeout: Duration,
+    #[serde(default = "one_mebibyte")]
+    max_body_bytes: usize,
     #[serde(default)]
     allow_insecure: bool,
     ca_file: Option<PathBuf>,
-    response: BTreeMap<String, String>,
+    response: BTreeMap<String, Ident>,
 }
 
-fn default_method() -> String {
-    "GET".into()
+fn ten_seconds() -> Duration {
+    Duration::from_secs(10)
 }
-fn default_timeout() -> String {
-    "10s".into()
+fn five_seconds() -> Duration {
+    Duration::from_secs(5)
 }
-fn default_connect_timeout() -> String {
-    "5s".into()
-}
-fn default_max_body_bytes() -> u64 {
+fn one_mebibyte() -> usize {
     1 << 20
 }
 
+/// `limits` as written; [`Limits`] fills in the burst.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileLimits {
-    rate: u32,
-    burst: Option<u32>,
-    max_concurrency: u32,
+    rate: de::AtLeastOne,
+    burst: Option<de::AtLeastOne>,
+    max_concurrency: de::AtLeastOne,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct FileRetry {
-    max_attempts: u32,
-    base_delay: String,
-    max_delay: String,
-    max_outage: String,
-    connect_grace: String,
-}
-
-impl Default for FileRetry {
-    fn default() -> Self {
-        FileRetry {
-            max_attempts: 5,
-            base_delay: "500ms".into(),
-            max_delay: "60s".into(),
-            max_outage: "30m".into(),
-            connect_grace: "1m".into(),
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct FileCheckpoint {
-    batch_size: usize,
-    interval: String,
-}
-
-impl Default for FileCheckpoint {
-    fn default() -> Self {
-        FileCheckpoint {
-            batch_size: 200,
-            interval: "250ms".into(),
+impl From<FileLimits> for Limits {
+    fn from(raw: FileLimits) -> Limits {
+        let rate = raw.rate.0;
+        Limits {
+            rate,
+            // A small burst: enough to absorb scheduling jitter, too small to flood.
+            burst: raw.burst.map_or_else(
+                || NonZeroU32::new((rate.get() / 20).max(1)).expect("max(1) is non-zero"),
+                |b| b.0,
+            ),
+            max_concurrency: raw.max_concurrency.0,
         }
     }
 }
@@ -164,38 +141,114 @@ impl Default for FileCheckpoint {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileCredits {
-    allowance: u64,
-    #[serde(default = "default_period")]
-    period: String,
-    #[serde(default = "default_reset_day")]
-    reset_day: u8,
-    #[serde(default = "default_timezone")]
-    timezone: String,
+    #[serde(deserialize_with = "de::credits")]
+    allowance: i64,
     #[serde(default)]
-    reserve: u64,
-    #[serde(default = "default_cost")]
-    cost: u64,
-    #[serde(default = "default_billed")]
-    billed_statuses: Vec<String>,
-    remaining_header: Option<String>,
+    period: Period,
+    #[serde(default = "first_day", deserialize_with = "de::day_of_month")]
+    reset_day: i8,
+    #[serde(default = "utc", deserialize_with = "de::timezone")]
+    timezone: jiff::tz::TimeZone,
+    #[serde(default, deserialize_with = "de::credits")]
+    reserve: i64,
+    #[serde(default = "one_credit", deserialize_with = "de::credits")]
+    cost: i64,
+    #[serde(default = "billed_by_default")]
+    billed_statuses: Vec<StatusPattern>,
+    #[serde(default, deserialize_with = "de::header_name")]
+    remaining_header: Option<HeaderName>,
     remaining_url: Option<String>,
     remaining_pointer: Option<String>,
 }
 
-fn default_period() -> String {
-    "month".into()
-}
-fn default_reset_day() -> u8 {
+fn first_day() -> i8 {
     1
 }
-fn default_timezone() -> String {
-    "UTC".into()
+fn utc() -> jiff::tz::TimeZone {
+    jiff::tz::TimeZone::UTC
 }
-fn default_cost() -> u64 {
+fn one_credit() -> i64 {
     1
 }
-fn default_billed() -> Vec<String> {
-    vec!["2xx".into(), "404".into()]
+fn billed_by_default() -> Vec<StatusPattern> {
+    vec![StatusPattern::Class(2), StatusPattern::Exact(404)]
+}
+
+/// `credits.period`: the one period the allowance may cover.
+#[derive(Debug, Default, Deserialize)]
+#[serde(try_from = "String")]
+enum Period {
+    #[default]
+    Month,
+}
+
+impl TryFrom<String> for Period {
+    type Error = String;
+    fn try_from(s: String) -> Result<Period, String> {
+        match s.as_str() {
+            "month" => Ok(Period::Month),
+            _ => Err(format!("\"{s}\" is not supported; use \"month\"")),
+        }
+    }
+}
+
+impl FileCredits {
+    /// What ties the section's keys together; `base` resolves a relative
+    /// `remaining_url`.
+    fn check(self, base: &Url, doc: &Doc) -> Result<Credits> {
+        let Period::Month = self.period;
+        if self.reserve > self.allowance {
+            return Err(doc.error(
+                &["credits", "reserve"],
+                "is larger than `credits.allowance`; lower it, or raise the allowance",
+            ));
+        }
+        let remaining_url = match (self.remaining_url, self.remaining_pointer) {
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(doc.error(
+                    &["credits", "remaining_pointer"],
+                    "needs credits.remaining_url",
+                ));
+            }
+            (Some(_), None) => {
+                return Err(doc.error(
+                    &["credits", "remaining_url"],
+                    "needs credits.remaining_pointer, the JSON pointer to the count in its \
+                     answer (e.g. \"/credits/remaining\")",
+                ));
+            }
+            (Some(url), Some(pointer)) => {
+                let url = if url.starts_with('/') {
+                    format!("{}{url}", base.as_str().trim_end_matches('/'))
+                } else {
+                    url
+                };
+                if !Url::parse(&url).is_ok_and(|u| matches!(u.scheme(), "http" | "https")) {
+                    return Err(doc.error(
+                        &["credits", "remaining_url"],
+                        format!("`{url}` is not an http(s) URL or a path starting with /"),
+                    ));
+                }
+                if !(pointer.is_empty() || pointer.starts_with('/')) {
+                    return Err(doc.error(
+                        &["credits", "remaining_pointer"],
+                        format!("`{pointer}` is not a JSON pointer: it starts with /"),
+                    ));
+                }
+                Some((url, pointer))
+            }
+        };
+        Ok(Credits {
+            allowance: self.allowance,
+            periods: crate::credits::Periods::new(self.reset_day, self.timezone),
+            reserve: self.reserve,
+            cost: self.cost,
+            billed_statuses: self.billed_statuses,
+            remaining_header: self.remaining_header,
+            remaining_url,
+        })
+    }
 }
 
 // ---- the configuration, as used ---------------------------------------------------
@@ -204,7 +257,7 @@ fn default_billed() -> Vec<String> {
 pub struct Config {
     /// The file it was read from, for messages.
     pub path: PathBuf,
-    pub database_url: Secret,
+    pub database_url: DatabaseUrl,
     /// Where the URL came from, for messages: `database.url in FILE` or
     /// `--database-url (or FRESHEN_DATABASE_URL)`.
     pub database_source: String,
@@ -222,12 +275,78 @@ pub struct Config {
     pub statement_timeout: Duration,
 }
 
+/// Which engine is behind the database URL: the SQL is shared, the migrations
+/// and a few schema queries are not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// `database.url` (or `--database-url`): `${VAR}` and a relative SQLite path
+/// resolved, and the engine its scheme names, read once. A secret: shown only
+/// through [`DatabaseUrl::display`].
 #[derive(Debug, Clone)]
+pub struct DatabaseUrl {
+    url: Secret,
+    backend: Backend,
+}
+
+impl DatabaseUrl {
+    /// The URL's engine from its scheme, or why it names none.
+    pub fn new(url: String) -> Result<DatabaseUrl, &'static str> {
+        let backend = match url.split_once(':').map_or("", |(scheme, _)| scheme) {
+            "sqlite" => Backend::Sqlite,
+            "postgres" | "postgresql" => Backend::Postgres,
+            _ => {
+                return Err(
+                    "must start with `sqlite:` or `postgres://` (the scheme names the \
+                            database engine)",
+                );
+            }
+        };
+        Ok(DatabaseUrl {
+            url: Secret::new(url),
+            backend,
+        })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The URL itself, password included: for the driver only.
+    pub fn expose(&self) -> &str {
+        self.url.expose()
+    }
+
+    /// The URL with any password hidden, for messages: engine, user, host and
+    /// database, or the SQLite file; the query (which may carry a `password=`)
+    /// left out.
+    pub fn display(&self) -> String {
+        let url = self.url.expose();
+        match (Url::parse(url), self.backend) {
+            (Ok(mut parsed), _) => {
+                if parsed.password().is_some() {
+                    let _ = parsed.set_password(Some("(redacted)"));
+                }
+                parsed.set_query(None);
+                parsed.to_string()
+            }
+            (Err(_), Backend::Sqlite) => url.to_owned(),
+            (Err(_), Backend::Postgres) => "(database url)".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Source {
     pub table: Ident,
     pub key: Ident,
     pub refreshed_at: Ident,
     /// The operator's own SQL condition: trusted, like the rest of the file.
+    #[serde(default, deserialize_with = "de::filter")]
     pub filter: Option<String>,
 }
 
@@ -259,36 +378,80 @@ pub struct Mapping {
     pub column: Ident,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(from = "FileLimits")]
 pub struct Limits {
     pub rate: NonZeroU32,
     pub burst: NonZeroU32,
     pub max_concurrency: NonZeroU32,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct Retry {
+    #[serde(deserialize_with = "de::at_least_one")]
     pub max_attempts: NonZeroU32,
+    #[serde(deserialize_with = "de::duration")]
     pub base_delay: Duration,
+    #[serde(deserialize_with = "de::duration")]
     pub max_delay: Duration,
+    #[serde(deserialize_with = "de::duration")]
     pub max_outage: Duration,
     /// A vendor that has not answered once in the run while every call fails to
     /// connect (a wrong api.base_url) stops the run after this long (exit 4).
+    #[serde(deserialize_with = "de::duration")]
     pub connect_grace: Duration,
 }
 
-#[derive(Debug, Clone)]
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            max_attempts: NonZeroU32::new(5).expect("5 is not 0"),
+            base_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(60),
+            max_outage: Duration::from_secs(30 * 60),
+            connect_grace: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Retry {
+    /// What ties the section's keys together.
+    fn check(&self, doc: &Doc) -> Result<()> {
+        if self.base_delay > self.max_delay {
+            return Err(doc.error(
+                &["retry", "base_delay"],
+                "is longer than `retry.max_delay`; shorten it, or lengthen max_delay",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct Checkpoint {
+    #[serde(deserialize_with = "de::batch_size")]
     pub batch_size: NonZeroUsize,
+    #[serde(deserialize_with = "de::duration")]
     pub interval: Duration,
+}
+
+impl Default for Checkpoint {
+    fn default() -> Self {
+        Checkpoint {
+            batch_size: NonZeroUsize::new(200).expect("200 is not 0"),
+            interval: Duration::from_millis(250),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct Credits {
-    pub allowance: u64,
+    pub allowance: i64,
     pub periods: crate::credits::Periods,
-    pub reserve: u64,
-    pub cost: u64,
+    pub reserve: i64,
+    pub cost: i64,
     pub billed_statuses: Vec<StatusPattern>,
     pub remaining_header: Option<HeaderName>,
     /// The vendor's account endpoint and the JSON pointer to the credits left in
@@ -297,7 +460,8 @@ pub struct Credits {
 }
 
 /// `billed_statuses` entries: an exact status (`404`) or a class (`2xx`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
 pub enum StatusPattern {
     Exact(u16),
     Class(u16),
@@ -312,9 +476,17 @@ impl StatusPattern {
     }
 }
 
+impl TryFrom<String> for StatusPattern {
+    type Error = String;
+    fn try_from(s: String) -> Result<StatusPattern, String> {
+        parse_status_pattern(&s)
+    }
+}
+
 /// `api.path`: literal text with `{column}` placeholders filled from the record,
 /// percent-encoded as path segments.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
 pub struct PathTemplate {
     pub parts: Vec<PathPart>,
 }
@@ -325,29 +497,36 @@ pub enum PathPart {
     Column(Ident),
 }
 
+impl TryFrom<String> for PathTemplate {
+    type Error = String;
+    fn try_from(s: String) -> Result<PathTemplate, String> {
+        PathTemplate::parse(&s)
+    }
+}
+
 impl PathTemplate {
-    fn parse(key: &str, s: &str) -> Result<PathTemplate> {
+    fn parse(s: &str) -> Result<PathTemplate, String> {
+        if !s.starts_with('/') {
+            return Err("must start with `/`, e.g. \"/v1/people/{id}\"".into());
+        }
         let mut parts = Vec::new();
         let mut rest = s;
         while let Some(open) = rest.find('{') {
             if open > 0 {
                 parts.push(PathPart::Literal(rest[..open].to_owned()));
             }
-            let close = rest[open..].find('}').ok_or_else(|| {
-                usage(format!(
-                    "`{key}` = \"{s}\" has a `{{` without a closing `}}`"
-                ))
-            })? + open;
+            let close = rest[open..]
+                .find('}')
+                .ok_or_else(|| format!("\"{s}\" has a `{{` without a closing `}}`"))?
+                + open;
             let name = &rest[open + 1..close];
-            parts.push(PathPart::Column(Ident::new(name).map_err(|e| {
-                usage(format!("`{key}` placeholder `{{{name}}}`: {e}"))
-            })?));
+            parts.push(PathPart::Column(
+                Ident::new(name).map_err(|e| format!("placeholder `{{{name}}}`: {e}"))?,
+            ));
             rest = &rest[close + 1..];
         }
         if rest.contains('}') {
-            return Err(usage(format!(
-                "`{key}` = \"{s}\" has a `}}` without an opening `{{`"
-            )));
+            return Err(format!("\"{s}\" has a `}}` without an opening `{{`"));
         }
         if !rest.is_empty() {
             parts.push(PathPart::Literal(rest.to_owned()));
@@ -363,6 +542,223 @@ impl PathTemplate {
         })
     }
 }
+
+// ---- where in the file: positions for messages ------------------------------------
+
+/// The file being read, to say where a key is: `FILE:LINE:COLUMN`.
+struct Doc<'a> {
+    file: String,
+    text: &'a str,
+    table: Option<toml::Spanned<toml::de::DeTable<'a>>>,
+}
+
+impl<'a> Doc<'a> {
+    fn new(path: &Path, text: &'a str) -> Doc<'a> {
+        Doc {
+            file: path.display().to_string(),
+            text,
+            table: toml::de::DeTable::parse(text).ok(),
+        }
+    }
+
+    /// `FILE:LINE:COLUMN` of the byte `at`, or `FILE` without it.
+    fn at(&self, at: Option<usize>) -> String {
+        match at {
+            Some(at) => {
+                let before = &self.text[..at.min(self.text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+                format!("{}:{line}:{column}", self.file)
+            }
+            None => self.file.clone(),
+        }
+    }
+
+    /// The value of `path` in the file, or the nearest table that holds it (a key
+    /// left to its default is told at its section).
+    fn span(&self, path: &[&str]) -> Option<Range<usize>> {
+        let mut table = self.table.as_ref()?.get_ref();
+        let mut found = None;
+        for key in path {
+            let (_, value) = table.iter().find(|(k, _)| k.get_ref().as_ref() == *key)?;
+            found = Some(value.span());
+            match value.get_ref() {
+                toml::de::DeValue::Table(t) => table = t,
+                _ => break,
+            }
+        }
+        found
+    }
+
+    /// What is wrong with the key at `path`: `FILE:LINE:COLUMN: a.b: message`.
+    fn message(&self, path: &[&str], message: impl Display) -> String {
+        let at = self.at(self.span(path).map(|s| s.start));
+        format!("{at}: {}: {message}", dotted(path))
+    }
+
+    /// [`Doc::message`] as the error it is.
+    fn error(&self, path: &[&str], message: impl Display) -> anyhow::Error {
+        usage(self.message(path, message))
+    }
+
+    /// The file deserialized, or the error with where and which key.
+    fn deserialize(&self) -> Result<FileConfig> {
+        let de = toml::Deserializer::parse(self.text).map_err(|e| {
+            let at = self.at(e.span().map(|s| s.start));
+            usage(format!("{at}: {}", e.message().trim_end()))
+        })?;
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let keys: Vec<String> = e.path().iter().map(|s| s.to_string()).collect();
+            let at = self.at(e.inner().span().map(|s| s.start));
+            let message = e.inner().message().trim_end();
+            match keys.iter().filter(|k| !k.is_empty() && *k != "?").count() {
+                0 => usage(format!("{at}: {message}")),
+                _ => {
+                    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+                    usage(format!("{at}: {}: {message}", dotted(&keys)))
+                }
+            }
+        })
+    }
+}
+
+/// `a.b."/c"[0]`: a key path as TOML writes it, quoting keys that are not bare.
+fn dotted(path: &[&str]) -> String {
+    let mut out = String::new();
+    for key in path.iter().filter(|k| !k.is_empty() && **k != "?") {
+        let bare = key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if key.starts_with('[') {
+            out.push_str(key);
+            continue;
+        }
+        if !out.is_empty() {
+            out.push('.');
+        }
+        if bare {
+            out.push_str(key);
+        } else {
+            out.push_str(&format!("\"{key}\""));
+        }
+    }
+    out
+}
+
+// ---- the values' own checks, for serde ------------------------------------------
+
+/// `deserialize_with` functions and types for values that check themselves.
+mod de {
+    // `crate::config`, not `super`: tests/it/layout.rs reads the `super` of an
+    // inline module as lib.rs.
+    use crate::config::*;
+    use serde::Deserializer;
+    use serde::de::Error;
+
+    /// A count that must be at least 1.
+    #[derive(Debug, Clone, Copy, Deserialize)]
+    #[serde(try_from = "u32")]
+    pub struct AtLeastOne(pub NonZeroU32);
+
+    impl TryFrom<u32> for AtLeastOne {
+        type Error = &'static str;
+        fn try_from(n: u32) -> Result<AtLeastOne, &'static str> {
+            NonZeroU32::new(n)
+                .map(AtLeastOne)
+                .ok_or("must be at least 1")
+        }
+    }
+
+    pub fn at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<NonZeroU32, D::Error> {
+        AtLeastOne::deserialize(d).map(|n| n.0)
+    }
+
+    pub fn batch_size<'de, D: Deserializer<'de>>(d: D) -> Result<NonZeroUsize, D::Error> {
+        NonZeroUsize::new(usize::deserialize(d)?)
+            .ok_or_else(|| D::Error::custom("must be at least 1"))
+    }
+
+    pub fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        parse_duration(&String::deserialize(d)?).map_err(D::Error::custom)
+    }
+
+    pub fn stale_after<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let stale = duration(d)?;
+        if stale < Duration::from_secs(1) {
+            return Err(D::Error::custom("must be at least 1s"));
+        }
+        Ok(stale)
+    }
+
+    /// A figure of credits: 0 or more.
+    pub fn credits<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+        let n = i64::deserialize(d)?;
+        if n < 0 {
+            return Err(D::Error::custom(format!(
+                "is {n}; a number of credits is 0 or more"
+            )));
+        }
+        Ok(n)
+    }
+
+    pub fn day_of_month<'de, D: Deserializer<'de>>(d: D) -> Result<i8, D::Error> {
+        match i64::deserialize(d)? {
+            day @ 1..=31 => Ok(day as i8),
+            _ => Err(D::Error::custom("must be a day of the month, 1 to 31")),
+        }
+    }
+
+    pub fn timezone<'de, D: Deserializer<'de>>(d: D) -> Result<jiff::tz::TimeZone, D::Error> {
+        let name = String::deserialize(d)?;
+        jiff::tz::TimeZone::get(&name).map_err(|_| {
+            D::Error::custom(format!(
+                "\"{name}\" is not a known time zone; use an IANA name such as \
+                 \"Europe/Paris\" or \"UTC\""
+            ))
+        })
+    }
+
+    pub fn header_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<HeaderName>, D::Error> {
+        let name = String::deserialize(d)?;
+        HeaderName::from_bytes(name.as_bytes())
+            .map(Some)
+            .map_err(|_| D::Error::custom(format!("\"{name}\" is not a valid HTTP header name")))
+    }
+
+    pub fn method<'de, D: Deserializer<'de>>(d: D) -> Result<Method, D::Error> {
+        match String::deserialize(d)?.to_ascii_uppercase().as_str() {
+            "GET" => Ok(Method::GET),
+            "POST" => Ok(Method::POST),
+            other => Err(D::Error::custom(format!(
+                "\"{other}\" is not supported; use \"GET\" or \"POST\""
+            ))),
+        }
+    }
+
+    pub fn http_url<'de, D: Deserializer<'de>>(d: D) -> Result<Url, D::Error> {
+        let text = String::deserialize(d)?;
+        let url = Url::parse(&text)
+            .map_err(|e| D::Error::custom(format!("\"{text}\" is not a URL: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(D::Error::custom("must be an http:// or https:// URL"));
+        }
+        Ok(url)
+    }
+
+    /// A filter is one condition. A `;` would end the plan's statement and start
+    /// another (SQLite runs both): refused, whatever it is for. Blank: no filter.
+    pub fn filter<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        let filter = String::deserialize(d)?;
+        if filter.contains(';') {
+            return Err(D::Error::custom(
+                "is one SQL condition (`score IS NULL`): a `;` is not allowed in it",
+            ));
+        }
+        Ok(Some(filter).filter(|f| !f.trim().is_empty()))
+    }
+}
+
+// ---- reading it ---------------------------------------------------------------------
 
 impl Config {
     /// Reads and validates the file; `database_url` overrides `database.url`
@@ -416,374 +812,195 @@ impl Config {
         database_url: Option<&str>,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config> {
-        let file = path.display();
-        let raw: FileConfig = toml::from_str(text)
-            .map_err(|e| usage(format!("{file}: {}", e.to_string().trim_end())))?;
-        let key_err = |key: &str, msg: String| usage(format!("{file}: `{key}` {msg}"));
-
-        // A URL from the flag is relative to where freshen runs; one from the
-        // file, to the file's directory (as api.ca_file is), so a cron job started
-        // anywhere finds the same database.
-        let (database_url, database_source) = match database_url {
-            Some(url) => (
-                Secret::new(resolve_sqlite(url, Path::new(""))),
-                "--database-url (or FRESHEN_DATABASE_URL)".to_owned(),
-            ),
-            None => {
-                let url = expand(&raw.database.url, env).map_err(|m| key_err("database.url", m))?;
-                let base = path.parent().unwrap_or(Path::new(""));
-                (
-                    Secret::new(resolve_sqlite(&url.0, base)),
-                    format!("database.url in {file}"),
-                )
-            }
-        };
-        let scheme = database_url.expose().split(':').next().unwrap_or_default();
-        if !matches!(scheme, "sqlite" | "postgres" | "postgresql") {
-            return Err(usage(format!(
-                "{database_source}: must start with `sqlite:` or `postgres://` (the scheme \
-                 names the database engine)"
-            )));
-        }
-
-        // A filter is one condition. A `;` would end the plan's statement and start
-        // another (SQLite runs both): refused, whatever it is for.
-        if let Some(filter) = &raw.source.filter
-            && filter.contains(';')
-        {
-            return Err(key_err(
-                "source.filter",
-                "is one SQL condition (`score IS NULL`): a `;` is not allowed in it".into(),
-            ));
-        }
-        let ident = |key: &str, v: &str| Ident::new(v).map_err(|m| key_err(key, m));
-        let source = Source {
-            table: ident("source.table", &raw.source.table)?,
-            key: ident("source.key", &raw.source.key)?,
-            refreshed_at: ident("source.refreshed_at", &raw.source.refreshed_at)?,
-            filter: raw.source.filter.filter(|f| !f.trim().is_empty()),
-        };
-
-        let base = Url::parse(&raw.api.base_url).map_err(|e| {
-            key_err(
-                "api.base_url",
-                format!("= \"{}\" is not a URL: {e}", raw.api.base_url),
-            )
-        })?;
-        if !matches!(base.scheme(), "http" | "https") {
-            return Err(key_err(
-                "api.base_url",
-                "must be an http:// or https:// URL".into(),
-            ));
-        }
-        let method = match raw.api.method.to_ascii_uppercase().as_str() {
-            "GET" => Method::GET,
-            "POST" => Method::POST,
-            other => {
-                return Err(key_err(
-                    "api.method",
-                    format!("= \"{other}\" is not supported; use \"GET\" or \"POST\""),
-                ));
-            }
-        };
-        if !raw.api.path.starts_with('/') {
-            return Err(key_err(
-                "api.path",
-                "must start with `/`, e.g. \"/v1/people/{id}\"".into(),
-            ));
-        }
-        let path_template = PathTemplate::parse("api.path", &raw.api.path)?;
-
-        let mut headers = HeaderMap::new();
-        // The first header whose `${VAR}` is not set, and why: a secret all the same.
-        let mut unset: Option<(HeaderName, String)> = None;
-        for (name, value) in &raw.api.headers {
-            let key = format!("api.headers.{name}");
-            let header = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| key_err(&key, "is not a valid HTTP header name".into()))?;
-            let (value, secret) = match expand(value, env) {
-                Ok(expanded) => expanded,
-                // Well formed, but a variable is not set: only a call needs it.
-                Err(m) if expand(value, &|_| Some(String::new())).is_ok() => {
-                    if unset.is_none() {
-                        unset = Some((header, format!("{file}: `{key}` {m}")));
-                    }
-                    continue;
-                }
-                Err(m) => return Err(key_err(&key, m)),
-            };
-            let mut value = HeaderValue::from_str(&value).map_err(|_| {
-                key_err(
-                    &key,
-                    "holds characters not allowed in an HTTP header".into(),
-                )
-            })?;
-            // Credentials by nature are secret even when written out in the file.
-            let credential = header == AUTHORIZATION || header == PROXY_AUTHORIZATION;
-            value.set_sensitive(secret || credential);
-            headers.insert(header, value);
-        }
-        let secret_header = headers
-            .iter()
-            .find(|(_, v)| v.is_sensitive())
-            .map(|(n, _)| n.as_str())
-            .or(unset.as_ref().map(|(n, _)| n.as_str()));
-        if let Some(name) = secret_header
-            && base.scheme() == "http"
-            && !is_loopback(&base)
-            && !raw.api.allow_insecure
-        {
-            return Err(key_err(
-                "api.base_url",
-                format!(
-                    "= \"{}\" is plain http:// to a host that is not this machine, and the \
-                     secret header `{name}` would cross the network unencrypted; use https://, \
-                     or set `api.allow_insecure = true` if the network is trusted",
-                    raw.api.base_url
-                ),
-            ));
-        }
-        let ca_certs = match &raw.api.ca_file {
-            None => Vec::new(),
-            Some(ca) => {
-                // A relative path is read from the configuration file's directory.
-                let ca = path.parent().unwrap_or(Path::new("")).join(ca);
-                let pem = std::fs::read(&ca).map_err(|e| {
-                    key_err(
-                        "api.ca_file",
-                        format!("= \"{}\" cannot be read: {e}", ca.display()),
-                    )
-                })?;
-                reqwest::Certificate::from_pem_bundle(&pem)
-                    .ok()
-                    .filter(|c| !c.is_empty())
-                    .ok_or_else(|| {
-                        key_err(
-                            "api.ca_file",
-                            format!(
-                                "= \"{}\" holds no PEM certificate (`-----BEGIN CERTIFICATE-----`)",
-                                ca.display()
-                            ),
-                        )
-                    })?
-            }
-        };
-
-        if raw.api.response.is_empty() {
-            return Err(key_err(
-                "api.response",
-                "maps no field; add `\"/field\" = \"column\"` lines".into(),
-            ));
-        }
-        let mut response = Vec::with_capacity(raw.api.response.len());
-        for (pointer, column) in &raw.api.response {
-            let key = format!("api.response.\"{pointer}\"");
-            if !(pointer.is_empty() || pointer.starts_with('/')) {
-                return Err(key_err(
-                    &key,
-                    "is not a JSON pointer: it must start with `/`, e.g. \"/title\"".into(),
-                ));
-            }
-            let column = ident(&key, column)?;
-            if column == source.key || column == source.refreshed_at {
-                return Err(key_err(
-                    &key,
-                    format!("maps to `{column}`, which freshen itself manages"),
-                ));
-            }
-            response.push(Mapping {
-                pointer: pointer.clone(),
-                column,
-            });
-        }
-
-        let nonzero = |key: &str, v: u32| {
-            NonZeroU32::new(v).ok_or_else(|| key_err(key, "must be at least 1".into()))
-        };
-        let rate = nonzero("limits.rate", raw.limits.rate)?;
-        let limits = Limits {
-            rate,
-            // A small burst: enough to absorb scheduling jitter, too small to flood.
-            burst: match raw.limits.burst {
-                Some(b) => nonzero("limits.burst", b)?,
-                None => NonZeroU32::new((rate.get() / 20).max(1)).expect("max(1) is non-zero"),
-            },
-            max_concurrency: nonzero("limits.max_concurrency", raw.limits.max_concurrency)?,
-        };
-
-        let duration = |key: &str, v: &str| parse_duration(v).map_err(|m| key_err(key, m));
-        let retry = Retry {
-            max_attempts: nonzero("retry.max_attempts", raw.retry.max_attempts)?,
-            base_delay: duration("retry.base_delay", &raw.retry.base_delay)?,
-            max_delay: duration("retry.max_delay", &raw.retry.max_delay)?,
-            max_outage: duration("retry.max_outage", &raw.retry.max_outage)?,
-            connect_grace: duration("retry.connect_grace", &raw.retry.connect_grace)?,
-        };
-        if retry.base_delay > retry.max_delay {
-            return Err(key_err(
-                "retry.base_delay",
-                "is longer than `retry.max_delay`".into(),
-            ));
-        }
-
-        let checkpoint = Checkpoint {
-            batch_size: NonZeroUsize::new(raw.checkpoint.batch_size)
-                .ok_or_else(|| key_err("checkpoint.batch_size", "must be at least 1".into()))?,
-            interval: duration("checkpoint.interval", &raw.checkpoint.interval)?,
-        };
-
-        if raw.credits.period != "month" {
-            return Err(key_err(
-                "credits.period",
-                format!(
-                    "= \"{}\" is not supported; use \"month\"",
-                    raw.credits.period
-                ),
-            ));
-        }
-        if !(1..=31).contains(&raw.credits.reset_day) {
-            return Err(key_err(
-                "credits.reset_day",
-                "must be a day of the month, 1 to 31".into(),
-            ));
-        }
-        let timezone = jiff::tz::TimeZone::get(&raw.credits.timezone).map_err(|_| {
-            key_err(
-                "credits.timezone",
-                format!("= \"{}\" is not a known time zone; use an IANA name such as \"Europe/Paris\" or \"UTC\"", raw.credits.timezone),
-            )
-        })?;
-        let periods = crate::credits::Periods::new(raw.credits.reset_day as i8, timezone);
-        if raw.credits.reserve > raw.credits.allowance {
-            return Err(key_err(
-                "credits.reserve",
-                "is larger than `credits.allowance`".into(),
-            ));
-        }
-        let billed_statuses = raw
-            .credits
-            .billed_statuses
-            .iter()
-            .map(|s| parse_status_pattern(s).map_err(|m| key_err("credits.billed_statuses", m)))
-            .collect::<Result<_>>()?;
-        let remaining_header = raw
-            .credits
-            .remaining_header
-            .map(|h| {
-                HeaderName::from_bytes(h.as_bytes()).map_err(|_| {
-                    key_err(
-                        "credits.remaining_header",
-                        "is not a valid HTTP header name".into(),
-                    )
-                })
-            })
-            .transpose()?;
-
-        let remaining_url = match (raw.credits.remaining_url, raw.credits.remaining_pointer) {
-            (None, None) => None,
-            (None, Some(_)) => {
-                return Err(key_err(
-                    "credits.remaining_pointer",
-                    "needs credits.remaining_url".into(),
-                ));
-            }
-            (Some(_), None) => {
-                return Err(key_err(
-                    "credits.remaining_url",
-                    "needs credits.remaining_pointer, the JSON pointer to the count in its answer \
-                     (e.g. \"/credits/remaining\")"
-                        .into(),
-                ));
-            }
-            (Some(url), Some(pointer)) => {
-                let url = if url.starts_with('/') {
-                    format!("{}{url}", base.as_str().trim_end_matches('/'))
-                } else {
-                    url
-                };
-                match Url::parse(&url) {
-                    Ok(u) if matches!(u.scheme(), "http" | "https") => {}
-                    _ => {
-                        return Err(key_err(
-                            "credits.remaining_url",
-                            format!("`{url}` is not an http(s) URL or a path starting with /"),
-                        ));
-                    }
-                }
-                if !(pointer.is_empty() || pointer.starts_with('/')) {
-                    return Err(key_err(
-                        "credits.remaining_pointer",
-                        format!("`{pointer}` is not a JSON pointer: it starts with /"),
-                    ));
-                }
-                Some((url, pointer))
-            }
-        };
-
-        let lock_stale_after = duration("lock.stale_after", &raw.lock.stale_after)?;
-        if lock_stale_after < Duration::from_secs(1) {
-            return Err(key_err("lock.stale_after", "must be at least 1s".into()));
-        }
-
+        let doc = Doc::new(path, text);
+        let raw = doc.deserialize()?;
+        let (database_url, database_source) =
+            database(&doc, path, &raw.database, database_url, env)?;
+        raw.retry.check(&doc)?;
+        let credits = raw.credits.check(&raw.api.base_url, &doc)?;
+        let api = api(&doc, path, raw.api, &raw.source, env)?;
         Ok(Config {
             path: path.to_owned(),
             database_url,
             database_source,
-            source,
-            api: Api {
-                base_url: base.as_str().trim_end_matches('/').to_owned(),
-                method,
-                path: path_template,
-                headers,
-                unset: unset.map(|(_, why)| why),
-                timeout: duration("api.timeout", &raw.api.timeout)?,
-                connect_timeout: duration("api.connect_timeout", &raw.api.connect_timeout)?,
-                max_body_bytes: usize::try_from(raw.api.max_body_bytes)
-                    .map_err(|_| key_err("api.max_body_bytes", "is too large".into()))?,
-                ca_certs,
-                response,
-            },
-            limits,
-            retry,
-            checkpoint,
-            credits: Credits {
-                allowance: raw.credits.allowance,
-                periods,
-                reserve: raw.credits.reserve,
-                cost: raw.credits.cost,
-                billed_statuses,
-                remaining_header,
-                remaining_url,
-            },
-            lock_stale_after,
-            lock_timeout: duration("database.lock_timeout", &raw.database.lock_timeout)?,
-            statement_timeout: duration(
-                "database.statement_timeout",
-                &raw.database.statement_timeout,
-            )?,
+            source: raw.source,
+            api,
+            limits: raw.limits,
+            retry: raw.retry,
+            checkpoint: raw.checkpoint,
+            credits,
+            lock_stale_after: raw.lock.stale_after,
+            lock_timeout: raw.database.lock_timeout,
+            statement_timeout: raw.database.statement_timeout,
         })
     }
 
     /// The database URL with any password hidden, for messages.
     pub fn database_display(&self) -> String {
-        match Url::parse(self.database_url.expose()) {
-            Ok(mut url) if url.password().is_some() => {
-                let _ = url.set_password(Some("(redacted)"));
-                url.set_query(None);
-                url.to_string()
-            }
-            // Engine, user, host and database; the query (which may carry a
-            // `password=`) left out.
-            Ok(mut url) => {
-                url.set_query(None);
-                url.to_string()
-            }
-            _ if self.database_url.expose().starts_with("sqlite:") => {
-                self.database_url.expose().to_owned()
-            }
-            _ => "(database url)".into(),
-        }
+        self.database_url.display()
     }
+}
+
+/// The database URL, `${VAR}` resolved, and where it came from. A URL from the
+/// flag is relative to where freshen runs; one from the file, to the file's
+/// directory (as api.ca_file is), so a cron job started anywhere finds the same
+/// database.
+fn database(
+    doc: &Doc,
+    path: &Path,
+    raw: &FileDatabase,
+    flag: Option<&str>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(DatabaseUrl, String)> {
+    let (url, source) = match flag {
+        Some(url) => (
+            resolve_sqlite(url, Path::new("")),
+            "--database-url (or FRESHEN_DATABASE_URL)".to_owned(),
+        ),
+        None => {
+            let url = expand(&raw.url, env).map_err(|m| doc.error(&["database", "url"], m))?;
+            let base = path.parent().unwrap_or(Path::new(""));
+            (
+                resolve_sqlite(&url.0, base),
+                format!("database.url in {}", doc.file),
+            )
+        }
+    };
+    match DatabaseUrl::new(url) {
+        Ok(url) => Ok((url, source)),
+        Err(why) => Err(match flag {
+            Some(_) => usage(format!("{source}: {why}")),
+            None => doc.error(&["database", "url"], why),
+        }),
+    }
+}
+
+/// `api` with its headers resolved, its CA file read and its mappings checked
+/// against `source`.
+fn api(
+    doc: &Doc,
+    path: &Path,
+    raw: FileApi,
+    source: &Source,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Api> {
+    let (headers, unset) = headers(doc, &raw.headers, env)?;
+    let base = &raw.base_url;
+    let secret_header = headers
+        .iter()
+        .find(|(_, v)| v.is_sensitive())
+        .map(|(n, _)| n.as_str())
+        .or(unset.as_ref().map(|(n, _)| n.as_str()));
+    if let Some(name) = secret_header
+        && base.scheme() == "http"
+        && !is_loopback(base)
+        && !raw.allow_insecure
+    {
+        return Err(doc.error(
+            &["api", "base_url"],
+            format!(
+                "\"{}\" is plain http:// to a host that is not this machine, and the secret \
+                 header `{name}` would cross the network unencrypted; use https://, or set \
+                 `api.allow_insecure = true` if the network is trusted",
+                base.as_str()
+            ),
+        ));
+    }
+    let ca_certs = match &raw.ca_file {
+        None => Vec::new(),
+        Some(ca) => ca_certs(doc, &path.parent().unwrap_or(Path::new("")).join(ca))?,
+    };
+    if raw.response.is_empty() {
+        return Err(doc.error(
+            &["api", "response"],
+            "maps no field; add `\"/field\" = \"column\"` lines",
+        ));
+    }
+    let mut response = Vec::with_capacity(raw.response.len());
+    for (pointer, column) in raw.response {
+        let at = ["api", "response", pointer.as_str()];
+        if !(pointer.is_empty() || pointer.starts_with('/')) {
+            return Err(doc.error(
+                &at,
+                "is not a JSON pointer: it must start with `/`, e.g. \"/title\"",
+            ));
+        }
+        if column == source.key || column == source.refreshed_at {
+            return Err(doc.error(
+                &at,
+                format!(
+                    "maps to `{column}`, which freshen itself manages; map it to another column"
+                ),
+            ));
+        }
+        response.push(Mapping { pointer, column });
+    }
+    Ok(Api {
+        base_url: base.as_str().trim_end_matches('/').to_owned(),
+        method: raw.method,
+        path: raw.path,
+        headers,
+        unset: unset.map(|(_, why)| why),
+        timeout: raw.timeout,
+        connect_timeout: raw.connect_timeout,
+        max_body_bytes: raw.max_body_bytes,
+        ca_certs,
+        response,
+    })
+}
+
+/// `api.headers` with `${VAR}` resolved, and the first header whose variable is not
+/// set, with why: a secret all the same.
+#[allow(clippy::type_complexity)]
+fn headers(
+    doc: &Doc,
+    raw: &BTreeMap<String, String>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(HeaderMap, Option<(HeaderName, String)>)> {
+    let mut headers = HeaderMap::new();
+    let mut unset: Option<(HeaderName, String)> = None;
+    for (name, value) in raw {
+        let at = ["api", "headers", name.as_str()];
+        let header = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| doc.error(&at, "is not a valid HTTP header name"))?;
+        let (value, secret) = match expand(value, env) {
+            Ok(expanded) => expanded,
+            // Well formed, but a variable is not set: only a call needs it.
+            Err(m) if expand(value, &|_| Some(String::new())).is_ok() => {
+                if unset.is_none() {
+                    unset = Some((header, doc.message(&at, m)));
+                }
+                continue;
+            }
+            Err(m) => return Err(doc.error(&at, m)),
+        };
+        let mut value = HeaderValue::from_str(&value)
+            .map_err(|_| doc.error(&at, "holds characters not allowed in an HTTP header"))?;
+        // Credentials by nature are secret even when written out in the file.
+        let credential = header == AUTHORIZATION || header == PROXY_AUTHORIZATION;
+        value.set_sensitive(secret || credential);
+        headers.insert(header, value);
+    }
+    Ok((headers, unset))
+}
+
+/// The certificates of `api.ca_file` (`ca`, resolved against the file's directory).
+fn ca_certs(doc: &Doc, ca: &Path) -> Result<Vec<reqwest::Certificate>> {
+    let at = ["api", "ca_file"];
+    let pem = std::fs::read(ca)
+        .map_err(|e| doc.error(&at, format!("\"{}\" cannot be read: {e}", ca.display())))?;
+    reqwest::Certificate::from_pem_bundle(&pem)
+        .ok()
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| {
+            doc.error(
+                &at,
+                format!(
+                    "\"{}\" holds no PEM certificate (`-----BEGIN CERTIFICATE-----`)",
+                    ca.display()
+                ),
+            )
+        })
 }
 
 /// A SQLite URL with its relative file path resolved against `base` and made
@@ -852,11 +1069,11 @@ const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| {
-        format!("= \"{s}\" is not a duration ({e}); write e.g. \"500ms\", \"10s\" or \"30m\"")
+        format!("\"{s}\" is not a duration ({e}); write e.g. \"500ms\", \"10s\" or \"30m\"")
     })?;
     if d > MAX_DURATION {
         return Err(format!(
-            "= \"{s}\" is longer than a year; write a shorter duration"
+            "\"{s}\" is longer than a year; write a shorter duration"
         ));
     }
     Ok(d)
@@ -997,11 +1214,11 @@ mod tests {
 
     #[test]
     fn path_template_parses_placeholders() {
-        let t = PathTemplate::parse("api.path", "/v1/{kind}/x/{id}").unwrap();
+        let t = PathTemplate::parse("/v1/{kind}/x/{id}").unwrap();
         let cols: Vec<&str> = t.columns().map(Ident::as_str).collect();
         assert_eq!(cols, ["kind", "id"]);
-        assert!(PathTemplate::parse("api.path", "/v1/{id").is_err());
-        assert!(PathTemplate::parse("api.path", "/v1/{a b}").is_err());
+        assert!(PathTemplate::parse("/v1/{id").is_err());
+        assert!(PathTemplate::parse("/v1/{a b}").is_err());
     }
 
     #[test]
@@ -1218,5 +1435,118 @@ mod tests {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod located {
+    use super::*;
+    const SHIPPED: &str = include_str!("../config.toml");
+
+    /// The error for the shipped file with `from` replaced by `to`.
+    fn error(from: &str, to: &str) -> String {
+        assert!(SHIPPED.contains(from), "{from}");
+        let text = SHIPPED.replacen(from, to, 1);
+        let e = Config::parse(Path::new("config.toml"), &text, None, &|_| None).unwrap_err();
+        format!("{e:#}")
+    }
+
+    /// The line of the shipped file that starts with `start`, 1-based.
+    fn line(start: &str) -> usize {
+        1 + SHIPPED
+            .lines()
+            .position(|l| l.starts_with(start))
+            .unwrap_or_else(|| panic!("no line starts with {start}"))
+    }
+
+    #[test]
+    fn errors_say_file_line_column_and_key() {
+        let timeout = line("timeout = ");
+        assert_eq!(
+            error("timeout = \"10s\"", "timeout = \"ten\""),
+            format!(
+                "config.toml:{timeout}:11: api.timeout: \"ten\" is not a duration (expected \
+                 number at 0); write e.g. \"500ms\", \"10s\" or \"30m\""
+            )
+        );
+        // Checked by the section once read: still at the key's line.
+        let reserve = line("reserve = ");
+        assert_eq!(
+            error("reserve = 0", "reserve = 200000"),
+            format!(
+                "config.toml:{reserve}:11: credits.reserve: is larger than \
+                 `credits.allowance`; lower it, or raise the allowance"
+            )
+        );
+        // A key that is not bare is quoted as TOML writes it; an array entry is indexed.
+        let score = line("\"/score\"");
+        assert!(
+            error("\"/score\" = \"score\"", "\"/score\" = \"id\"").starts_with(&format!(
+                "config.toml:{score}:12: api.response.\"/score\": maps to `id`"
+            ))
+        );
+        let billed = line("billed_statuses = ");
+        assert!(
+            error("\"2xx\", \"404\"]", "\"2xx\", \"4x\"]").starts_with(&format!(
+                "config.toml:{billed}:19: credits.billed_statuses[1]: entry \"4x\" is not a status"
+            ))
+        );
+        // An unknown key at its own line, a missing one at its section's.
+        let limits = line("[limits]");
+        assert!(error("[limits]", "[limits]\nrat = 5").starts_with(&format!(
+            "config.toml:{}:1: limits.rat: unknown field `rat`",
+            limits + 1
+        )));
+        let source = line("[source]");
+        assert_eq!(
+            error("table = \"people\"\n", ""),
+            format!("config.toml:{source}:1: source: missing field `table`")
+        );
+        // A TOML syntax error: where, on one line.
+        let lock = line("[lock]");
+        assert_eq!(
+            error("[lock]", "[lock"),
+            format!("config.toml:{lock}:6: unclosed table, expected `]`")
+        );
+    }
+}
+
+#[cfg(test)]
+mod database_url {
+    use super::*;
+
+    #[test]
+    fn the_scheme_is_read_once_into_the_backend() {
+        let url = |u: &str| DatabaseUrl::new(u.to_owned());
+        assert_eq!(url("sqlite://x.db").unwrap().backend(), Backend::Sqlite);
+        assert_eq!(url("sqlite::memory:").unwrap().backend(), Backend::Sqlite);
+        for pg in ["postgres://u@h/db", "postgresql://u@h/db"] {
+            assert_eq!(url(pg).unwrap().backend(), Backend::Postgres);
+        }
+        for bad in ["mysql://h/db", "x.db", "", "sqlite"] {
+            assert!(url(bad).unwrap_err().contains("`sqlite:`"), "{bad}");
+        }
+        let shown = url("postgres://u:pw@h/db?password=pw2").unwrap().display();
+        assert_eq!(shown, "postgres://u:(redacted)@h/db");
+
+        // From the file: the key and where it is; from the flag: the flag.
+        let text = include_str!("../config.toml").replace(
+            "url = \"sqlite://freshen-demo.db\"",
+            "url = \"mysql://h/db\"",
+        );
+        let path = Path::new("config.toml");
+        let e = format!(
+            "{:#}",
+            Config::parse(path, &text, None, &|_| None).unwrap_err()
+        );
+        assert!(
+            e.starts_with("config.toml:") && e.contains(": database.url: must start"),
+            "{e}"
+        );
+        let shipped = include_str!("../config.toml");
+        let e = Config::parse(path, shipped, Some("mysql://h/db"), &|_| None).unwrap_err();
+        assert!(format!("{e:#}").starts_with("--database-url (or FRESHEN_DATABASE_URL): must"));
+        let c = Config::parse(path, shipped, Some("postgres://h/db"), &|_| None).unwrap();
+        assert_eq!(c.database_url.backend(), Backend::Postgres);
     }
 }

@@ -5,8 +5,16 @@ use std::fmt;
 /// A plain SQL identifier (`[A-Za-z_][A-Za-z0-9_]*`, at most 63 bytes, PostgreSQL's
 /// limit). Anything else is refused when the configuration is read, so a name can
 /// never carry SQL into a statement.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(try_from = "String")]
 pub struct Ident(String);
+
+impl TryFrom<String> for Ident {
+    type Error = String;
+    fn try_from(name: String) -> Result<Ident, String> {
+        Ident::new(&name)
+    }
+}
 
 impl Ident {
     pub fn new(name: &str) -> Result<Ident, String> {
@@ -15,7 +23,7 @@ impl Ident {
             && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !plain || name.len() > 63 {
             return Err(format!(
-                "= \"{name}\" is not a plain identifier: use letters, digits and `_`, starting with a letter or `_`"
+                "\"{name}\" is not a plain identifier: use letters, digits and `_`, starting with a letter or `_`"
             ));
         }
         Ok(Ident(name.to_owned()))

@@ -23,7 +23,7 @@ pub async fn demo(
     display: &Display,
 ) -> Result<Exit> {
     let url = config.database_url.expose().to_owned();
-    if !url.starts_with("sqlite:") {
+    if config.database_url.backend() != crate::config::Backend::Sqlite {
         return Err(usage(format!(
             "the demo runs on the embedded SQLite default, and database.url in {} is not sqlite:",
             config.path.display()

@@ -105,7 +105,7 @@ pub async fn compute(config: &Config, store: &Store, args: EstimateArgs) -> Resu
     };
 
     let history = store.history().await?;
-    let cost = i64::try_from(config.credits.cost).unwrap_or(i64::MAX);
+    let cost = config.credits.cost;
     // Credits per record as a fraction (spent / resolved), never below the cost:
     // integer arithmetic, so 110 credits over 100 records is exactly 1.1.
     let (per_num, per_den) =
@@ -126,7 +126,6 @@ pub async fn compute(config: &Config, store: &Store, args: EstimateArgs) -> Resu
     let period = PeriodView::read(store, config).await?;
     let budget = match args.max_credits {
         Some(max) => {
-            let max = i64::try_from(max).unwrap_or(i64::MAX);
             let spent_by_run = resume.as_ref().map_or(0, |r| r.credits_spent);
             period.available.min(max - spent_by_run).max(0)
         }

@@ -91,15 +91,19 @@ impl PeriodView {
     pub async fn read(store: &Store, config: &Config) -> Result<PeriodView> {
         let credits = &config.credits;
         let label = credits.periods.label_at(crate::credits::now());
-        let reserve = i64::try_from(credits.reserve).unwrap_or(i64::MAX);
         let funds = store
-            .funds(&label, credits.allowance, reserve, config.lock_stale_after)
+            .funds(
+                &label,
+                credits.allowance,
+                credits.reserve,
+                config.lock_stale_after,
+            )
             .await?;
         let row = store.period(&label, credits.allowance).await?;
         Ok(PeriodView {
             period: row.period,
             allowance: funds.allowance,
-            reserve,
+            reserve: credits.reserve,
             spent: funds.spent,
             uncertain: funds.uncertain,
             reserved: funds.reserved,

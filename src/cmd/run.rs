@@ -43,9 +43,7 @@ pub async fn run(
         join: args.join,
         new: args.new,
         strict: args.strict,
-        max_credits: args
-            .max_credits
-            .map(|m| i64::try_from(m).unwrap_or(i64::MAX)),
+        max_credits: args.max_credits,
         pace_until,
         metrics: args
             .metrics_file

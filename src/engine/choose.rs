@@ -51,8 +51,7 @@ pub async fn choose(plan: &Plan, period: &str, funds: &Funds) -> Result<Result<R
         true => {
             let (available, _) = funds.room();
             let budget = plan.max_credits.map_or(available, |max| available.min(max));
-            let cost = i64::try_from(plan.config.credits.cost).unwrap_or(i64::MAX);
-            let records = (budget / cost).max(0);
+            let records = (budget / plan.config.credits.cost).max(0);
             if records == 0 {
                 return Ok(Err(Nothing::NoCredits {
                     period: period.to_owned(),

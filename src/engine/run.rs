@@ -164,7 +164,7 @@ impl Life<'_> {
             .funds(
                 &period,
                 credits.allowance,
-                reserve(config),
+                credits.reserve,
                 config.lock_stale_after,
             )
             .await?;
@@ -188,7 +188,7 @@ impl Life<'_> {
             calls: run.calls,
             credits: run.credits_spent,
             period,
-            allowance: credits.allowance as i64,
+            allowance: credits.allowance,
             period_spent: funds.spent,
         };
         self.work(run, live, shutdown).await
@@ -310,26 +310,20 @@ impl Life<'_> {
     }
 }
 
-/// What the ledger keeps back of the period's allowance.
-fn reserve(config: &Config) -> i64 {
-    i64::try_from(config.credits.reserve).unwrap_or(i64::MAX)
-}
-
 /// The run's budget: every credit comes from the ledger in the database, a
 /// few calls' worth at a time, shared with every other run spending from the
 /// period.
 fn budget(plan: &Plan, worker: &str, run: i64) -> Arc<Budget> {
     let config = &plan.config;
     let credits = &config.credits;
-    let cost = i64::try_from(credits.cost).unwrap_or(i64::MAX);
     let account = Account::new(
         plan.store.clone(),
         Holder {
             worker: worker.to_owned(),
             run,
-            allowance: i64::try_from(credits.allowance).unwrap_or(i64::MAX),
-            reserve: reserve(config),
-            cost,
+            allowance: credits.allowance,
+            reserve: credits.reserve,
+            cost: credits.cost,
             run_limit: plan.max_credits,
             stale_after: config.lock_stale_after,
         },
@@ -337,9 +331,11 @@ fn budget(plan: &Plan, worker: &str, run: i64) -> Arc<Budget> {
     Arc::new(Budget::new(
         Arc::new(account),
         credits.periods.clone(),
-        cost,
-        reserve(config),
-        cost.saturating_mul(i64::from(config.limits.max_concurrency.get())),
+        credits.cost,
+        credits.reserve,
+        credits
+            .cost
+            .saturating_mul(i64::from(config.limits.max_concurrency.get())),
     ))
 }
 

@@ -448,7 +448,7 @@ fn concurrency_chart(h: &mut String, r: &Report, placed: &[Placed]) {
 
 fn credits_panel(h: &mut String, r: &Report, placed: &[Placed]) {
     let c = &r.credits;
-    let reserve = i64::try_from(c.reserve).unwrap_or(i64::MAX);
+    let reserve = c.reserve;
     let before = (c.period_spent - c.spent).max(0);
     let this = c.spent.min(c.period_spent);
     let free = (c.allowance - reserve - c.period_spent).max(0);

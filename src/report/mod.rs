@@ -54,7 +54,7 @@ pub struct Credits {
     pub remaining: i64,
     pub allowance: i64,
     /// `credits.reserve`: what runs must leave unspent.
-    pub reserve: u64,
+    pub reserve: i64,
     /// Spent in the period by every run.
     pub period_spent: i64,
 }

@@ -37,11 +37,7 @@ impl Store {
         sqlx::any::install_default_drivers();
         let url = config.database_url.expose();
         let shown = config.database_display();
-        let backend = if url.starts_with("sqlite:") {
-            Backend::Sqlite
-        } else {
-            Backend::Postgres
-        };
+        let backend = config.database_url.backend();
         let pool = pool(config, backend, create).await?;
 
         // sqlx's migrator locks on PostgreSQL, not on SQLite: two first starts at

@@ -347,11 +347,10 @@ impl Store {
     pub async fn funds(
         &self,
         period: &str,
-        allowance: u64,
+        allowance: i64,
         reserve: i64,
         stale_after: Duration,
     ) -> Result<Funds> {
-        let allowance = i64::try_from(allowance).context("credits.allowance is too large")?;
         self.ensure_period(period, allowance).await?;
         self.expire_gone_here().await?;
         let mut conn = self.pool.acquire().await.context("reading the credits")?;

@@ -64,13 +64,8 @@ pub use rows::{
 pub use samples::{FailureGroup, Sample};
 use statements::Statements;
 
-/// Which engine is behind the URL: the SQL is shared, the migrations and a few
-/// schema queries are not.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    Sqlite,
-    Postgres,
-}
+/// Which engine is behind the URL: read once, with the URL, by `config`.
+pub use crate::config::Backend;
 
 pub struct Store {
     pool: AnyPool,

@@ -8,8 +8,7 @@ use super::{PeriodRow, Store, query};
 
 impl Store {
     /// The period's row, created with `allowance` if it does not exist yet.
-    pub async fn period(&self, period: &str, allowance: u64) -> Result<PeriodRow> {
-        let allowance = i64::try_from(allowance).context("credits.allowance is too large")?;
+    pub async fn period(&self, period: &str, allowance: i64) -> Result<PeriodRow> {
         query(&self.sql.ensure_period)
             .bind(period.to_owned())
             .bind(allowance)

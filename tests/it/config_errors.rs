@@ -1,6 +1,6 @@
 //! Bad input: exit code 2 and a message naming the key or flag, and the fix.
 
-use crate::harness::{Conf, TestEnv, assert_exit, text};
+use crate::harness::{Conf, SHIPPED_CONFIG, TestEnv, assert_exit, text};
 
 /// Runs `freshen run` with the test config edited by `edit`, expecting exit 2 and
 /// every one of `needles` in the error.
@@ -55,7 +55,7 @@ async fn each_bad_configuration_exits_2_naming_the_key() {
     .await;
     rejects(
         &env,
-        set("timeout = \"5s\"", "timeout = \"5 parsecs\""),
+        set("\ntimeout = \"5s\"", "\ntimeout = \"5 parsecs\""),
         &[],
         &["api.timeout", "not a duration"],
     )
@@ -118,4 +118,45 @@ async fn each_bad_configuration_exits_2_naming_the_key() {
         .unwrap();
     assert_exit(&out, 2);
     assert!(text(&out.stderr).contains("/nonexistent/freshen.toml"));
+}
+
+/// The tests run on the shipped `config.toml`: the written file holds every key
+/// and comment of it, the keys a test sets aside.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_test_config_is_the_shipped_one_with_its_keys_set() {
+    let env = TestEnv::new(1).await;
+    env.write_config(&Conf::default());
+    let written = std::fs::read_to_string(env.config_path()).unwrap();
+    for comment in SHIPPED_CONFIG.lines().filter(|l| l.starts_with('#')) {
+        assert!(written.contains(comment), "lost: {comment}");
+    }
+    let table = |text: &str| text.parse::<toml::Table>().unwrap();
+    let (shipped, written) = (table(SHIPPED_CONFIG), table(&written));
+    let set = [
+        "database.url",
+        "api.base_url",
+        "api.timeout",
+        "limits.rate",
+        "limits.max_concurrency",
+        "retry.max_attempts",
+        "retry.base_delay",
+        "retry.max_delay",
+        "retry.max_outage",
+        "checkpoint.batch_size",
+        "checkpoint.interval",
+        "credits.allowance",
+        "credits.reserve",
+        "lock.stale_after",
+    ];
+    assert_eq!(written["limits"]["rate"].as_integer(), Some(5000));
+    assert_eq!(written["api"]["timeout"].as_str(), Some("5s"));
+    for (section, keys) in &shipped {
+        for (key, value) in keys.as_table().unwrap() {
+            let dotted = format!("{section}.{key}");
+            let got = &written[section][key];
+            if !set.contains(&dotted.as_str()) {
+                assert_eq!(got, value, "{dotted} is as shipped");
+            }
+        }
+    }
 }

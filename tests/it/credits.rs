@@ -56,12 +56,7 @@ async fn the_budget_stops_the_run_at_exactly_allowance_less_reserve() {
         .to_zoned(jiff::tz::TimeZone::UTC)
         .day();
     let reset = if today == 1 { 2 } else { today };
-    env.edit_config(|c| {
-        c.replace(
-            "reserve = 100",
-            &format!("reserve = 100\nreset_day = {reset}"),
-        )
-    });
+    env.set_keys(&[("credits.reset_day", &reset.to_string())]);
     let out = env.freshen(&["run"]).await;
     assert_exit(&out, 3);
     assert_eq!(env.sandbox().stats().requests, 1800);
@@ -179,12 +174,7 @@ async fn the_vendors_remaining_count_is_trusted_when_it_is_lower() {
         reserve: 10,
         ..Conf::default()
     });
-    env.edit_config(|c| {
-        c.replace(
-            "reserve = 10",
-            "reserve = 10\nremaining_header = \"X-Credits-Remaining\"",
-        )
-    });
+    env.set_keys(&[("credits.remaining_header", "\"X-Credits-Remaining\"")]);
     let out = env.freshen(&["run"]).await;
     assert_exit(&out, 3);
     let stats = env.sandbox().stats();

@@ -186,12 +186,7 @@ async fn the_account_endpoint_is_asked_unbilled_unless_offline() {
         allowance: 1000,
         ..Conf::default()
     });
-    env.edit_config(|c| {
-        c.replace(
-            "reserve = 0",
-            "reserve = 0\nremaining_url = \"/v1/account\"",
-        )
-    });
+    env.set_keys(&[("credits.remaining_url", "\"/v1/account\"")]);
     let out = env.freshen(&["estimate"]).await;
     assert_exit(&out, 2);
     assert!(
@@ -199,12 +194,7 @@ async fn the_account_endpoint_is_asked_unbilled_unless_offline() {
         "{}",
         text(&out.stderr)
     );
-    env.edit_config(|c| {
-        c.replace(
-            "remaining_url = \"/v1/account\"",
-            "remaining_url = \"/v1/account\"\nremaining_pointer = \"/credits/remaining\"",
-        )
-    });
+    env.set_keys(&[("credits.remaining_pointer", "\"/credits/remaining\"")]);
 
     let e = estimate_json(&env, &["--offline"]).await;
     assert_eq!(env.sandbox().stats().account, 0, "--offline asks nothing");

@@ -1,5 +1,6 @@
 //! The test environment (after fd's `TestEnv`): a temporary directory with a
-//! config file and a seeded database, the in-process sandbox as the vendor, and
+//! config file (the shipped `config.toml` with a test's keys set by `toml_edit`)
+//! and a seeded database (one sample for both engines), the in-process sandbox as the vendor, and
 //! the real `freshen` binary run with a cleared environment.
 //!
 //! The database is SQLite (a file in the directory), or with
@@ -19,6 +20,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 use sqlx::{Connection, Executor, Row};
 use tempfile::TempDir;
 use tokio::process::{Child, Command};
+use toml_edit::DocumentMut;
 
 /// The config's tunable keys; everything else is as in the shipped `config.toml`.
 #[derive(Debug, Clone)]
@@ -28,8 +30,8 @@ pub struct Conf {
     pub max_attempts: u32,
     pub base_delay: &'static str,
     pub batch_size: usize,
-    pub allowance: u64,
-    pub reserve: u64,
+    pub allowance: i64,
+    pub reserve: i64,
     pub headers: &'static str,
     pub max_outage: &'static str,
     pub max_delay: &'static str,
@@ -52,6 +54,62 @@ impl Default for Conf {
             lock_stale_after: "60s",
         }
     }
+}
+
+/// The sample `people` table, on either database: `records` rows (keys
+/// 1..=records) as `demo`'s sample (a third never refreshed, the rest on dates
+/// spread over the year), and a `writes` column counting every update of
+/// `refreshed_at` (a trigger: the one statement each engine writes its own way).
+async fn seed_people(db: &AnyPool, postgres: bool, records: u64) {
+    let (key, trigger) = if postgres {
+        (
+            "BIGINT",
+            "CREATE FUNCTION count_writes() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN NEW.writes := OLD.writes + 1; RETURN NEW; END $$;
+             CREATE TRIGGER count_writes BEFORE UPDATE OF refreshed_at ON people
+               FOR EACH ROW EXECUTE FUNCTION count_writes();",
+        )
+    } else {
+        (
+            "INTEGER",
+            "CREATE TRIGGER count_writes AFTER UPDATE OF refreshed_at ON people
+             BEGIN UPDATE people SET writes = writes + 1 WHERE id = NEW.id; END;",
+        )
+    };
+    db.execute(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE people (id {key} PRIMARY KEY, name TEXT NOT NULL, title TEXT, \
+         company TEXT, score BIGINT, refreshed_at TEXT, writes BIGINT NOT NULL DEFAULT 0); \
+         {trigger}"
+    )))
+    .await
+    .unwrap();
+    // Two-digit month and day, written so both engines read it alike.
+    let two = |n: &str| format!("CASE WHEN {n} < 10 THEN '0' ELSE '' END || CAST({n} AS TEXT)");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $1) \
+         INSERT INTO people (id, name, refreshed_at) \
+         SELECT i, 'Person ' || CAST(i AS TEXT), CASE WHEN i % 3 = 0 THEN NULL \
+           ELSE '2026-' || {} || '-' || {} || 'T08:00:00Z' END FROM n",
+        two("1 + i % 10"),
+        two("1 + i % 28"),
+    )))
+    .bind(records as i64)
+    .execute(db)
+    .await
+    .unwrap();
+    db.close().await;
+}
+
+/// The shipped configuration: every test's config starts from it.
+pub const SHIPPED_CONFIG: &str = include_str!("../../config.toml");
+
+/// Sets the dotted `key` (`api.timeout`) of `doc` to `value`.
+fn set_key(doc: &mut DocumentMut, key: &str, value: toml_edit::Value) {
+    let mut item = doc.as_item_mut();
+    for part in key.split('.') {
+        item = &mut item[part];
+    }
+    *item = toml_edit::Item::Value(value);
 }
 
 pub struct TestEnv {
@@ -155,47 +213,8 @@ impl TestEnv {
 
     async fn seeded(records: u64, postgres: bool) -> TestEnv {
         let env = TestEnv::empty_on(postgres).await;
-        if env.pg.is_some() {
-            // The same sample as `demo`'s, and the same write counter.
-            let db = env.db().await;
-            db.execute(
-                "CREATE TABLE people (id BIGINT PRIMARY KEY, name TEXT NOT NULL, title TEXT, \
-                 company TEXT, score BIGINT, refreshed_at TEXT, writes BIGINT NOT NULL DEFAULT 0);
-                 CREATE FUNCTION count_writes() RETURNS trigger LANGUAGE plpgsql AS
-                   $$ BEGIN NEW.writes := OLD.writes + 1; RETURN NEW; END $$;
-                 CREATE TRIGGER count_writes BEFORE UPDATE OF refreshed_at ON people
-                   FOR EACH ROW EXECUTE FUNCTION count_writes();",
-            )
-            .await
-            .unwrap();
-            sqlx::query(
-                "INSERT INTO people (id, name, refreshed_at) \
-                 SELECT i, 'Person ' || i, CASE WHEN i % 3 = 0 THEN NULL ELSE \
-                   '2026-' || lpad((1 + i % 10)::text, 2, '0') || '-' \
-                   || lpad((1 + i % 28)::text, 2, '0') || 'T08:00:00Z' END \
-                 FROM generate_series(1, $1) AS i",
-            )
-            .bind(records as i64)
-            .execute(&db)
-            .await
-            .unwrap();
-            db.close().await;
-            return env;
-        }
-        assert!(
-            freshen::cmd::demo::create_sample(&env.db_url(), records)
-                .await
-                .unwrap()
-        );
-        let db = env.db().await;
-        db.execute(
-            "ALTER TABLE people ADD COLUMN writes INTEGER NOT NULL DEFAULT 0;
-             CREATE TRIGGER count_writes AFTER UPDATE OF refreshed_at ON people
-             BEGIN UPDATE people SET writes = writes + 1 WHERE id = NEW.id; END;",
-        )
-        .await
-        .unwrap();
-        db.close().await;
+        env.create_sqlite_file().await;
+        seed_people(&env.db().await, postgres, records).await;
         env
     }
 
@@ -250,18 +269,7 @@ impl TestEnv {
     /// A directory whose `people` table has text keys, as given.
     pub async fn with_text_keys(keys: &[&str]) -> TestEnv {
         let env = TestEnv::empty().await;
-        if env.pg.is_none() {
-            let options = SqliteConnectOptions::new()
-                .filename(env.db_path())
-                .create_if_missing(true);
-            SqlitePoolOptions::new()
-                .max_connections(1)
-                .connect_with(options)
-                .await
-                .unwrap()
-                .close()
-                .await;
-        }
+        env.create_sqlite_file().await;
         let db = env.db().await;
         db.execute(
             "CREATE TABLE people (id TEXT PRIMARY KEY, title TEXT, company TEXT, score BIGINT, \
@@ -342,68 +350,59 @@ impl TestEnv {
         panic!("the vendor did not see {calls} calls within 20 s");
     }
 
-    /// Writes `config.toml` pointing at the database and the sandbox.
+    /// Writes `config.toml`: the shipped one, pointing at the database and the
+    /// sandbox, with `c`'s keys set (comments and every other key as shipped).
     pub fn write_config(&self, c: &Conf) {
+        let mut doc: DocumentMut = SHIPPED_CONFIG
+            .parse()
+            .expect("the shipped config.toml parses");
         let base_url = self
             .sandbox
             .as_ref()
             .map_or("http://127.0.0.1:9".into(), Sandbox::base_url);
-        let text = format!(
-            r#"[database]
-url = "{db}"
+        let keys: [(&str, toml_edit::Value); 14] = [
+            ("database.url", self.db_url().into()),
+            ("api.base_url", base_url.into()),
+            ("api.timeout", "5s".into()),
+            ("limits.rate", i64::from(c.rate).into()),
+            (
+                "limits.max_concurrency",
+                i64::from(c.max_concurrency).into(),
+            ),
+            ("retry.max_attempts", i64::from(c.max_attempts).into()),
+            ("retry.base_delay", c.base_delay.into()),
+            ("retry.max_delay", c.max_delay.into()),
+            ("retry.max_outage", c.max_outage.into()),
+            ("checkpoint.batch_size", (c.batch_size as i64).into()),
+            ("checkpoint.interval", "100ms".into()),
+            ("credits.allowance", c.allowance.into()),
+            ("credits.reserve", c.reserve.into()),
+            ("lock.stale_after", c.lock_stale_after.into()),
+        ];
+        for (key, value) in keys {
+            set_key(&mut doc, key, value);
+        }
+        if !c.headers.is_empty() {
+            let headers: DocumentMut = c.headers.parse().expect("Conf::headers is TOML");
+            for (key, item) in headers.iter() {
+                doc["api"][key] = item.clone();
+            }
+        }
+        std::fs::write(self.config_path(), doc.to_string()).unwrap();
+    }
 
-[source]
-table = "people"
-key = "id"
-refreshed_at = "refreshed_at"
-
-[api]
-base_url = "{base_url}"
-path = "/v1/people/{{id}}"
-timeout = "5s"
-max_body_bytes = 1048576
-{headers}
-
-[api.response]
-"/title" = "title"
-"/company" = "company"
-"/score" = "score"
-
-[limits]
-rate = {rate}
-max_concurrency = {conc}
-
-[retry]
-max_attempts = {attempts}
-base_delay = "{base_delay}"
-max_delay = "{max_delay}"
-max_outage = "{max_outage}"
-
-[checkpoint]
-batch_size = {batch}
-interval = "100ms"
-
-[credits]
-allowance = {allowance}
-reserve = {reserve}
-
-[lock]
-stale_after = "{stale}"
-"#,
-            db = self.db_url(),
-            headers = c.headers,
-            rate = c.rate,
-            conc = c.max_concurrency,
-            attempts = c.max_attempts,
-            base_delay = c.base_delay,
-            batch = c.batch_size,
-            allowance = c.allowance,
-            reserve = c.reserve,
-            max_delay = c.max_delay,
-            max_outage = c.max_outage,
-            stale = c.lock_stale_after,
-        );
-        std::fs::write(self.config_path(), text).unwrap();
+    /// Sets keys of the written config (`("credits.reserve", "10")`: a dotted key
+    /// and a TOML value), adding those it lacks; every other line stays as it is.
+    pub fn set_keys(&self, keys: &[(&str, &str)]) {
+        let text = std::fs::read_to_string(self.config_path()).unwrap();
+        let mut doc: DocumentMut = text.parse().expect("the written config parses");
+        for (key, value) in keys {
+            let value = value
+                .parse()
+                .unwrap_or_else(|e| panic!("{key} = {value} is not a TOML value: {e}"));
+            set_key(&mut doc, key, value);
+        }
+        std::fs::write(self.config_path(), doc.to_string()).unwrap();
     }
 
     /// `freshen ARGS --config <this env's config>`, with a cleared environment.

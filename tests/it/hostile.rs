@@ -46,11 +46,11 @@ async fn env_for(addr: SocketAddr) -> TestEnv {
         max_outage: "5s",
         ..Conf::default()
     });
-    env.edit_config(|s| {
-        s.replace("http://127.0.0.1:9", &format!("http://{addr}"))
-            .replace("timeout = \"5s\"", "timeout = \"500ms\"")
-            .replace("max_body_bytes = 1048576", "max_body_bytes = 65536")
-    });
+    env.set_keys(&[
+        ("api.base_url", &format!("\"http://{addr}\"")),
+        ("api.timeout", "\"500ms\""),
+        ("api.max_body_bytes", "65536"),
+    ]);
     env
 }
 

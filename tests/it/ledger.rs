@@ -420,13 +420,7 @@ async fn the_vendors_stored_count_goes_down_with_every_credit_spent_after_it() {
         reserve: 0,
         ..Conf::default()
     });
-    let with_header = |c: String| {
-        c.replace(
-            "reserve = 0",
-            "reserve = 0\nremaining_header = \"X-Credits-Remaining\"",
-        )
-    };
-    env.edit_config(with_header);
+    env.set_keys(&[("credits.remaining_header", "\"X-Credits-Remaining\"")]);
     assert_exit(&env.freshen(&["run", "--max-credits", "100"]).await, 3);
     // The vendor's count (400 left) is stored; later runs do not read the header.
     env.write_config(&Conf {

@@ -216,7 +216,7 @@ async fn a_table_another_session_locks_stops_the_run_naming_the_holder() {
     let mut env = TestEnv::new_postgres(50).await;
     env.vendor(SandboxOptions::default()).await;
     env.write_config(&Conf::default());
-    env.edit_config(|c| c.replace("[database]\n", "[database]\nlock_timeout = \"2s\"\n"));
+    env.set_keys(&[("database.lock_timeout", "\"2s\"")]);
     // Migrations first, so the plan is what waits.
     assert_exit(&env.freshen(&["status", "--offline"]).await, 0);
 
@@ -255,7 +255,7 @@ async fn sigterm_does_not_wait_out_another_sessions_lock() {
         ..Conf::default()
     });
     // Far longer than the test waits: only the stop can end the wait.
-    env.edit_config(|c| c.replace("[database]\n", "[database]\nlock_timeout = \"10m\"\n"));
+    env.set_keys(&[("database.lock_timeout", "\"10m\"")]);
 
     let child = env.spawn(&["run"]);
     env.wait_for_calls(50).await;

@@ -306,7 +306,7 @@ async fn an_unreachable_base_url_stops_within_the_connect_grace() {
         max_outage: "30m",
         ..Conf::default()
     });
-    env.edit_config(|c| c.replace("[retry]\n", "[retry]\nconnect_grace = \"2s\"\n"));
+    env.set_keys(&[("retry.connect_grace", "\"2s\"")]);
     let summary = env.dir.path().join("last.json");
     let out = env
         .freshen(&["run", "--summary-json", summary.to_str().unwrap()])

@@ -352,7 +352,7 @@ async fn an_https_vendor_with_a_private_ca_works_with_ca_file_and_stops_clearly_
 
     // With it: the run resumes and completes over TLS.
     std::fs::write(env.dir.path().join("ca.pem"), &ca_pem).unwrap();
-    env.edit_config(|s| s.replace("max_body_bytes", "ca_file = \"ca.pem\"\nmax_body_bytes"));
+    env.set_keys(&[("api.ca_file", "\"ca.pem\"")]);
     let out = env.freshen(&["run"]).await;
     assert_exit(&out, 0);
     assert_eq!(env.item_states().await, (8, 0, 0));

@@ -193,13 +193,10 @@ async fn status_needs_no_vendor_token_and_says_what_it_skipped() {
 
     // With credits.remaining_url it would ask the vendor: without the token it
     // does not, says so and why, and reports the database's figures.
-    env.edit_config(|c| {
-        c.replace(
-            "reserve = 0",
-            "reserve = 0\nremaining_url = \"/v1/account\"\n\
-             remaining_pointer = \"/credits/remaining\"",
-        )
-    });
+    env.set_keys(&[
+        ("credits.remaining_url", "\"/v1/account\""),
+        ("credits.remaining_pointer", "\"/credits/remaining\""),
+    ]);
     let out = env.freshen(&["status"]).await;
     assert_exit(&out, 0);
     let err = text(&out.stderr);
