@@ -14,7 +14,6 @@ use anyhow::{Context, Result};
 use reqwest::{Client, Response, StatusCode};
 
 use crate::config::{Config, PathPart, StatusPattern};
-use crate::pacer::Signal;
 use crate::record::{ColumnKind, Value};
 use crate::store::Item;
 
@@ -69,23 +68,6 @@ pub struct Call {
     pub billed: bool,
     /// From the request's start to the answer's end.
     pub elapsed: Duration,
-}
-
-impl Call {
-    /// What the answer tells the pacer, and the wait a throttle asks for.
-    pub fn signal(&self) -> (Signal, Option<Duration>) {
-        match &self.result {
-            Ok(_) => (Signal::Success(self.elapsed), None),
-            Err(CallError::Throttled { retry_after }) => (Signal::Throttled, *retry_after),
-            Err(CallError::Transient { overload: true, .. }) => (Signal::Overloaded, None),
-            Err(CallError::Transient {
-                overload: false, ..
-            }) => (Signal::Failed, None),
-            Err(CallError::Permanent(_) | CallError::OutOfCredits | CallError::Fatal(_)) => {
-                (Signal::Answered, None)
-            }
-        }
-    }
 }
 
 /// How a `{column}` placeholder of `api.path` is filled.

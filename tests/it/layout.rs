@@ -208,3 +208,78 @@ fn the_loop_finder_finds_a_loop() {
     graph.insert(c.clone(), BTreeSet::from([a.clone()]));
     assert_eq!(find_loop(&graph), Some(vec![a.clone(), b, c, a]));
 }
+
+/// The functions of a file as (name, first line, lines): a function begins at a
+/// line that declares it (`fn`, after `pub`, `async`, `const`, `unsafe`) and
+/// ends at the first line that is its own indentation and `}` (rustfmt's form).
+fn functions(text: &str) -> Vec<(String, usize, usize)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut found = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let body = line.trim_start();
+        let indent = &line[..line.len() - body.len()];
+        let mut words = body.split_whitespace().peekable();
+        while words
+            .peek()
+            .is_some_and(|w| w.starts_with("pub") || ["async", "const", "unsafe"].contains(w))
+        {
+            words.next();
+        }
+        if words.next() != Some("fn") || line.trim_end().ends_with(';') {
+            continue;
+        }
+        let name: String = words
+            .next()
+            .unwrap_or("")
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect();
+        if body.contains('{') && body.ends_with('}') {
+            found.push((name, i + 1, 1));
+            continue;
+        }
+        let close = format!("{indent}}}");
+        if let Some(end) = (i + 1..lines.len()).find(|&j| lines[j] == close) {
+            found.push((name, i + 1, end - i + 1));
+        }
+    }
+    found
+}
+
+#[test]
+fn no_function_of_src_is_over_100_lines() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    sources(&src, &mut files);
+    let mut long = Vec::new();
+    let mut seen = 0;
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        for (name, line, lines) in functions(&text) {
+            seen += 1;
+            if lines > 100 {
+                let at = file.strip_prefix(&src).unwrap().display();
+                long.push(format!("{at}:{line} {name}: {lines} lines"));
+            }
+        }
+    }
+    assert!(seen > 500, "the check finds the functions: {seen}");
+    assert!(
+        long.is_empty(),
+        "functions over 100 lines:\n{}",
+        long.join("\n")
+    );
+}
+
+#[test]
+fn the_function_finder_measures_a_function() {
+    let text = "impl A {\n    pub(crate) async fn go(&self) {\n        if x {\n        }\n    }\n    fn decl();\n}\nfn two() {}\nfn three() {\n}\n";
+    assert_eq!(
+        functions(text),
+        [
+            ("go".to_owned(), 2, 4),
+            ("two".to_owned(), 8, 1),
+            ("three".to_owned(), 9, 2)
+        ]
+    );
+}
