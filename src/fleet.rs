@@ -21,8 +21,10 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
+use crate::credits::Budget;
+use crate::lease::Lease;
 use crate::pacer::Pacer;
-use crate::store::Store;
+use crate::store::{Item, Store};
 
 /// Time the shared bucket is asked for at once: a few tokens per round trip.
 const PACE_BLOCK: Duration = Duration::from_millis(50);
@@ -118,5 +120,106 @@ impl Fleet {
                 tracing::warn!("{e:#}");
             }
         });
+    }
+}
+
+/// Who works a run: this process alone, or it and the other workers of a
+/// joined run (`--join`). The engine asks it at each point where the two
+/// differ (the next items, the rate token, a throttle, leaving) and never
+/// branches on which it is.
+#[derive(Debug, Clone)]
+pub enum Crew {
+    Alone,
+    Joined(Arc<Fleet>),
+}
+
+/// Items read from the queue per query, alone on a run.
+const FETCH: i64 = 512;
+/// Items a worker of a joined run claims at once: small, so the others get
+/// work too and a dead worker strands few.
+const CLAIM: i64 = 32;
+/// How often a worker with nothing to claim looks again while others hold items.
+const CLAIM_POLL: Duration = Duration::from_millis(500);
+
+impl Crew {
+    pub fn is_joined(&self) -> bool {
+        matches!(self, Crew::Joined(_))
+    }
+
+    /// The next items to work, in queue order; none when the run has none
+    /// left. Alone: the pending items after `after`. A worker of a joined run
+    /// claims a small batch no live worker holds, and while others hold the
+    /// rest, waits (giving its unused credits back: they may be what one of
+    /// them lacks); if one of them dies, its items come back to the queue.
+    pub async fn next_items(
+        &self,
+        store: &Store,
+        run: i64,
+        after: i64,
+        budget: &Budget,
+    ) -> anyhow::Result<Vec<Item>> {
+        let Crew::Joined(fleet) = self else {
+            return store.pending_after(run, after, FETCH).await;
+        };
+        loop {
+            let claimed = store
+                .claim(run, &fleet.worker, fleet.stale_after, CLAIM)
+                .await?;
+            if !claimed.is_empty() || !store.has_pending(run).await? {
+                return Ok(claimed);
+            }
+            budget.give_back_unused().await?;
+            tokio::time::sleep(CLAIM_POLL).await;
+        }
+    }
+
+    /// Waits for the table's shared rate token and any pause that came with
+    /// it (joined); alone, the pacer's own bucket is all there is.
+    pub async fn token(&self, pacer: &Pacer) {
+        if let Crew::Joined(fleet) = self {
+            fleet.token(pacer).await;
+            // A throttle another worker saw may have come with the token.
+            pacer.wait_pause().await;
+        }
+    }
+
+    /// A throttle this process saw: joined, it holds every worker of the table.
+    pub fn throttled(&self, pause: Duration) {
+        if let Crew::Joined(fleet) = self {
+            fleet.pause_all(pause);
+        }
+    }
+
+    /// This process leaves the run: a worker of a joined run gives back the
+    /// items it claimed and did not finish (the others may still be at work),
+    /// and every process gives back its unused credits, unless it failed with
+    /// answers unwritten (their credits may have been billed: they count as
+    /// spent once its heartbeat is stale) or was fenced (its reservation is
+    /// another's to settle). Returns how many other workers of the run are
+    /// still live.
+    pub async fn leave(
+        &self,
+        store: &Store,
+        lease: &Lease,
+        run: i64,
+        clean: bool,
+    ) -> anyhow::Result<i64> {
+        let fenced = lease.is_fenced();
+        if let Crew::Joined(fleet) = self
+            && !fenced
+        {
+            store.release_claims(run, &fleet.worker).await?;
+        }
+        if clean && !fenced {
+            store.leave(&lease.worker).await?;
+        }
+        match self {
+            Crew::Joined(fleet) => {
+                store
+                    .other_live_workers(run, &fleet.worker, fleet.stale_after)
+                    .await
+            }
+            Crew::Alone => Ok(0),
+        }
     }
 }

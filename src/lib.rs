@@ -24,7 +24,8 @@
 //!   budget that reserves each call's credits from the ledger before it is sent.
 //! - [`lease`]: this process's heartbeat in the database; its credits and claims
 //!   hold only while it is fresh, and a process that lost it stops calling.
-//! - [`fleet`]: what the workers of a joined run (`run --join`) share: claims,
+//! - [`fleet`]: [`fleet::Crew`], alone or joined, where solo and joined work
+//!   differ; what the workers of a joined run (`run --join`) share: claims,
 //!   the rate, the credits.
 //! - [`report`]: `freshen report`, a run's HTML page or JSON.
 //! - [`progress`]: the bar, the periodic log line, the summary.

@@ -36,7 +36,7 @@ use tokio_util::task::TaskTracker;
 use crate::api::{Call, CallError, Vendor};
 use crate::config::Config;
 use crate::credits::{Budget, Reservation, Spent};
-use crate::fleet::Fleet;
+use crate::fleet::Crew;
 use crate::lease::Lease;
 use crate::pacer::{Backoff, Outage, Pacer, Signal, Ticket};
 use crate::store::{CallCounts, Finished, Item, Resolution, Store};
@@ -112,9 +112,6 @@ impl Tally {
     }
 }
 
-/// Items read from the queue per query.
-const FETCH: i64 = 512;
-
 struct Shared {
     vendor: Vendor,
     pacer: Arc<Pacer>,
@@ -127,7 +124,7 @@ struct Shared {
     outbox: Arc<checkpoint::Outbox>,
     retry: crate::config::Retry,
     /// A worker of a joined run: the shared rate and pause.
-    fleet: Option<Arc<Fleet>>,
+    crew: Crew,
     lease: Arc<Lease>,
 }
 
@@ -161,8 +158,9 @@ pub struct Job {
     /// This process's lease: it names the claimant of the items it works and
     /// the holder of its credits, and fences it if it goes stale.
     pub lease: Arc<Lease>,
-    /// With `--join`: the run's other workers share the queue, rate and credits.
-    pub fleet: Option<Arc<Fleet>>,
+    /// Alone, or with `--join` the run's other workers, who share the queue,
+    /// rate and credits.
+    pub crew: Crew,
 }
 
 /// Works the run's pending items until none is left or something stops it.
@@ -176,7 +174,7 @@ pub async fn execute(job: Job, shutdown: &CancellationToken) -> Result<Stop> {
         budget,
         run,
         lease,
-        fleet,
+        crew,
     } = job;
     let stop = shutdown.child_token();
     let outbox = Arc::new(checkpoint::Outbox::new(config.checkpoint.batch_size.get()));
@@ -206,7 +204,7 @@ pub async fn execute(job: Job, shutdown: &CancellationToken) -> Result<Stop> {
         fatal: Mutex::new(None),
         outbox,
         retry: config.retry.clone(),
-        fleet,
+        crew,
         lease,
     });
 
@@ -220,7 +218,7 @@ pub async fn execute(job: Job, shutdown: &CancellationToken) -> Result<Stop> {
     let outages = tokio::spawn(outage::share(
         store.clone(),
         shared.pacer.clone(),
-        shared.fleet.is_some(),
+        shared.crew.is_joined(),
         watching.clone(),
     ));
     let dispatched = dispatch(&store, run, &shared, &slots, &tracker).await;
@@ -257,7 +255,7 @@ async fn dispatch(
     let mut after = 0;
     loop {
         let reading = checkpoint::reconnecting(
-            || next_items(store, run, after, shared),
+            || shared.crew.next_items(store, run, after, &shared.budget),
             shared.retry.max_outage,
             "waiting to read the next items",
         );
@@ -295,37 +293,6 @@ async fn dispatch(
         }
     }
 }
-
-/// The next items to work, in queue order; none when the run has none left.
-/// Alone on a run: the pending items after `after`. A worker of a joined run
-/// claims a small batch no live worker holds, and while others hold the rest,
-/// waits: if one of them dies, its items come back to the queue.
-async fn next_items(store: &Store, run: i64, after: i64, shared: &Shared) -> Result<Vec<Item>> {
-    let Some(fleet) = &shared.fleet else {
-        return store.pending_after(run, after, FETCH).await;
-    };
-    loop {
-        let claimed = store
-            .claim(run, &fleet.worker, fleet.stale_after, CLAIM)
-            .await?;
-        if !claimed.is_empty() {
-            return Ok(claimed);
-        }
-        if !store.has_pending(run).await? {
-            return Ok(claimed);
-        }
-        // Nothing to claim while others hold the last items: this worker's
-        // unused credits may be what one of them lacks.
-        shared.budget.give_back_unused().await?;
-        tokio::time::sleep(CLAIM_POLL).await;
-    }
-}
-
-/// Items a worker of a joined run claims at once: small, so the others get
-/// work too and a dead worker strands few.
-const CLAIM: i64 = 32;
-/// How often a worker with nothing to claim looks again while others hold items.
-const CLAIM_POLL: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// One item, from its first call to its result: throttled answers pause everyone and
 /// try again without counting an attempt; transient failures wait out a jittered
@@ -400,12 +367,8 @@ async fn ready(shared: &Shared, hold: &mut Hold) -> Option<Ticket> {
             return None;
         }
     };
-    if let Some(fleet) = &shared.fleet {
-        // The table's shared bucket: all workers together keep to the rate.
-        shared.unless_stopped(fleet.token(pacer)).await?;
-        // A throttle another worker saw may have come with the token.
-        shared.unless_stopped(pacer.wait_pause()).await?;
-    }
+    // Joined, the table's shared bucket: all workers together keep to the rate.
+    shared.unless_stopped(shared.crew.token(pacer)).await?;
     if shared.stop.is_cancelled() {
         return None;
     }
@@ -503,8 +466,10 @@ async fn work(shared: Arc<Shared>, mut item: Item, _slot: OwnedSemaphorePermit, 
         pacer.saw(call.status, call.result.as_ref().err());
         let (signal, retry_after) = signal_of(&call);
         let outage = pacer.observe(&mut ticket, item.seq, signal, retry_after, call.hint);
-        if let (Some(fleet), Signal::Throttled) = (&shared.fleet, signal) {
-            fleet.pause_all(retry_after.unwrap_or(shared.retry.base_delay));
+        if signal == Signal::Throttled {
+            shared
+                .crew
+                .throttled(retry_after.unwrap_or(shared.retry.base_delay));
         }
 
         let resolution = match call.result {

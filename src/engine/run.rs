@@ -18,7 +18,7 @@ use crate::api::Vendor;
 use crate::config::Config;
 use crate::credits::{Budget, Spent};
 use crate::error::Exit;
-use crate::fleet::{Fleet, Joined};
+use crate::fleet::{Crew, Fleet, Joined};
 use crate::lease::Lease;
 use crate::metrics::{Live, Metrics};
 use crate::pacer::Pacer;
@@ -201,7 +201,7 @@ impl Life<'_> {
         let Plan { config, store, .. } = plan;
         let stale_after = config.lock_stale_after;
         let lease = Lease::take(store.clone(), run.id, worker.to_owned(), stale_after).await?;
-        let fleet = self.fleet(run.id).await?;
+        let crew = self.crew(run.id).await?;
         let budget = budget(plan, worker, run.id);
         store.set_status(run.id, RunStatus::Running).await?;
         let tally = Arc::new(Tally::default());
@@ -234,7 +234,7 @@ impl Life<'_> {
         );
         let job = Job {
             lease: lease.clone(),
-            fleet: fleet.clone(),
+            crew: crew.clone(),
             vendor: Vendor::new(config, store.mapped_kinds())?,
             pacer: pacer.clone(),
             config: config.clone(),
@@ -246,7 +246,7 @@ impl Life<'_> {
         let outcome = super::execute(job, &shutdown).await;
         watching.cancel();
         sampler.finish().await;
-        let others = leave(store, &lease, fleet.as_deref(), run.id, outcome.is_ok()).await?;
+        let others = crew.leave(store, &lease, run.id, outcome.is_ok()).await?;
         let stop = match outcome {
             Ok(stop) => stop,
             Err(e) => {
@@ -282,14 +282,14 @@ impl Life<'_> {
 
     /// With `--join`, this worker's share of the run's queue, rate and
     /// credits; alone, nothing (and claims an earlier `--join` left go).
-    async fn fleet(&self, run: i64) -> Result<Option<Arc<Fleet>>> {
+    async fn crew(&self, run: i64) -> Result<Crew> {
         let (config, store, worker) = (&self.plan.config, &self.plan.store, &self.worker);
         let stale_after = config.lock_stale_after;
         Ok(match self.plan.join {
             true => {
                 store.join_pace().await?;
                 tracing::info!("worker {worker} joins run {}", run);
-                Some(Arc::new(Fleet::new(
+                Crew::Joined(Arc::new(Fleet::new(
                     store.clone(),
                     Joined {
                         worker: worker.to_owned(),
@@ -304,7 +304,7 @@ impl Life<'_> {
                 // Alone on the run: claims left by the workers of an earlier `--join`
                 // mean nothing now.
                 store.clear_leases(run).await?;
-                None
+                Crew::Alone
             }
         })
     }
@@ -337,38 +337,6 @@ fn budget(plan: &Plan, worker: &str, run: i64) -> Arc<Budget> {
             .cost
             .saturating_mul(i64::from(config.limits.max_concurrency.get())),
     ))
-}
-
-/// This process leaves the run: a worker of a joined run gives back the items
-/// it claimed and did not finish (the others may still be at work), and every
-/// process gives back its unused credits, unless it failed with answers
-/// unwritten (their credits may have been billed: they count as spent once its
-/// heartbeat is stale) or was fenced (its reservation is another's to settle).
-/// Returns how many other workers of the run are still live.
-async fn leave(
-    store: &Store,
-    lease: &Lease,
-    fleet: Option<&Fleet>,
-    run: i64,
-    clean: bool,
-) -> Result<i64> {
-    let fenced = lease.is_fenced();
-    if let Some(fleet) = fleet
-        && !fenced
-    {
-        store.release_claims(run, &fleet.worker).await?;
-    }
-    if clean && !fenced {
-        store.leave(&lease.worker).await?;
-    }
-    match fleet {
-        Some(fleet) => {
-            store
-                .other_live_workers(run, &fleet.worker, fleet.stale_after)
-                .await
-        }
-        None => Ok(0),
-    }
 }
 
 /// A stopped run, on its way to its summary.
