@@ -7,14 +7,14 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::Store;
+use crate::store::{LockMode, Store};
 
 /// The lock this process holds on the table, kept fresh until released.
 pub struct Held {
     store: Arc<Store>,
     holder: String,
     /// The workers of a joined run share the lock.
-    shared: bool,
+    mode: LockMode,
     stale_after: Duration,
     tasks: [JoinHandle<()>; 2],
 }
@@ -25,7 +25,7 @@ impl Held {
     pub fn keep(
         store: Arc<Store>,
         holder: String,
-        shared: bool,
+        mode: LockMode,
         stale_after: Duration,
         stop: &CancellationToken,
     ) -> Held {
@@ -34,7 +34,7 @@ impl Held {
                 store.clone(),
                 holder.clone(),
                 stale_after,
-                shared,
+                mode,
                 stop.clone(),
             )),
             tokio::spawn(unblock_when_stopped(store.clone(), stop.clone())),
@@ -42,7 +42,7 @@ impl Held {
         Held {
             store,
             holder,
-            shared,
+            mode,
             stale_after,
             tasks,
         }
@@ -55,7 +55,7 @@ impl Held {
             task.abort();
         }
         let store = &self.store;
-        let unlocked = if self.shared {
+        let unlocked = if self.mode == LockMode::Shared {
             let last = store
                 .unlock_if_last(&self.holder, worker, self.stale_after)
                 .await;
@@ -79,7 +79,7 @@ async fn keep_lock(
     store: Arc<Store>,
     holder: String,
     stale_after: Duration,
-    shared: bool,
+    mode: LockMode,
     stop: CancellationToken,
 ) {
     loop {
@@ -87,8 +87,8 @@ async fn keep_lock(
         let kept = match store.heartbeat(&holder).await {
             // A solo run whose row was taken over stops; a joined run's row
             // may have been released by the last worker out as this one came.
-            Ok(false) if shared => store
-                .lock(&holder, stale_after, shared)
+            Ok(false) if mode == LockMode::Shared => store
+                .lock(&holder, stale_after, mode)
                 .await
                 .map(|taken| taken.is_ok()),
             kept => kept,

@@ -218,7 +218,7 @@ pub async fn execute(job: Job, shutdown: &CancellationToken) -> Result<Stop> {
     let outages = tokio::spawn(outage::share(
         store.clone(),
         shared.pacer.clone(),
-        shared.crew.is_joined(),
+        shared.crew.clone(),
         watching.clone(),
     ));
     let dispatched = dispatch(&store, run, &shared, &slots, &tracker).await;

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::fleet::Crew;
 use crate::pacer::{OutageView, Pacer};
 use crate::store::Store;
 
@@ -38,9 +39,10 @@ const PROBE_HOLD: Duration = Duration::from_secs(30);
 const PROBE_EVERY_AT_MOST: Duration = Duration::from_millis(750);
 
 /// Keeps the database's outage in step with this process's breaker until
-/// `stop`. `joined`: the breaker follows the fleet's and probes only when it
-/// takes the probe.
-pub async fn share(store: Arc<Store>, pacer: Arc<Pacer>, joined: bool, stop: CancellationToken) {
+/// `stop`. Joined (`crew`), the breaker follows the fleet's and probes only
+/// when it takes the probe.
+pub async fn share(store: Arc<Store>, pacer: Arc<Pacer>, crew: Crew, stop: CancellationToken) {
+    let joined = crew.is_joined();
     if joined {
         pacer.share_outages();
     }

@@ -24,7 +24,7 @@ use crate::metrics::{Live, Metrics};
 use crate::pacer::Pacer;
 use crate::progress::{Calls, CreditsSummary, Display, Failure, Summary};
 use crate::state::RunStatus;
-use crate::store::{Account, Holder, LockHolder, RunRow, Store};
+use crate::store::{Account, Holder, LockHolder, LockMode, RunRow, Store};
 
 /// How a run ended, for the operator.
 pub enum Outcome {
@@ -97,15 +97,16 @@ pub async fn run(plan: Plan, shutdown: CancellationToken, display: &Display) -> 
     // still going must not work the same queue. The workers of a joined run
     // share one holder name, and with it the lock.
     let worker = crate::store::this_process();
+    let mode = LockMode::of(plan.join);
     let holder = match plan.join {
         true => format!("the workers of `run --join` {}", plan.selection.canonical()),
         false => worker.clone(),
     };
-    if let Err(other) = store.lock(&holder, stale_after, plan.join).await? {
+    if let Err(other) = store.lock(&holder, stale_after, mode).await? {
         return Ok(Outcome::Locked(other));
     }
     let stop = shutdown.child_token();
-    let held = super::held::Held::keep(store.clone(), holder, plan.join, stale_after, &stop);
+    let held = super::held::Held::keep(store.clone(), holder, mode, stale_after, &stop);
     // After the lock: the metrics file belongs to the run that holds it.
     let metrics = plan
         .metrics

@@ -43,12 +43,31 @@ pub(super) enum Guard {
     Session(AnyConnection),
 }
 
+/// How a run holds its table's lock: alone, or shared among the workers of a
+/// joined run (`--join`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LockMode {
+    #[default]
+    Exclusive,
+    Shared,
+}
+
+impl LockMode {
+    /// The mode of a run started with `--join` (`join`) or not.
+    pub fn of(join: bool) -> LockMode {
+        if join {
+            LockMode::Shared
+        } else {
+            LockMode::Exclusive
+        }
+    }
+}
+
 /// The lower layer as this process holds it (or not), and in which mode.
 #[derive(Default)]
 pub(super) struct OsLock {
     guard: Option<Guard>,
-    /// Shared among the workers of a joined run; exclusive otherwise.
-    shared: bool,
+    mode: LockMode,
 }
 
 /// What taking the lower layer found.
@@ -102,16 +121,16 @@ fn take_over(backend: Backend) -> String {
 const ANY_AGE: i64 = -1_000_000_000_000_000;
 
 impl Store {
-    /// Takes the table's run lock for `holder` (`shared` for a joined run's
+    /// Takes the table's run lock for `holder` (`LockMode::Shared` for a joined run's
     /// workers), or reports who holds it. A dead holder's lock is taken at once;
     /// one whose holder may be alive, once its heartbeat is older than `stale_after`.
     pub async fn lock(
         &self,
         holder: &str,
         stale_after: Duration,
-        shared: bool,
+        mode: LockMode,
     ) -> Result<Result<(), LockHolder>> {
-        let layer = self.take_layer(shared).await;
+        let layer = self.take_layer(mode).await;
         let stale = i64::try_from(stale_after.as_millis()).unwrap_or(i64::MAX);
         let (take, take_over) = (take(self.backend), take_over(self.backend));
         let (sql, stale, dead) = match layer {
@@ -193,8 +212,8 @@ impl Store {
         .execute(&self.pool)
         .await?;
         if kept.rows_affected() == 1 {
-            let shared = self.os_lock.lock().await.shared;
-            self.take_layer(shared).await;
+            let mode = self.os_lock.lock().await.mode;
+            self.take_layer(mode).await;
         }
         Ok(kept.rows_affected() == 1)
     }
@@ -241,9 +260,9 @@ impl Store {
 
     /// Takes (or keeps) the lower layer. Never fails: what cannot be had is
     /// [`Layer::Unavailable`], and the row decides alone.
-    async fn take_layer(&self, shared: bool) -> Layer {
+    async fn take_layer(&self, mode: LockMode) -> Layer {
         let mut os = self.os_lock.lock().await;
-        os.shared = shared;
+        os.mode = mode;
         // A session the server dropped (a restart, pg_terminate_backend) holds
         // nothing any more: take it again, or learn that another run has.
         if let Some(Guard::Session(conn)) = &mut os.guard
@@ -258,7 +277,7 @@ impl Store {
             // just now proves its last holder dead.
             return Layer::Kept;
         }
-        match self.new_guard(shared).await {
+        match self.new_guard(mode).await {
             Ok(Some(guard)) => os.guard = Some(guard),
             Ok(None) => return Layer::Busy,
             Err(e) => {
@@ -266,7 +285,7 @@ impl Store {
                 return Layer::Unavailable;
             }
         }
-        if !shared {
+        if mode == LockMode::Exclusive {
             return Layer::Sole;
         }
         let others = match &mut os.guard {
@@ -286,7 +305,7 @@ impl Store {
     }
 
     /// The lower layer, taken without waiting: `None` if another process holds it.
-    async fn new_guard(&self, shared: bool) -> Result<Option<Guard>> {
+    async fn new_guard(&self, mode: LockMode) -> Result<Option<Guard>> {
         match self.backend {
             Backend::Sqlite => {
                 let Some((db, _)) = &self.sqlite_file else {
@@ -310,7 +329,7 @@ impl Store {
             }
             Backend::Postgres => {
                 let mut conn = self.pool.acquire().await?.detach();
-                let sql = if shared {
+                let sql = if mode == LockMode::Shared {
                     "SELECT pg_try_advisory_lock_shared(hashtext($1), hashtext($2))"
                 } else {
                     "SELECT pg_try_advisory_lock(hashtext($1), hashtext($2))"

@@ -55,7 +55,7 @@ pub use errors::{explain_write_failure, is_disconnect};
 pub use fleet::{PaceGrant, WorkerRow};
 pub use keys::KeyProblems;
 pub use ledger::{Account, Holder};
-pub use lock::{LockHolder, gone_here, lock_file, this_process};
+pub use lock::{LockHolder, LockMode, gone_here, lock_file, this_process};
 pub use outage::OutageRow;
 pub use prune::Pruned;
 pub use rows::{
