@@ -24,13 +24,13 @@ use tokio::time::Instant;
 use crate::credits::Budget;
 use crate::lease::Lease;
 use crate::pacer::Pacer;
-use crate::store::{Item, Store};
+use crate::store::{Item, PgStore, Store};
 
 /// Time the shared bucket is asked for at once: a few tokens per round trip.
 const PACE_BLOCK: Duration = Duration::from_millis(50);
 
 pub struct Fleet {
-    store: Arc<Store>,
+    store: PgStore,
     /// `host:pid`.
     pub worker: String,
     pub run: i64,
@@ -61,7 +61,7 @@ pub struct Joined {
 }
 
 impl Fleet {
-    pub fn new(store: Arc<Store>, j: Joined) -> Fleet {
+    pub fn new(store: PgStore, j: Joined) -> Fleet {
         let interval_us = (1e6 / j.rate.max(1e-3)).round().max(1.0) as i64;
         let block = (PACE_BLOCK.as_secs_f64() * j.rate).ceil().clamp(1.0, 256.0) as i64;
         Fleet {
@@ -162,7 +162,8 @@ impl Crew {
             return store.pending_after(run, after, FETCH).await;
         };
         loop {
-            let claimed = store
+            let claimed = fleet
+                .store
                 .claim(run, &fleet.worker, fleet.stale_after, CLAIM)
                 .await?;
             if !claimed.is_empty() || !store.has_pending(run).await? {
@@ -208,14 +209,15 @@ impl Crew {
         if let Crew::Joined(fleet) = self
             && !fenced
         {
-            store.release_claims(run, &fleet.worker).await?;
+            fleet.store.release_claims(run, &fleet.worker).await?;
         }
         if clean && !fenced {
             store.leave(&lease.worker).await?;
         }
         match self {
             Crew::Joined(fleet) => {
-                store
+                fleet
+                    .store
                     .other_live_workers(run, &fleet.worker, fleet.stale_after)
                     .await
             }

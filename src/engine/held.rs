@@ -55,14 +55,15 @@ impl Held {
             task.abort();
         }
         let store = &self.store;
-        let unlocked = if self.mode == LockMode::Shared {
-            let last = store
-                .unlock_if_last(&self.holder, worker, self.stale_after)
-                .await;
-            store.release().await;
-            last.map(|_| ())
-        } else {
-            store.unlock(&self.holder).await
+        let unlocked = match (self.mode, store.postgres()) {
+            (LockMode::Shared, Some(pg)) => {
+                let last = pg
+                    .unlock_if_last(&self.holder, worker, self.stale_after)
+                    .await;
+                store.release().await;
+                last.map(|_| ())
+            }
+            _ => store.unlock(&self.holder).await,
         };
         if let Err(e) = unlocked {
             tracing::warn!("{e:#}; the next run takes the lock over once this process has ended");

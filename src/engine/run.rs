@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use tokio_util::sync::CancellationToken;
 
 use super::choose::Nothing;
@@ -24,7 +24,7 @@ use crate::metrics::{Live, Metrics};
 use crate::pacer::Pacer;
 use crate::progress::{Calls, CreditsSummary, Display, Failure, Summary};
 use crate::state::RunStatus;
-use crate::store::{Account, Holder, LockHolder, LockMode, RunRow, Store};
+use crate::store::{Account, Holder, LockHolder, LockMode, PgStore, RunRow, Store};
 
 /// How a run ended, for the operator.
 pub enum Outcome {
@@ -172,12 +172,15 @@ impl Life<'_> {
         // The workers of a joined run start together: the first plans, the others
         // find its run.
         let planning = match plan.join {
-            true => Some(store.planning_lock().await?),
+            true => {
+                let pg = postgres(store)?;
+                Some((pg.planning_lock().await?, pg))
+            }
             false => None,
         };
         let chosen = super::choose::choose(plan, &period, &funds).await;
-        if let Some(conn) = planning {
-            store.planning_unlock(conn).await?;
+        if let Some((conn, pg)) = planning {
+            pg.planning_unlock(conn).await?;
         }
         let run = match chosen? {
             Ok(run) => run,
@@ -288,10 +291,11 @@ impl Life<'_> {
         let stale_after = config.lock_stale_after;
         Ok(match self.plan.join {
             true => {
-                store.join_pace().await?;
+                let pg = postgres(store)?;
+                pg.join_pace().await?;
                 tracing::info!("worker {worker} joins run {}", run);
                 Crew::Joined(Arc::new(Fleet::new(
-                    store.clone(),
+                    pg,
                     Joined {
                         worker: worker.to_owned(),
                         run,
@@ -309,6 +313,14 @@ impl Life<'_> {
             }
         })
     }
+}
+
+/// The store as PostgreSQL, for a joined run (`run` refuses `--join` on SQLite
+/// before it gets here).
+fn postgres(store: &Arc<Store>) -> Result<PgStore> {
+    store
+        .postgres()
+        .context("--join needs PostgreSQL: database.url is SQLite; run without --join")
 }
 
 /// The run's budget: every credit comes from the ledger in the database, a

@@ -5,13 +5,37 @@
 //! transaction on a row that serializes it. Times are the database's clock, so
 //! workers on hosts whose clocks disagree still agree on who is alive.
 
+use std::ops::Deref;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use sqlx::pool::PoolConnection;
 use sqlx::{Any, Row};
 
-use super::{Item, Store, rows::item_row};
+use super::{Backend, Item, Store, millis, rows::item_row};
+
+/// A store on PostgreSQL: the only way to the operations of a joined run (the
+/// claims, the shared pace, the planning lock), which need its row locks
+/// (`FOR UPDATE SKIP LOCKED`), advisory locks and clock. [`Store::postgres`]
+/// makes one; on SQLite there is none, so those calls cannot be written there.
+#[derive(Clone)]
+pub struct PgStore(Arc<Store>);
+
+impl Deref for PgStore {
+    type Target = Store;
+
+    fn deref(&self) -> &Store {
+        &self.0
+    }
+}
+
+impl Store {
+    /// This store as a [`PgStore`], if it is on PostgreSQL.
+    pub fn postgres(self: &Arc<Self>) -> Option<PgStore> {
+        (self.backend == Backend::Postgres).then(|| PgStore(self.clone()))
+    }
+}
 
 /// A worker of a joined run, as `freshen status` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -45,13 +69,9 @@ pub struct PaceGrant {
     pub outage: bool,
 }
 
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
-impl Store {
+impl PgStore {
     /// Serializes the planning of a joined run among its workers: the first plans,
-    /// the others find its run. Held until [`Store::planning_unlock`] (or the
+    /// the others find its run. Held until [`PgStore::planning_unlock`] (or the
     /// process's end: the lock is the session's).
     pub async fn planning_lock(&self) -> Result<PoolConnection<Any>> {
         let mut conn = self
@@ -132,7 +152,9 @@ impl Store {
         .context("giving back claimed items")?;
         Ok(())
     }
+}
 
+impl Store {
     /// Forgets every claim on the run's pending items: for a run without `--join`,
     /// which holds the table's lock alone.
     pub async fn clear_leases(&self, run: i64) -> Result<()> {
@@ -173,7 +195,9 @@ impl Store {
             })
             .collect()
     }
+}
 
+impl PgStore {
     /// Live workers of the run other than `except`.
     pub async fn other_live_workers(
         &self,

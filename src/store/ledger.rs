@@ -32,7 +32,7 @@ use futures_util::future::BoxFuture;
 use sqlx::{Any, Row};
 
 use super::sent::{SentLog, peek, sent_by_dead};
-use super::{Backend, Store};
+use super::{Backend, Store, millis};
 use crate::credits::{Funds, Grant, GrantSource, RunCap};
 
 /// The database clock in Unix milliseconds, as SQL text for the backend.
@@ -147,10 +147,6 @@ impl GrantSource for Account {
     fn give_back<'a>(&'a self, period: &'a str, credits: i64) -> BoxFuture<'a, Result<()>> {
         Box::pin(self.store.give_back(&self.holder.worker, period, credits))
     }
-}
-
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 impl Store {

@@ -52,7 +52,7 @@ use crate::selection::stamp;
 pub use crate::ident::Ident;
 pub use checkpoint::Rejected;
 pub use errors::{explain_write_failure, is_disconnect};
-pub use fleet::{PaceGrant, WorkerRow};
+pub use fleet::{PaceGrant, PgStore, WorkerRow};
 pub use keys::KeyProblems;
 pub use ledger::{Account, Holder};
 pub use lock::{LockHolder, LockMode, gone_here, lock_file, this_process};
@@ -119,6 +119,11 @@ fn bind_all(mut q: AnyQuery<'_>, binds: Vec<Bind>) -> AnyQuery<'_> {
 
 fn query(sql: &Arc<str>) -> AnyQuery<'static> {
     sqlx::query(AssertSqlSafe(sql.clone()))
+}
+
+/// A duration in whole milliseconds, as the statements bind it.
+fn millis(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 pub fn now_stamp() -> String {

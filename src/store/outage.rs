@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use sqlx::{AssertSqlSafe, Row};
 
-use super::Store;
 use super::ledger::now_ms;
+use super::{Store, millis};
 
 /// An outage in force, as `status` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,10 +25,6 @@ pub struct FleetOutage {
     /// This worker took the probe: nobody else probes until it answers, or
     /// until the hold it asked for runs out.
     pub probe: bool,
-}
-
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 impl Store {
