@@ -459,7 +459,7 @@ async fn work(shared: Arc<Shared>, mut item: Item, _slot: OwnedSemaphorePermit, 
                     let backoff = backoff.get_or_insert_with(|| Backoff::new(&shared.retry));
                     // Wait out the backoff, and longer while retries are over their share.
                     loop {
-                        let wait = backoff.next_delay();
+                        let wait = pacer.retry_wait(backoff.next_delay());
                         tracing::debug!(key = %item.key, attempt = item.attempts, ?wait, %reason, "retrying later");
                         tokio::select! {
                             biased;
