@@ -32,10 +32,10 @@
 //!     the rate refused): the rate is grossly over; `W` is that rate and the curve
 //!     starts at 0.7 of it (CUBIC's and the AWS SDKs' β), reaching it in [`FAST_K`].
 //!   - Otherwise the curve crept over the vendor's rate: the mean rate sent over
-//!     the last [`MEAN_WINDOW`] of the epoch is what the vendor's bucket took
-//!     (at most its rate plus its burst over that window), so `W` is 2% under
-//!     that mean and the curve starts 2% under `W`: it sits within a few percent
-//!     under the vendor's rate for most of `K`. Each probe costs a whole pause (the
+//!     the epoch's second half (at most [`MEAN_WINDOW`]), past the climb, is what
+//!     the vendor's bucket took (at most its rate plus its burst over that
+//!     window), so `W` is 2% under that mean and the curve starts 2% under `W`:
+//!     it sits within a few percent under the vendor's rate for most of `K`. Each probe costs a whole pause (the
 //!     vendor's Retry-After), so when a probe finds the same limit again (within
 //!     5%) `K` doubles, from [`FIRST_K`] up to [`MAX_K`]: a stable limit is probed
 //!     every few minutes, a raised one is still found.
@@ -588,8 +588,11 @@ impl Control {
         let refused = self.sent_rate(now).min(self.rate);
         let epoch = self.epoch.unwrap_or(now);
         let lasted = now.saturating_duration_since(epoch);
+        // The second half of the epoch: past the curve's climb, so the mean is
+        // what the vendor's bucket took while it was being emptied.
+        let window = (lasted / 2).min(MEAN_WINDOW);
         let mean = self
-            .mean_sent(now, lasted.min(MEAN_WINDOW))
+            .mean_sent(now, window)
             .map_or(refused, |m| m.min(refused));
         let (w, start, k, crept) = if doubling {
             (refused, refused * 0.5, FAST_K, false)
