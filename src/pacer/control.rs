@@ -219,8 +219,11 @@ const SENT_WINDOW: Duration = Duration::from_millis(250);
 /// How far back the mean rate of an epoch is measured, and in what slots.
 const MEAN_WINDOW: Duration = Duration::from_secs(10);
 const SLOT: Duration = Duration::from_millis(10);
-/// The curve's time to climb back after a gross overshoot.
-const FAST_K: f64 = 4.0;
+/// The curve's time to climb back after a slow-start or gross overshoot: as long
+/// as after a creep, so that the curve crosses the vendor's rate gently and the
+/// next refusal measures it (with 4 s, the steep crossing cost two or three more
+/// pauses in the first seconds of a run).
+const FAST_K: f64 = 20.0;
 /// The curve's time to climb back to a limit found by creeping over it, the first
 /// time and at most (doubling each time the same limit is found again).
 const FIRST_K: f64 = 20.0;
@@ -992,8 +995,8 @@ mod tests {
             )
             .rate
         };
-        // Concave: most of the way back in the first half of FAST_K, then flat.
-        let (half, near, past) = (at(&mut c, 2.0), at(&mut c, 4.0), at(&mut c, 6.0));
+        // Concave: most of the way back in the first half of K, then flat.
+        let (half, near, past) = (at(&mut c, 10.0), at(&mut c, 20.0), at(&mut c, 30.0));
         assert!(half > 940.0 && half < 1000.0, "{half}");
         assert!((near - 1000.0).abs() < 1.0, "{near}");
         assert_eq!(past, 1000.0, "capped by the ceiling");
