@@ -29,8 +29,11 @@
 //!     starts at half of it (the last round trip that was clean, TCP's slow-start
 //!     threshold), reaching `W` in [`FAST_K`].
 //!   - Refused soon after a resume at a flat rate (the rate sent over the epoch is
-//!     the rate refused): the rate is grossly over; `W` is that rate and the curve
-//!     starts at 0.7 of it (CUBIC's and the AWS SDKs' β), reaching it in [`FAST_K`].
+//!     the rate refused) that was not measured over at least [`TRUSTED_WINDOW`]
+//!     (the ceiling, or a mean over a short epoch): the rate is grossly over; `W`
+//!     is that rate and the curve starts at 0.7 of it (CUBIC's and the AWS SDKs'
+//!     β), reaching it in [`FAST_K`]. After a measured `W`, such a refusal is the
+//!     measure being a little high, and is taken as a creep (below).
 //!   - Otherwise the curve crept over the vendor's rate: the mean rate sent over
 //!     the epoch's second half (at most [`MEAN_WINDOW`]), past the climb, is what
 //!     the vendor's bucket took (at most its rate plus its burst over that
@@ -233,6 +236,8 @@ const MARGIN: f64 = 0.02;
 /// A refusal this soon after a resume, with the epoch's mean at the refused rate,
 /// is a gross overshoot.
 const SHORT_EPOCH: Duration = Duration::from_secs(3);
+/// A mean over this long is a measure of the vendor's rate (within its burst over it).
+const TRUSTED_WINDOW: Duration = Duration::from_secs(1);
 /// CUBIC's multiplicative decrease for a gross overshoot.
 const BETA: f64 = 0.7;
 /// From this round trip on, the limit is led by rate × round trip (Little's law)
@@ -255,6 +260,9 @@ struct Curve {
     from: Instant,
     /// `w` was found by creeping over the vendor's rate (not a gross overshoot).
     crept: bool,
+    /// `w` came from a mean over at least [`TRUSTED_WINDOW`]: a refusal soon after
+    /// is that measure being a little high, not a gross overshoot.
+    trusted: bool,
 }
 
 impl Curve {
@@ -599,7 +607,10 @@ impl Control {
             .map_or(refused, |m| m.min(refused));
         let (w, start, k, crept) = if doubling {
             (refused, refused * 0.5, FAST_K, false)
-        } else if lasted < SHORT_EPOCH && mean >= 0.97 * refused {
+        } else if lasted < SHORT_EPOCH
+            && mean >= 0.97 * refused
+            && !self.curve.is_some_and(|c| c.trusted)
+        {
             (refused, refused * BETA, FAST_K, false)
         } else {
             let w = mean * (1.0 - MARGIN);
@@ -617,6 +628,7 @@ impl Control {
             k,
             from: now + pause,
             crept,
+            trusted: crept && window >= TRUSTED_WINDOW,
         });
         self.rate = start;
         tracing::debug!(
