@@ -1,9 +1,12 @@
 """What the benchmark scripts share: the config they run freshen with, and the
 sandbox's port, start and counters."""
 
+import contextlib
 import json
 import os
+import signal
 import socket
+import subprocess
 import time
 import urllib.request
 
@@ -71,3 +74,43 @@ def wait_for(port, timeout=10):
 def sandbox_stats(port):
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/_sandbox/stats") as r:
         return json.load(r)
+
+
+def _exit_on(signum, _frame):
+    raise SystemExit(f"stopped by signal {signum}")
+
+
+def end_on_signals():
+    """SIGTERM and SIGHUP end the script through SystemExit, so every `finally` (the
+    sandbox's end among them) runs; Ctrl-C already does."""
+    for s in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, _exit_on)
+
+
+def stop(proc, grace=5):
+    """Ends `proc` and its process group: SIGTERM, then SIGKILL if it is still there
+    after `grace` seconds (a sandbox stuck in its graceful shutdown, say)."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@contextlib.contextmanager
+def sandbox(cmd):
+    """Runs `freshen sandbox` (`cmd`) in its own process group for the `with` block and
+    always ends it, whatever ends the block (an error, Ctrl-C, SIGTERM once
+    `end_on_signals` is set): a sandbox left behind keeps its port and CPU and skews
+    the next runs."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        yield proc
+    finally:
+        stop(proc)

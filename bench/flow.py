@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 
-from common import ROOT, config, free_port, sandbox_stats, wait_for
+from common import ROOT, config, end_on_signals, free_port, sandbox, sandbox_stats, wait_for
 
 
 # name, sandbox flags, config (rate, max_concurrency), ideal seconds for 2,000 records
@@ -82,15 +82,23 @@ def run(binary, name, sandbox_flags, rate, conc, ideal, records, latency, log="w
         config_path = os.path.join(tmp, "config.toml")
         with open(config_path, "w") as f:
             f.write(config(f"sqlite://{db}", port, conc, rate=rate, base_delay="500ms", max_delay="60s", max_outage="5m"))
-        sandbox = subprocess.Popen(
-            [sandbox_bin or binary, "sandbox", "--listen", f"127.0.0.1:{port}", "--latency", latency] + sandbox_flags,
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        try:
+        cmd = [sandbox_bin or binary, "sandbox", "--listen", f"127.0.0.1:{port}", "--latency", latency] + sandbox_flags
+        with sandbox(cmd) as vendor:
             wait_for(port)
+            if vendor.poll() is not None:
+                raise SystemExit(f"{name}: the sandbox exited {vendor.returncode} at start")
             summary = os.path.join(tmp, "summary.json")
             start = time.monotonic()
-            out = subprocess.run([binary, "run", "--config", config_path, "--summary-json", summary, "--log", log],
-                                 capture_output=True, text=True)
+            # A run that hangs must not hold the sandbox (and the machine) forever.
+            limit = 10 * ideal * records / 2000 + 60
+            try:
+                out = subprocess.run([binary, "run", "--config", config_path, "--summary-json", summary,
+                                      "--log", log], capture_output=True, text=True, timeout=limit)
+            except subprocess.TimeoutExpired as e:
+                if log_to and e.stderr:
+                    with open(log_to, "wb") as f:
+                        f.write(e.stderr if isinstance(e.stderr, bytes) else e.stderr.encode())
+                raise SystemExit(f"{name}: freshen did not finish within {limit:.0f} s (killed)")
             wall = time.monotonic() - start
             if log_to:
                 with open(log_to, "w") as f:
@@ -101,9 +109,6 @@ def run(binary, name, sandbox_flags, rate, conc, ideal, records, latency, log="w
             stats = sandbox_stats(port)
             with open(summary) as f:
                 result = json.load(f)
-        finally:
-            sandbox.terminate()
-            sandbox.wait()
     rejected = stats["throttled"] + stats["unavailable"] + stats["errors"]
     return {
         "scenario": name,
@@ -114,6 +119,7 @@ def run(binary, name, sandbox_flags, rate, conc, ideal, records, latency, log="w
         "rejected_share": round(rejected / max(stats["requests"], 1), 4),
         "calls_in_outage": stats["during_outage"],
         "failed": result["records"]["failed"],
+        "load": round(os.getloadavg()[0], 2),
     }
 
 
@@ -130,11 +136,12 @@ def main():
                    "a sandbox with --error-status and --instant-errors)")
     p.add_argument("--long", action="store_true", help="run issue 15's rows (long runs, own record counts) instead")
     args = p.parse_args()
+    end_on_signals()
     if not os.path.exists(args.bin):
         raise SystemExit(f"{args.bin} not found: run `cargo build --release` first, or pass --bin")
 
     rows = []
-    print(f"{'scenario':44} {'wall/ideal':>10} {'rejected':>9} {'calls':>6} {'in outage':>9} {'failed':>6}")
+    print(f"{'scenario':44} {'wall/ideal':>10} {'rejected':>9} {'calls':>6} {'in outage':>9} {'failed':>6} {'load':>5}")
     table = [(n, f, c, i, args.records, args.latency) for n, f, c, i in SCENARIOS]
     if args.long:
         table = [(n, f, c, i * 2000 / r, r, lat) for n, f, c, i, r, lat in LONG]
@@ -148,7 +155,7 @@ def main():
         row = run(args.bin, name, flags, rate, conc, ideal, records, latency, args.log, log_to, args.sandbox_bin)
         rows.append(row)
         print(f"{name:44} {row['wall_over_ideal']:>10.3f} {row['rejected_share']:>8.1%} {row['calls']:>6} "
-              f"{row['calls_in_outage']:>9} {row['failed']:>6}", flush=True)
+              f"{row['calls_in_outage']:>9} {row['failed']:>6} {row['load']:>5.2f}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)

@@ -419,7 +419,7 @@ fn account(
 /// share. False if the run stopped meanwhile.
 async fn wait_to_retry(shared: &Shared, backoff: &mut Backoff, item: &Item, reason: &str) -> bool {
     loop {
-        let wait = backoff.next_delay();
+        let wait = shared.pacer.retry_wait(backoff.next_delay());
         tracing::debug!(key = %item.key, attempt = item.attempts, ?wait, %reason, "retrying later");
         if shared
             .unless_stopped(tokio::time::sleep(wait))

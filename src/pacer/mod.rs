@@ -131,7 +131,7 @@ impl Pacer {
                 Admission::Probe => true,
                 Admission::GiveUp => return Err(Outage),
             };
-            let permit = self.limit.acquire().await;
+            let permit = self.permit().await;
             // The breaker may have opened while this worker queued for its permit:
             // back to the breaker at once, not through the rate gate, or the
             // queue of workers would spend a second of tokens ahead of the probe.
@@ -158,6 +158,38 @@ impl Pacer {
                     level: 0,
                 });
             }
+        }
+    }
+
+    /// A concurrency permit. Until the first answer, waiters look every 50 ms at
+    /// how long the first calls have been out (`Control::on_wait`): a slow vendor's
+    /// round trip is then known to be long before it is measured.
+    async fn permit(&self) -> Permit {
+        loop {
+            if self.control.lock().expect("control lock").answered() {
+                return self.limit.acquire().await;
+            }
+            tokio::select! {
+                permit = self.limit.acquire() => return permit,
+                () = tokio::time::sleep(Duration::from_millis(50)) => {
+                    let setting = self.control.lock().expect("control lock").on_wait(Instant::now());
+                    self.apply(setting);
+                }
+            }
+        }
+    }
+
+    /// How long a record waits before its retry, given its backoff's `delay`: a
+    /// tenth of it while the vendor is otherwise healthy (the breaker closed, under
+    /// [`control::HEALTHY_SHARE`] of recent answers failed), so the records that
+    /// failed once do not wait out whole backoffs after the rest is done; the retry
+    /// budget already bounds how many retries go out. The whole delay otherwise.
+    pub fn retry_wait(&self, delay: Duration) -> Duration {
+        let share = self.control.lock().expect("control lock").failure_share();
+        if !self.breaker.is_open() && share < control::HEALTHY_SHARE {
+            delay / 10
+        } else {
+            delay
         }
     }
 
@@ -647,6 +679,64 @@ mod tests {
             20,
             "10 per second with no successes"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_wait_a_tenth_of_the_backoff_while_the_vendor_is_healthy() {
+        let p = pacer(1000, 10, 64);
+        let backoff = Duration::from_millis(500);
+        // One call in ten fails: otherwise healthy.
+        for i in 0..200 {
+            let signal = if i % 10 == 0 {
+                Signal::Failed
+            } else {
+                Signal::Success(Duration::from_millis(5))
+            };
+            answer(&p, signal, None, None).await;
+        }
+        assert_eq!(p.retry_wait(backoff), Duration::from_millis(50));
+        // Most calls failing: not healthy, the whole backoff.
+        for i in 0..200 {
+            let signal = if i % 3 == 0 {
+                Signal::Success(Duration::from_millis(5))
+            } else {
+                Signal::Failed
+            };
+            answer(&p, signal, None, None).await;
+        }
+        assert_eq!(p.retry_wait(backoff), backoff);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_vendors_first_round_trip_is_not_spent_at_four_in_flight() {
+        let p = Arc::new(pacer(200, 10, 256));
+        // The first four calls go out and are not answered for a while (a vendor
+        // answering after a second or two).
+        let mut out = Vec::new();
+        for _ in 0..4 {
+            let mut t = p.acquire().await.unwrap();
+            p.sending(&mut t, false);
+            out.push(t);
+        }
+        // Workers queue for permits (the engine has four per slot of the limit).
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for _ in 0..300 {
+            let (p, tx) = (p.clone(), tx.clone());
+            tokio::spawn(async move {
+                let _ = tx.send(p.permit().await);
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Out for half a second: the round trip is at least that, so the 200/s
+        // need at least 100 in flight.
+        let limit = p.gauges().concurrency;
+        assert!(limit >= 100, "limit {limit} after 500 ms with no answer");
+        let mut granted = 0;
+        while rx.try_recv().is_ok() {
+            granted += 1;
+        }
+        assert!(granted + 4 >= 100, "{granted} more permits granted");
+        drop(out);
     }
 
     #[test]
