@@ -98,7 +98,14 @@ impl Fleet {
                 if grant.paused_us > 0 {
                     pacer.pause(Duration::from_micros(grant.paused_us as u64));
                 }
-                if grant.outage != pacer.outage_view().open {
+                let open = pacer.outage_view().open;
+                if grant.outage && !open {
+                    // Another worker found the vendor down: this one's breaker
+                    // follows before it sends into the outage (the caller
+                    // checks it again once the token is due).
+                    pacer.outage_from_fleet(true);
+                    pacer.outage_hint();
+                } else if grant.outage != open {
                     pacer.outage_hint();
                 }
                 let now = Instant::now();
@@ -181,6 +188,14 @@ impl Crew {
             fleet.token(pacer).await;
             // A throttle another worker saw may have come with the token.
             pacer.wait_pause().await;
+        }
+    }
+
+    /// A call of this process failed: joined, the fleet's outage is looked at
+    /// at once (another worker may have found the vendor down).
+    pub fn failed(&self, pacer: &Pacer) {
+        if self.is_joined() {
+            pacer.outage_hint();
         }
     }
 

@@ -342,6 +342,12 @@ impl Pacer {
     }
 
     /// The breaker as the fleet sees it.
+    /// Whether a call holding `ticket` may still go out now: the probe, or any
+    /// call while the breaker is closed.
+    pub fn admits(&self, ticket: &Ticket) -> bool {
+        ticket.probe || !self.breaker.is_open()
+    }
+
     pub fn outage_view(&self) -> OutageView {
         let (open, probing, probes_failed) = self.breaker.view();
         OutageView {

@@ -203,14 +203,17 @@ async fn four_workers_through_an_outage_send_it_about_what_one_sends() {
     }
     env.assert_each_written_once(1500).await;
     assert_eq!(env.item_states().await, (1500, 0, 0), "no record failed");
-    // One worker alone sends about ten calls into a 4 s outage: the few that
-    // open its breaker and a probe every 750 ms at most. Four workers, each
-    // with its own breaker, sent four times that and more; sharing one breaker
-    // they send about what one does.
+    // One worker alone sends about ten calls into a 4 s outage: the three that
+    // open its breaker and a probe every 750 ms at most (seven). Four workers,
+    // each with its own breaker, sent four times that and more (43-54 here
+    // before the breaker was checked again after the shared rate token). Sharing
+    // one breaker they send its probes once, and what each had on its way at
+    // the outage's first instant: 5-19 in 20 runs, 24 once with other tests
+    // beside it.
     let stats = env.sandbox().stats();
     assert!(stats.during_outage > 0, "the run met the outage: {stats:?}");
     assert!(
-        stats.during_outage <= 20,
+        stats.during_outage <= 25,
         "{} calls during a 4 s outage from four workers",
         stats.during_outage
     );
