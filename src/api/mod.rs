@@ -14,10 +14,12 @@ use anyhow::{Context, Result};
 use reqwest::{Client, Response, StatusCode};
 
 use crate::config::{Config, PathPart, StatusPattern};
+use crate::pacer::{Failure, Signal};
 use crate::record::{ColumnKind, Value};
 use crate::store::Item;
 
-pub use headers::{QuotaHint, quota_hint, retry_after};
+pub use crate::pacer::QuotaHint;
+pub use headers::{quota_hint, retry_after};
 
 /// Why a call did not produce the record's new values.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -68,6 +70,32 @@ pub struct Call {
     pub billed: bool,
     /// From the request's start to the answer's end.
     pub elapsed: Duration,
+}
+
+impl Call {
+    /// The call's failure, as the pacer's reachability check takes it.
+    pub fn failure(&self) -> Option<Failure> {
+        let e = self.result.as_ref().err()?;
+        Some(Failure {
+            reason: e.to_string(),
+            connect: e.is_connect_failure(),
+        })
+    }
+
+    /// What the answer tells the pacer, and the wait a throttle asks for.
+    pub fn signal(&self) -> (Signal, Option<Duration>) {
+        match &self.result {
+            Ok(_) => (Signal::Success(self.elapsed), None),
+            Err(CallError::Throttled { retry_after }) => (Signal::Throttled, *retry_after),
+            Err(CallError::Transient { overload: true, .. }) => (Signal::Overloaded, None),
+            Err(CallError::Transient {
+                overload: false, ..
+            }) => (Signal::Failed, None),
+            Err(CallError::Permanent(_) | CallError::OutOfCredits | CallError::Fatal(_)) => {
+                (Signal::Answered, None)
+            }
+        }
+    }
 }
 
 /// How a `{column}` placeholder of `api.path` is filled.

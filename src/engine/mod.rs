@@ -314,23 +314,6 @@ impl Drop for Hold {
     }
 }
 
-/// What an answer tells the pacer, and the wait a throttle asks for. (Here, not
-/// in the api: the pacer reads the api's `QuotaHint`, so the api may not read
-/// the pacer's `Signal`.)
-fn signal_of(call: &Call) -> (Signal, Option<std::time::Duration>) {
-    match &call.result {
-        Ok(_) => (Signal::Success(call.elapsed), None),
-        Err(CallError::Throttled { retry_after }) => (Signal::Throttled, *retry_after),
-        Err(CallError::Transient { overload: true, .. }) => (Signal::Overloaded, None),
-        Err(CallError::Transient {
-            overload: false, ..
-        }) => (Signal::Failed, None),
-        Err(CallError::Permanent(_) | CallError::OutOfCredits | CallError::Fatal(_)) => {
-            (Signal::Answered, None)
-        }
-    }
-}
-
 /// The record's result, counted and handed to the checkpoint writer.
 async fn finish(
     shared: &Shared,
@@ -470,8 +453,8 @@ async fn work(shared: Arc<Shared>, mut item: Item, _slot: OwnedSemaphorePermit, 
         shared.budget.sending(&reservation);
         let call = shared.vendor.call(&item).await;
         account(&shared, &call, reservation, &mut hold, &mut charges);
-        pacer.saw(call.status, call.result.as_ref().err());
-        let (signal, retry_after) = signal_of(&call);
+        pacer.saw(call.status, call.failure());
+        let (signal, retry_after) = call.signal();
         let outage = pacer.observe(&mut ticket, item.seq, signal, retry_after, call.hint);
         if !outage && matches!(signal, Signal::Failed | Signal::Overloaded) {
             // Another worker may have found the vendor down already: look now,

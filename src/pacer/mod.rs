@@ -15,6 +15,7 @@
 
 mod breaker;
 mod control;
+mod hint;
 mod limit;
 pub mod reach;
 
@@ -26,12 +27,12 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::time::Instant;
 
-use crate::api::QuotaHint;
 use crate::config::{Limits, Retry};
 pub use breaker::Admission;
 use breaker::{Breaker, Outcome};
 pub use control::Signal;
 use control::{Control, Setting};
+pub use hint::QuotaHint;
 use limit::{Limit, Permit};
 
 /// The right to make one call: a concurrency permit, and the probe token when the
@@ -45,6 +46,14 @@ pub struct Ticket {
     retry: bool,
     /// Calls in flight when this one was sent, itself included.
     level: usize,
+}
+
+/// A call that failed, as the reachability check takes it: why, and whether no
+/// connection could be made at all.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub reason: String,
+    pub connect: bool,
 }
 
 /// The circuit breaker's state, for the run's other workers and for `status`.
@@ -283,10 +292,10 @@ impl Pacer {
 
     /// What a call came back with, for [`reach::Reach`]: an HTTP status means the
     /// vendor is there; an error is the cause the outage line and the stop name.
-    pub fn saw(&self, status: Option<u16>, error: Option<&crate::api::CallError>) {
-        if let Some(e) = error {
-            let connect = status.is_none() && e.is_connect_failure();
-            self.reach.failed(&e.to_string(), connect, Instant::now());
+    pub fn saw(&self, status: Option<u16>, failure: Option<Failure>) {
+        if let Some(f) = failure {
+            let connect = status.is_none() && f.connect;
+            self.reach.failed(&f.reason, connect, Instant::now());
         }
         if status.is_some() {
             self.reach.answered();
