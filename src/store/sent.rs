@@ -22,7 +22,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -63,7 +63,10 @@ impl SentLog {
             return Ok(c.path.display().to_string());
         }
         let dir = dir();
-        std::fs::create_dir_all(&dir)
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
             .with_context(|| format!("creating {} (the calls' sent counts)", dir.display()))?;
         let name: String = format!("{}-{}-{period}", self.worker, nonce())
             .chars()
@@ -78,12 +81,15 @@ impl SentLog {
         let path = dir.join(name);
         let mut bytes = 0i64.to_le_bytes().to_vec();
         bytes.extend_from_slice(super::now_stamp().as_bytes());
-        std::fs::write(&path, &bytes)
-            .with_context(|| format!("writing {} (the calls' sent count)", path.display()))?;
+        // Only this user may write it: the reaper trusts what it says.
         let file = File::options()
             .write(true)
+            .create_new(true)
+            .mode(0o600)
             .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
+            .with_context(|| format!("creating {} (the calls' sent count)", path.display()))?;
+        file.write_all_at(&bytes, 0)
+            .with_context(|| format!("writing {} (the calls' sent count)", path.display()))?;
         let shown = path.display().to_string();
         files.insert(
             period.to_owned(),
@@ -142,6 +148,12 @@ pub fn peek(worker: &str, path: &str) -> Option<i64> {
     if path.parent() != Some(dir().as_path()) {
         return None;
     }
+    // A file another user could have written is not trusted: counted whole.
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    let own = std::fs::metadata("/proc/self").ok()?.uid();
+    if !meta.is_file() || meta.uid() != own || meta.mode() & 0o022 != 0 {
+        return None;
+    }
     let bytes = std::fs::read(path).ok()?;
     let count = i64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
     let made = std::str::from_utf8(bytes.get(8..)?).ok()?;
@@ -185,6 +197,18 @@ mod tests {
         assert!(!Path::new(&path).exists(), "read once, then removed");
         // Not a file of this host's directory: counted whole.
         assert_eq!(sent_by_dead(&dead, "/etc/passwd"), None);
+    }
+
+    #[test]
+    fn a_count_another_user_could_have_written_is_not_trusted() {
+        use std::os::unix::fs::PermissionsExt;
+        let log = SentLog::new("host:2");
+        let path = log.path("2026-11-01").unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "made for this user alone");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let dead = format!("{}:{}", super::super::lock::host_name(), u32::MAX - 7);
+        assert_eq!(sent_by_dead(&dead, &path), None);
     }
 
     #[test]
