@@ -115,25 +115,7 @@ async fn calls_after_the_periods_reset_are_charged_to_the_new_period() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_runs_never_push_the_vendors_bill_past_the_allowance() {
-    let mut env = TestEnv::new(6000).await;
-    env.vendor(SandboxOptions {
-        latency: Duration::from_millis(50),
-        ..SandboxOptions::default()
-    })
-    .await;
-    env.write_config(&Conf {
-        rate: 1000,
-        max_concurrency: 32,
-        allowance: 3000,
-        reserve: 0,
-        lock_stale_after: "2s",
-        ..Conf::default()
-    });
-    for _ in 0..4 {
-        let mut child = working(&env, 400).await;
-        child.kill().await.unwrap();
-        child.wait().await.unwrap();
-    }
+    let env = killed_four_times(3000).await;
     let out = unlocked_run(&env).await;
     assert_exit(&out, 3);
     let billed = env.sandbox().stats().ok as i64;
@@ -164,25 +146,7 @@ async fn killed_runs_never_push_the_vendors_bill_past_the_allowance() {
 
 #[tokio::test]
 async fn a_killed_run_counts_what_it_sent_and_gives_back_what_it_held_unsent() {
-    let mut env = TestEnv::new(6000).await;
-    env.vendor(SandboxOptions {
-        latency: Duration::from_millis(50),
-        ..SandboxOptions::default()
-    })
-    .await;
-    env.write_config(&Conf {
-        rate: 1000,
-        max_concurrency: 32,
-        allowance: 100_000,
-        reserve: 0,
-        lock_stale_after: "2s",
-        ..Conf::default()
-    });
-    for _ in 0..4 {
-        let mut child = working(&env, 400).await;
-        child.kill().await.unwrap();
-        child.wait().await.unwrap();
-    }
+    let env = killed_four_times(100_000).await;
     let out = unlocked_run(&env).await;
     assert_exit(&out, 0);
     let billed = env.sandbox().stats().ok as i64;
@@ -195,6 +159,31 @@ async fn a_killed_run_counts_what_it_sent_and_gives_back_what_it_held_unsent() {
         billed <= ledger && ledger <= billed + 4 * 2,
         "ledger {ledger}, billed {billed}"
     );
+}
+
+/// 6,000 records, a vendor at 50 ms, and four runs each SIGKILLed once it has
+/// made 400 more calls.
+async fn killed_four_times(allowance: i64) -> TestEnv {
+    let mut env = TestEnv::new(6000).await;
+    env.vendor(SandboxOptions {
+        latency: Duration::from_millis(50),
+        ..SandboxOptions::default()
+    })
+    .await;
+    env.write_config(&Conf {
+        rate: 1000,
+        max_concurrency: 32,
+        allowance,
+        reserve: 0,
+        lock_stale_after: "2s",
+        ..Conf::default()
+    });
+    for _ in 0..4 {
+        let mut child = working(&env, 400).await;
+        child.kill().await.unwrap();
+        child.wait().await.unwrap();
+    }
+    env
 }
 
 /// A run that has made `calls` more calls. A run that finds the table still
