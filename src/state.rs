@@ -79,13 +79,7 @@ impl FromStr for RunStatus {
     type Err = UnknownState;
 
     fn from_str(text: &str) -> Result<RunStatus, UnknownState> {
-        RunStatus::ALL
-            .into_iter()
-            .find(|s| s.as_str() == text)
-            .ok_or_else(|| UnknownState {
-                what: "run status",
-                text: text.to_owned(),
-            })
+        find(RunStatus::ALL, RunStatus::as_str, "run status", text)
     }
 }
 
@@ -129,14 +123,23 @@ impl FromStr for ItemState {
     type Err = UnknownState;
 
     fn from_str(text: &str) -> Result<ItemState, UnknownState> {
-        ItemState::ALL
-            .into_iter()
-            .find(|s| s.as_str() == text)
-            .ok_or_else(|| UnknownState {
-                what: "item state",
-                text: text.to_owned(),
-            })
+        find(ItemState::ALL, ItemState::as_str, "item state", text)
     }
+}
+
+/// The state of `all` whose text is `text`.
+fn find<S: Copy, const N: usize>(
+    all: [S; N],
+    as_str: fn(S) -> &'static str,
+    what: &'static str,
+    text: &str,
+) -> Result<S, UnknownState> {
+    all.into_iter()
+        .find(|s| as_str(*s) == text)
+        .ok_or_else(|| UnknownState {
+            what,
+            text: text.to_owned(),
+        })
 }
 
 /// A state read back from freshen's tables that this version does not know.

@@ -992,16 +992,22 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_gross_overshoot_is_cut_by_cubics_beta_and_the_curve_climbs_back() {
+    /// A control that left slow start at the ceiling, having sent 1000 calls
+    /// over a second from `t0`.
+    fn at_the_ceiling() -> (Control, Instant) {
         let mut c = Control::new(16, 1000.0);
         let t0 = Instant::now();
-        // Leave slow start at the ceiling, sending 1000 calls over a second.
         for i in 0..1000 {
             let now = t0 + Duration::from_millis(i);
             c.on_send(now);
             c.on_signal(Signal::Success(RTT), now);
         }
+        (c, t0)
+    }
+
+    #[test]
+    fn a_gross_overshoot_is_cut_by_cubics_beta_and_the_curve_climbs_back() {
+        let (mut c, t0) = at_the_ceiling();
         let now = t0 + Duration::from_secs(1);
         let cut = c.on_throttled(Duration::from_secs(1), now).rate;
         assert!((690.0..=710.0).contains(&cut), "{cut}");
@@ -1103,14 +1109,7 @@ mod tests {
 
     #[test]
     fn a_throttle_cuts_the_rate_to_below_what_was_sent_then_creeps_back() {
-        let mut c = Control::new(16, 1000.0);
-        let t0 = Instant::now();
-        // Leave slow start at the ceiling, sending 1000 calls over a second.
-        for i in 0..1000 {
-            let now = t0 + Duration::from_millis(i);
-            c.on_send(now);
-            c.on_signal(Signal::Success(RTT), now);
-        }
+        let (mut c, t0) = at_the_ceiling();
         let now = t0 + Duration::from_secs(1);
         let cut = c.on_signal(Signal::Throttled, now).rate;
         assert!((700.0..=850.0).contains(&cut), "{cut}");
