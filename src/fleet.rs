@@ -76,6 +76,11 @@ impl Fleet {
         }
     }
 
+    /// The table's store, with the operations only a joined run's workers use.
+    pub fn store(&self) -> &PgStore {
+        &self.store
+    }
+
     /// Waits for the next token of the shared bucket. While the database cannot
     /// be reached, waits for it (the caller's stop token ends the wait).
     pub async fn token(&self, pacer: &Pacer) {

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::fleet::Crew;
+use crate::fleet::{Crew, Fleet};
 use crate::pacer::{OutageView, Pacer};
 use crate::store::Store;
 
@@ -42,10 +42,13 @@ const PROBE_EVERY_AT_MOST: Duration = Duration::from_millis(750);
 /// `stop`. Joined (`crew`), the breaker follows the fleet's and probes only
 /// when it takes the probe.
 pub async fn share(store: Arc<Store>, pacer: Arc<Pacer>, crew: Crew, stop: CancellationToken) {
-    let joined = crew.is_joined();
-    if joined {
-        pacer.share_outages();
-    }
+    let fleet = match &crew {
+        Crew::Joined(fleet) => {
+            pacer.share_outages();
+            Some(fleet.clone())
+        }
+        Crew::Alone => None,
+    };
     let mut was_open = false;
     // While this worker holds the fleet's probe: the failed probes counted
     // when it took it.
@@ -53,18 +56,27 @@ pub async fn share(store: Arc<Store>, pacer: Arc<Pacer>, crew: Crew, stop: Cance
     loop {
         let news = pacer.outage_news();
         let view = pacer.outage_view();
-        if let Err(e) = pass(&store, &pacer, joined, &view, &mut was_open, &mut holding).await {
+        if let Err(e) = pass(
+            &store,
+            &pacer,
+            fleet.as_deref(),
+            &view,
+            &mut was_open,
+            &mut holding,
+        )
+        .await
+        {
             tracing::debug!("{e:#}");
         }
         let poll = if view.open { OPEN_POLL } else { CLOSED_POLL };
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = news => {}
-            _ = tokio::time::sleep(poll), if joined => {}
+            _ = tokio::time::sleep(poll), if fleet.is_some() => {}
         }
     }
     // Alone, nobody else is in the outage once this run ends.
-    if !joined
+    if fleet.is_none()
         && was_open
         && let Err(e) = store.outage_closed().await
     {
@@ -75,7 +87,7 @@ pub async fn share(store: Arc<Store>, pacer: Arc<Pacer>, crew: Crew, stop: Cance
 async fn pass(
     store: &Store,
     pacer: &Pacer,
-    joined: bool,
+    fleet: Option<&Fleet>,
     view: &OutageView,
     was_open: &mut bool,
     holding: &mut Option<u64>,
@@ -90,9 +102,9 @@ async fn pass(
         *holding = None;
     }
     *was_open = view.open;
-    if !joined {
+    let Some(fleet) = fleet else {
         return Ok(());
-    }
+    };
     if let Some(at) = *holding
         && view.open
         && !view.probing
@@ -102,11 +114,12 @@ async fn pass(
         let wait = FIRST_PROBE
             .saturating_mul(1 << view.probes_failed.min(8))
             .min(PROBE_EVERY_AT_MOST);
-        store.probe_failed(wait).await?;
+        fleet.store().probe_failed(wait).await?;
         *holding = None;
     }
     // Then the fleet's.
-    let fleet = store
+    let fleet = fleet
+        .store()
         .fleet_outage(holding.is_none() && !view.probing, PROBE_HOLD)
         .await?;
     if fleet.open != view.open {

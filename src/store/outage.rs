@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use sqlx::{AssertSqlSafe, Row};
 
 use super::ledger::now_ms;
-use super::{Store, millis};
+use super::{PgStore, Store, millis};
 
 /// An outage in force, as `status` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,55 +62,6 @@ impl Store {
         Ok(())
     }
 
-    /// Whether the table is in an outage; with `want_probe`, takes the probe if
-    /// it is due and holds it for `hold` (the probe's answer gives it back
-    /// through [`Store::probe_failed`]). PostgreSQL: a joined run's workers.
-    pub async fn fleet_outage(&self, want_probe: bool, hold: Duration) -> Result<FleetOutage> {
-        let row = sqlx::query(concat!(
-            "WITH n AS (SELECT ",
-            now_ms!(),
-            " AS t) \
-             UPDATE freshen_pace SET next_probe_ms = CASE \
-               WHEN $2 = 1 AND outage_since_ms IS NOT NULL AND next_probe_ms <= n.t \
-               THEN n.t + $3 ELSE next_probe_ms END \
-             FROM n WHERE name = $1 \
-             RETURNING CASE WHEN outage_since_ms IS NULL THEN 0 ELSE 1 END, \
-               CASE WHEN $2 = 1 AND next_probe_ms = n.t + $3 THEN 1 ELSE 0 END"
-        ))
-        .bind(self.table.clone())
-        .bind(i32::from(want_probe))
-        .bind(millis(hold))
-        .fetch_optional(&self.pool)
-        .await
-        .context("reading the fleet's outage")?;
-        Ok(match row {
-            None => FleetOutage {
-                open: false,
-                probe: false,
-            },
-            Some(row) => FleetOutage {
-                open: row.try_get::<i32, _>(0)? == 1,
-                probe: want_probe && row.try_get::<i32, _>(1)? == 1,
-            },
-        })
-    }
-
-    /// This worker's probe failed: the next may go `wait` from now, from
-    /// whichever worker takes it first.
-    pub async fn probe_failed(&self, wait: Duration) -> Result<()> {
-        let now = now_ms(self.backend);
-        sqlx::query(AssertSqlSafe(format!(
-            "UPDATE freshen_pace SET next_probe_ms = {now} + $2 \
-             WHERE name = $1 AND outage_since_ms IS NOT NULL"
-        )))
-        .bind(self.table.clone())
-        .bind(millis(wait))
-        .execute(&self.pool)
-        .await
-        .context("sharing a failed probe")?;
-        Ok(())
-    }
-
     /// The table's outage in force, if any.
     pub async fn outage(&self) -> Result<Option<OutageRow>> {
         let now = now_ms(self.backend);
@@ -129,5 +80,63 @@ impl Store {
             })
         })
         .transpose()
+    }
+}
+
+impl PgStore {
+    /// Whether the table is in an outage; with `want_probe`, takes the probe if
+    /// it is due and holds it for `hold` (the probe's answer gives it back
+    /// through [`PgStore::probe_failed`]): a joined run's workers.
+    pub async fn fleet_outage(&self, want_probe: bool, hold: Duration) -> Result<FleetOutage> {
+        // The probe is taken by the UPDATE's own WHERE, which PostgreSQL checks
+        // again on the row a concurrent taker just committed: of two workers
+        // asking in the same millisecond, only the first changes the row, so
+        // only it sees a row come back from `took`. (Comparing the row's new
+        // `next_probe_ms` with this worker's `now + hold`, as before, gave the
+        // probe to both.)
+        let row = sqlx::query(concat!(
+            "WITH n AS (SELECT ",
+            now_ms!(),
+            " AS t), \
+             took AS (UPDATE freshen_pace SET next_probe_ms = n.t + $3 FROM n \
+               WHERE name = $1 AND $2 = 1 AND outage_since_ms IS NOT NULL \
+                 AND next_probe_ms <= n.t \
+               RETURNING 1) \
+             SELECT CASE WHEN outage_since_ms IS NULL THEN 0 ELSE 1 END, \
+               (SELECT CAST(COUNT(*) AS INTEGER) FROM took) \
+             FROM freshen_pace WHERE name = $1"
+        ))
+        .bind(self.table.clone())
+        .bind(i32::from(want_probe))
+        .bind(millis(hold))
+        .fetch_optional(&self.pool)
+        .await
+        .context("reading the fleet's outage")?;
+        Ok(match row {
+            None => FleetOutage {
+                open: false,
+                probe: false,
+            },
+            Some(row) => FleetOutage {
+                open: row.try_get::<i32, _>(0)? == 1,
+                probe: row.try_get::<i32, _>(1)? == 1,
+            },
+        })
+    }
+
+    /// This worker's probe failed: the next may go `wait` from now, from
+    /// whichever worker takes it first.
+    pub async fn probe_failed(&self, wait: Duration) -> Result<()> {
+        let now = now_ms(self.backend);
+        sqlx::query(AssertSqlSafe(format!(
+            "UPDATE freshen_pace SET next_probe_ms = {now} + $2 \
+             WHERE name = $1 AND outage_since_ms IS NOT NULL"
+        )))
+        .bind(self.table.clone())
+        .bind(millis(wait))
+        .execute(&self.pool)
+        .await
+        .context("sharing a failed probe")?;
+        Ok(())
     }
 }

@@ -267,3 +267,43 @@ async fn a_run_survives_its_database_connections_being_killed() {
     let (spent, charged, ok) = ledger(&env).await;
     assert_eq!((spent, charged), (ok, ok));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_workers_asking_at_once_for_the_fleets_probe_only_one_gets_it() {
+    use std::sync::Arc;
+    use tokio::sync::Barrier;
+
+    let env = TestEnv::new_postgres(1).await;
+    env.write_config(&Conf::default());
+    let config = freshen::config::Config::load(&env.config_path(), None).unwrap();
+    let store = Arc::new(freshen::store::Store::connect(&config).await.unwrap());
+    store
+        .outage_opened(Some("a test"), Duration::ZERO)
+        .await
+        .unwrap();
+    const ASKERS: usize = 8;
+    for round in 0..40 {
+        // The probe is due now, for whichever worker asks first.
+        let pg = store.postgres().expect("on PostgreSQL");
+        pg.probe_failed(Duration::ZERO).await.unwrap();
+        let barrier = Arc::new(Barrier::new(ASKERS));
+        let mut asks = tokio::task::JoinSet::new();
+        for _ in 0..ASKERS {
+            let (store, barrier) = (store.clone(), barrier.clone());
+            asks.spawn(async move {
+                let pg = store.postgres().expect("on PostgreSQL");
+                barrier.wait().await;
+                pg.fleet_outage(true, Duration::from_secs(30))
+                    .await
+                    .unwrap()
+            });
+        }
+        let looks = asks.join_all().await;
+        assert!(looks.iter().all(|l| l.open), "round {round}: {looks:?}");
+        let probes = looks.iter().filter(|l| l.probe).count();
+        assert_eq!(
+            probes, 1,
+            "round {round}: {probes} of {ASKERS} took the probe"
+        );
+    }
+}
