@@ -11,10 +11,14 @@
 //! - Credits: the one ledger every run spends from (`store::ledger`); a worker
 //!   with nothing left to claim gives its unused credits back for the others.
 //!
-//! Each worker keeps its own adaptive concurrency and circuit breaker: they
-//! answer to what its own calls see.
+//! A `Fleet` is the pacer's [`Peers`]: the pacer takes the shared rate token
+//! and tells the others of a throttle itself. Each worker keeps its own adaptive
+//! concurrency, which answers to what its own calls see; the circuit breaker is
+//! the fleet's (`engine::outage`).
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +27,7 @@ use tokio::time::Instant;
 
 use crate::credits::Budget;
 use crate::lease::Lease;
-use crate::pacer::Pacer;
+use crate::pacer::{Pacer, Peers};
 use crate::store::{Item, PgStore, Store};
 
 /// Time the shared bucket is asked for at once: a few tokens per round trip.
@@ -83,7 +87,7 @@ impl Fleet {
 
     /// Waits for the next token of the shared bucket. While the database cannot
     /// be reached, waits for it (the caller's stop token ends the wait).
-    pub async fn token(&self, pacer: &Pacer) {
+    async fn next_token(&self, pacer: &Pacer) {
         let due = {
             let mut tokens = self.tokens.lock().await;
             if tokens.is_empty() {
@@ -123,12 +127,18 @@ impl Fleet {
         };
         tokio::time::sleep_until(due).await;
     }
+}
+
+impl Peers for Fleet {
+    fn token<'a>(&'a self, pacer: &'a Pacer) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        Box::pin(self.next_token(pacer))
+    }
 
     /// A throttle seen by this worker holds every worker of the table.
-    pub fn pause_all(self: &Arc<Self>, pause: Duration) {
-        let fleet = self.clone();
+    fn throttled(&self, pause: Duration) {
+        let store = self.store.clone();
         tokio::spawn(async move {
-            if let Err(e) = fleet.store.pause_fleet(pause).await {
+            if let Err(e) = store.pause_fleet(pause).await {
                 tracing::warn!("{e:#}");
             }
         });
@@ -136,9 +146,9 @@ impl Fleet {
 }
 
 /// Who works a run: this process alone, or it and the other workers of a
-/// joined run (`--join`). The engine asks it at each point where the two
-/// differ (the next items, the rate token, a throttle, leaving) and never
-/// branches on which it is.
+/// joined run (`--join`). The engine asks it where the two differ (the next
+/// items, leaving) and never branches on which it is; the pacer meets the other
+/// workers through [`Peers`] ([`Pacer::join`]).
 #[derive(Debug, Clone)]
 pub enum Crew {
     Alone,
@@ -183,31 +193,6 @@ impl Crew {
             }
             budget.give_back_unused().await?;
             tokio::time::sleep(CLAIM_POLL).await;
-        }
-    }
-
-    /// Waits for the table's shared rate token and any pause that came with
-    /// it (joined); alone, the pacer's own bucket is all there is.
-    pub async fn token(&self, pacer: &Pacer) {
-        if let Crew::Joined(fleet) = self {
-            fleet.token(pacer).await;
-            // A throttle another worker saw may have come with the token.
-            pacer.wait_pause().await;
-        }
-    }
-
-    /// A call of this process failed: joined, the fleet's outage is looked at
-    /// at once (another worker may have found the vendor down).
-    pub fn failed(&self, pacer: &Pacer) {
-        if self.is_joined() {
-            pacer.outage_hint();
-        }
-    }
-
-    /// A throttle this process saw: joined, it holds every worker of the table.
-    pub fn throttled(&self, pause: Duration) {
-        if let Crew::Joined(fleet) = self {
-            fleet.pause_all(pause);
         }
     }
 

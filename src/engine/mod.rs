@@ -38,7 +38,7 @@ use crate::config::Config;
 use crate::credits::{Budget, Reservation, Spent};
 use crate::fleet::Crew;
 use crate::lease::Lease;
-use crate::pacer::{Backoff, Outage, Pacer, Signal, Ticket};
+use crate::pacer::{Backoff, Outage, Pacer, Ticket};
 use crate::store::{CallCounts, Finished, Item, Resolution, Store};
 
 /// Why the loop ended.
@@ -343,20 +343,11 @@ async fn finish(
 /// (halted here if this is what stops it).
 async fn ready(shared: &Shared, hold: &mut Hold) -> Option<Ticket> {
     let pacer = &shared.pacer;
-    let ticket = loop {
-        let ticket = match shared.unless_stopped(pacer.acquire()).await? {
-            Ok(ticket) => ticket,
-            Err(Outage) => {
-                shared.halt(Stop::Outage).await;
-                return None;
-            }
-        };
-        // Joined, the table's shared bucket: all workers together keep to the rate.
-        shared.unless_stopped(shared.crew.token(pacer)).await?;
-        // The breaker may have opened (this worker's, or the fleet's) while the
-        // call waited for its token: only the probe goes out during an outage.
-        if pacer.admits(&ticket) {
-            break ticket;
+    let ticket = match shared.unless_stopped(pacer.acquire()).await? {
+        Ok(ticket) => ticket,
+        Err(Outage) => {
+            shared.halt(Stop::Outage).await;
+            return None;
         }
     };
     if shared.stop.is_cancelled() {
@@ -456,16 +447,6 @@ async fn work(shared: Arc<Shared>, mut item: Item, _slot: OwnedSemaphorePermit, 
         pacer.saw(call.status, call.failure());
         let (signal, retry_after) = call.signal();
         let outage = pacer.observe(&mut ticket, item.seq, signal, retry_after, call.hint);
-        if !outage && matches!(signal, Signal::Failed | Signal::Overloaded) {
-            // Another worker may have found the vendor down already: look now,
-            // not at the next rate token, before this one sends more into it.
-            shared.crew.failed(pacer);
-        }
-        if signal == Signal::Throttled {
-            shared
-                .crew
-                .throttled(retry_after.unwrap_or(shared.retry.base_delay));
-        }
 
         let resolution = match call.result {
             Ok(values) => {

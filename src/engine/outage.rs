@@ -43,10 +43,7 @@ const PROBE_EVERY_AT_MOST: Duration = Duration::from_millis(750);
 /// when it takes the probe.
 pub async fn share(store: Arc<Store>, pacer: Arc<Pacer>, crew: Crew, stop: CancellationToken) {
     let fleet = match &crew {
-        Crew::Joined(fleet) => {
-            pacer.share_outages();
-            Some(fleet.clone())
-        }
+        Crew::Joined(fleet) => Some(fleet.clone()),
         Crew::Alone => None,
     };
     let mut was_open = false;

@@ -210,6 +210,9 @@ impl Life<'_> {
         store.set_status(run.id, RunStatus::Running).await?;
         let tally = Arc::new(Tally::default());
         let pacer = Arc::new(Pacer::new(&config.limits, &config.retry));
+        if let Crew::Joined(fleet) = &crew {
+            pacer.join(fleet.clone());
+        }
         let watching = CancellationToken::new();
         let before = live.before;
         self.display.watch(

@@ -8,6 +8,9 @@
 //!   throttle-driven rate), a clock-free state machine.
 //! - [`limit`]: the semaphore whose size can change while permits are out.
 //! - [`breaker`]: all workers stop and one probe goes out while the vendor is down.
+//! - [`Peers`]: the other workers of a joined run, as the pacer meets them (their
+//!   rate token, their pause); `fleet` implements it, so the pacer imports
+//!   nothing of the fleet and the engine never speaks of it when it paces.
 //!
 //! governor is kept behind this interface: its timer does not follow tokio's
 //! paused test clock, so the logic around it is tested on paused time and the
@@ -19,8 +22,10 @@ mod hint;
 mod limit;
 pub mod reach;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -68,6 +73,17 @@ pub struct OutageView {
     pub cause: Option<String>,
 }
 
+/// The other workers of a joined run, as the pacer meets them: a rate token all
+/// of them share (which may bring a pause or an outage another found, through
+/// [`Pacer::pause`] and [`Pacer::outage_from_fleet`]), and this worker's
+/// throttles, which hold all of them. A run alone has none.
+pub trait Peers: Send + Sync {
+    /// Waits for the next token of the rate every worker shares.
+    fn token<'a>(&'a self, pacer: &'a Pacer) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+    /// This worker was throttled: every worker waits `pause`.
+    fn throttled(&self, pause: Duration);
+}
+
 /// The vendor has been down longer than `retry.max_outage`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Outage;
@@ -85,6 +101,8 @@ pub struct Pacer {
     base_delay: Duration,
     /// Whether the vendor was reached at all, and the last failure's cause.
     pub reach: reach::Reach,
+    /// A joined run's other workers ([`Pacer::join`]).
+    peers: OnceLock<Arc<dyn Peers>>,
 }
 
 /// The slowest pace, calls per second: one call per 116 days (10^7 s), longer
@@ -121,6 +139,16 @@ impl Pacer {
             max_pause: retry.max_delay,
             base_delay: retry.base_delay,
             reach: reach::Reach::new(retry.connect_grace),
+            peers: OnceLock::new(),
+        }
+    }
+
+    /// This worker paces with `peers` from now on: each call also waits for the
+    /// rate they share, a throttle holds them all, and the breaker is theirs
+    /// too (it probes only when granted: [`Pacer::grant_probe`]).
+    pub fn join(&self, peers: Arc<dyn Peers>) {
+        if self.peers.set(peers).is_ok() {
+            self.breaker.share();
         }
     }
 
@@ -156,8 +184,14 @@ impl Pacer {
                     break;
                 }
             }
-            // The breaker may have opened while this worker waited: only the probe
-            // goes out during an outage.
+            if let Some(peers) = self.peers.get() {
+                // Joined, the table's shared bucket: all workers together keep to
+                // the rate; a throttle another saw may have come with the token.
+                peers.token(self).await;
+                self.wait_pause().await;
+            }
+            // The breaker may have opened (this worker's, or the fleet's) while
+            // this worker waited: only the probe goes out during an outage.
             if probe || !self.breaker.is_open() {
                 return Ok(Ticket {
                     _permit: permit,
@@ -252,7 +286,11 @@ impl Pacer {
             self.retries.deposit();
         }
         if signal == Signal::Throttled {
-            self.pause(retry_after.unwrap_or(self.base_delay));
+            let wait = retry_after.unwrap_or(self.base_delay);
+            self.pause(wait);
+            if let Some(peers) = self.peers.get() {
+                peers.throttled(wait);
+            }
         } else if let Some(QuotaHint {
             remaining: Some(0),
             reset: Some(reset),
@@ -287,7 +325,13 @@ impl Pacer {
                 );
             }
         }
-        self.breaker.is_open()
+        let open = self.breaker.is_open();
+        if !open && !ok && self.peers.get().is_some() {
+            // Another worker may have found the vendor down already: look now,
+            // not at the next rate token, before this one sends more into it.
+            self.breaker.hint();
+        }
+        open
     }
 
     /// What a call came back with, for [`reach::Reach`]: an HTTP status means the
@@ -344,19 +388,7 @@ impl Pacer {
         }
     }
 
-    /// The breaker is shared with the run's other workers: it probes only when
-    /// granted ([`Pacer::grant_probe`]).
-    pub fn share_outages(&self) {
-        self.breaker.share();
-    }
-
     /// The breaker as the fleet sees it.
-    /// Whether a call holding `ticket` may still go out now: the probe, or any
-    /// call while the breaker is closed.
-    pub fn admits(&self, ticket: &Ticket) -> bool {
-        ticket.probe || !self.breaker.is_open()
-    }
-
     pub fn outage_view(&self) -> OutageView {
         let (open, probing, probes_failed) = self.breaker.view();
         OutageView {
