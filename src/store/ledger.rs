@@ -18,11 +18,14 @@
 //! suspended, is counted whole: a crash can so waste at most the unused part of
 //! one grant; it can never spend past the allowance.
 //!
-//! Lock order, everywhere: the period's row first, then reservations. The
-//! first statement of each transaction writes the period's row, which on
-//! SQLite takes the database's write lock before anything is read, and on
-//! PostgreSQL locks the row, so each later statement (read committed) sees
-//! every grant and charge committed before it.
+//! Lock order, everywhere: the holder's row in `freshen_workers` (where a
+//! transaction touches it), then the period's row, then reservations; taken
+//! the other way round, a grant and a leave of the same holder deadlock on
+//! PostgreSQL. The first statement of each transaction is a write, which on
+//! SQLite takes the database's write lock before anything is read; the
+//! period's row is written before its figures are read, which on PostgreSQL
+//! locks the row, so each later statement (read committed) sees every grant
+//! and charge committed before it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -242,8 +245,10 @@ impl Store {
         sent_log: Option<String>,
     ) -> Result<Grant> {
         let mut tx = self.pool.begin().await.context("asking for credits")?;
-        lock_period(&mut tx, period).await?;
-        self.reap(&mut tx, period, req.stale_after).await?;
+        // The holder's row before the period's, as `register` and `leave` take
+        // them: a grant still in flight when the run leaves would otherwise
+        // hold the period waiting for the row while `leave` holds the row
+        // waiting for the period (PostgreSQL ends one with "deadlock detected").
         let fenced = sqlx::query(sqlx::AssertSqlSafe(self.ledger.heartbeat.clone()))
             .bind(req.worker.clone())
             .bind(millis(req.stale_after))
@@ -252,6 +257,8 @@ impl Store {
             .context("asking for credits")?
             .rows_affected()
             == 0;
+        lock_period(&mut tx, period).await?;
+        self.reap(&mut tx, period, req.stale_after).await?;
         let (funds, others) = read_funds(&mut tx, period, req.reserve, Some(req)).await?;
         let (room, limit) = funds.room();
         let cost = req.cost.max(1);

@@ -434,3 +434,96 @@ async fn the_vendors_stored_count_goes_down_with_every_credit_spent_after_it() {
     assert_eq!(spent(&env).await, 500);
     assert_eq!(env.sandbox().stats().payment_required, 0, "never refused");
 }
+
+/// Sessions of this test's database waiting for a lock.
+async fn waiting_for_locks(env: &TestEnv) -> i64 {
+    let db = env.db().await;
+    let n = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM pg_stat_activity \
+         WHERE datname = current_database() AND wait_event_type = 'Lock'",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    db.close().await;
+    n
+}
+
+async fn until_waiting(env: &TestEnv, n: i64) {
+    let started = std::time::Instant::now();
+    while waiting_for_locks(env).await < n {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{n} sessions never waited"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_in_flight_when_its_holder_leaves_does_not_deadlock() {
+    use std::sync::Arc;
+
+    let mut env = TestEnv::new_postgres(1).await;
+    env.vendor(SandboxOptions::default()).await;
+    env.write_config(&Conf::default());
+    assert_exit(&env.freshen(&["run"]).await, 0);
+    let config = freshen::config::Config::load(&env.config_path(), None).unwrap();
+    let store = Arc::new(freshen::store::Store::connect(&config).await.unwrap());
+    let period = config.credits.periods.label_at(freshen::credits::now());
+    let worker = "a-test-host:1".to_owned();
+    store.register(1, &worker).await.unwrap();
+
+    let holder = freshen::store::Holder {
+        worker: worker.clone(),
+        run: 1,
+        allowance: config.credits.allowance,
+        reserve: 0,
+        cost: 1,
+        run_limit: None,
+        stale_after: Duration::from_secs(60),
+    };
+    // The holder holds credits, so its leave takes the period's row too.
+    assert_eq!(
+        store
+            .grant(&holder, &period, 5, None)
+            .await
+            .unwrap()
+            .granted,
+        5
+    );
+    // Another session holds the period's row, so the grant and the leave
+    // below both wait: the grant first, then the leave.
+    let mut other = <sqlx::PgConnection as sqlx::Connection>::connect(&env.db_url())
+        .await
+        .unwrap();
+    other.execute("BEGIN").await.unwrap();
+    sqlx::query("SELECT 1 FROM freshen_credit_periods WHERE period = $1 FOR UPDATE")
+        .bind(&period)
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let grant = tokio::spawn({
+        let (store, period) = (store.clone(), period.clone());
+        async move { store.grant(&holder, &period, 10, None).await }
+    });
+    until_waiting(&env, 1).await;
+    let leave = tokio::spawn({
+        let (store, worker) = (store.clone(), worker.clone());
+        async move { store.leave(&worker).await }
+    });
+    until_waiting(&env, 2).await;
+    other.execute("COMMIT").await.unwrap();
+
+    let granted = grant.await.unwrap().expect("the grant goes through");
+    leave.await.unwrap().expect("the leave goes through");
+    // The grant came first: it was granted, and the leave gave it back.
+    assert_eq!(granted.granted, 10);
+    let db = env.db().await;
+    let held: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM freshen_reservations")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(held, 0);
+    db.close().await;
+}
