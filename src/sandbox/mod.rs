@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,6 +22,10 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::time::Instant;
@@ -278,14 +283,36 @@ struct Counters {
     stats: Stats,
     timeline: Timeline,
     in_flight: u64,
-    tokens: f64,
-    refilled: Instant,
+    /// The token bucket of `--rate` and `--burst` at the rate in force.
+    bucket: Option<Bucket>,
     credits: Option<u64>,
     /// Calls seen per faulty key, for flaky:N and throttle:N.
     fault_calls: HashMap<String, u32>,
     rng: u64,
     /// Every call's headers, with --record-headers.
     headers_seen: Vec<Vec<(String, String)>>,
+}
+
+/// `--rate` calls a second with bursts of `--burst`: governor's GCRA, which
+/// admits what a token bucket of that size refilled at that rate admits, and
+/// says what is left of the burst (for the rate headers) and when the next
+/// call would be admitted (for `Retry-After`).
+struct Bucket {
+    rate: f64,
+    limiter: RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>,
+}
+
+impl Bucket {
+    fn new(rate: f64, burst: u32) -> Bucket {
+        let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+        let quota = Quota::with_period(Duration::from_secs_f64(1.0 / rate))
+            .expect("a positive rate has a positive period")
+            .allow_burst(burst);
+        Bucket {
+            rate,
+            limiter: RateLimiter::direct(quota).with_middleware::<StateInformationMiddleware>(),
+        }
+    }
 }
 
 /// Decrements the in-flight count however the request ends, client disconnects included.
@@ -364,7 +391,7 @@ impl Vendor {
             );
         }
 
-        let quota = match self.take_token(&mut c, now, elapsed) {
+        let quota = match self.take_token(&mut c, elapsed) {
             Ok(quota) => quota,
             Err(refused) => return (Verdict::Refuse(*refused), None),
         };
@@ -429,34 +456,38 @@ impl Vendor {
     fn take_token(
         &self,
         c: &mut Counters,
-        now: Instant,
         elapsed: Duration,
     ) -> Result<Option<(f64, u64)>, Box<Response>> {
         let rate = self.rate_at(elapsed);
         if rate <= 0.0 {
             return Ok(None);
         }
-        let burst = f64::from(self.opts.burst.max(1));
-        let refill = now.duration_since(c.refilled).as_secs_f64() * rate;
-        c.tokens = (c.tokens + refill).min(burst);
-        c.refilled = now;
-        if c.tokens < 1.0 {
-            c.stats.throttled += 1;
-            c.timeline.throttled.push(elapsed);
-            let wait = ((1.0 - c.tokens) / rate).ceil().max(1.0) as u64;
-            let mut r = status(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(wait));
-            if self.opts.ratelimit_headers {
-                rate_headers(r.headers_mut(), rate, 0);
+        let bucket = match c.bucket.take() {
+            Some(b) if b.rate == rate => b,
+            // A new rate (`--rate-change`) starts a bucket of its own, full.
+            _ => Bucket::new(rate, self.opts.burst),
+        };
+        let taken = bucket.limiter.check();
+        let bucket = c.bucket.insert(bucket);
+        match taken {
+            Ok(left) => Ok(self
+                .opts
+                .ratelimit_headers
+                .then_some((rate, u64::from(left.remaining_burst_capacity())))),
+            Err(not_until) => {
+                c.stats.throttled += 1;
+                c.timeline.throttled.push(elapsed);
+                let wait = not_until.wait_time_from(bucket.limiter.clock().now());
+                let wait = wait.as_secs_f64().ceil().max(1.0) as u64;
+                let mut r = status(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(wait));
+                if self.opts.ratelimit_headers {
+                    rate_headers(r.headers_mut(), rate, 0);
+                }
+                Err(Box::new(r))
             }
-            return Err(Box::new(r));
         }
-        c.tokens -= 1.0;
-        Ok(self
-            .opts
-            .ratelimit_headers
-            .then_some((rate, c.tokens.floor() as u64)))
     }
 
     /// The key's scripted fault (`--fault`) for this call: a throttle or a
@@ -708,8 +739,7 @@ impl Sandbox {
                 stats: Stats::default(),
                 timeline: Timeline::default(),
                 in_flight: 0,
-                tokens: f64::from(opts.burst.max(1)),
-                refilled: now,
+                bucket: None,
                 credits: opts.credits,
                 fault_calls: HashMap::new(),
                 rng: opts.seed.max(1),
@@ -896,14 +926,31 @@ mod tests {
             ..SandboxOptions::default()
         })
         .await;
-        assert_eq!(get(&s, "1").await.status(), 200);
+        let first = get(&s, "1").await;
+        assert_eq!(first.headers()["x-ratelimit-remaining"], "1");
         let second = get(&s, "2").await;
         assert_eq!(second.headers()["ratelimit-policy"], "1;w=1");
+        assert_eq!(second.headers()["x-ratelimit-remaining"], "0");
         let third = get(&s, "3").await;
         assert_eq!(third.status(), 429);
         assert_eq!(third.headers()["retry-after"], "1");
         assert_eq!(third.headers()["x-ratelimit-remaining"], "0");
         assert_eq!(s.stats().throttled, 1);
+    }
+
+    #[tokio::test]
+    async fn retry_after_is_when_the_bucket_next_has_a_token() {
+        // One call each 4 s: the refused call is told to come back in 4 s.
+        let s = start(SandboxOptions {
+            rate: 0.25,
+            burst: 1,
+            ..SandboxOptions::default()
+        })
+        .await;
+        assert_eq!(get(&s, "1").await.status(), 200);
+        let refused = get(&s, "2").await;
+        assert_eq!(refused.status(), 429);
+        assert_eq!(refused.headers()["retry-after"], "4");
     }
 
     #[tokio::test]
