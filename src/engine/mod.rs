@@ -327,6 +327,7 @@ async fn finish(
             Tally::bump(&shared.tally.failed);
             tracing::debug!(key = %item.key, %reason, "record failed");
         }
+        Resolution::Pending => {}
     }
     let finished = Finished {
         seq: item.seq,
@@ -435,9 +436,11 @@ async fn work(shared: Arc<Shared>, mut item: Item, _slot: OwnedSemaphorePermit, 
         finish(&shared, item, Resolution::Failed(why), charges).await;
         return;
     }
-    loop {
+    // The record's tries, until it is resolved (with the last ticket) or the
+    // run stops first (`None`).
+    let resolved = loop {
         let Some(mut ticket) = ready(&shared, &mut hold).await else {
-            return;
+            break None;
         };
         pacer.sending(&mut ticket, item.attempts > 0);
         let reservation = hold.reservation.take().expect("reserved above");
@@ -474,7 +477,7 @@ async fn work(shared: Arc<Shared>, mut item: Item, _slot: OwnedSemaphorePermit, 
                     drop(ticket);
                     let backoff = backoff.get_or_insert_with(|| Backoff::new(&shared.retry));
                     if !wait_to_retry(&shared, backoff, &item, &reason).await {
-                        return;
+                        break None;
                     }
                     continue;
                 }
@@ -490,7 +493,7 @@ async fn work(shared: Arc<Shared>, mut item: Item, _slot: OwnedSemaphorePermit, 
                 Tally::bump(&tally.transient);
                 shared.fatal.lock().await.get_or_insert(why);
                 shared.stop.cancel();
-                return;
+                break None;
             }
             Err(CallError::OutOfCredits) => {
                 // A refusal for the vendor's limits, as a 429 is: the record stays
@@ -498,14 +501,23 @@ async fn work(shared: Arc<Shared>, mut item: Item, _slot: OwnedSemaphorePermit, 
                 Tally::bump(&tally.throttled);
                 tracing::warn!(key = %item.key, "the vendor answered 402: out of credits; stopping");
                 shared.halt(Stop::OutOfCredits).await;
-                return;
+                break None;
             }
         };
-        // The ticket (and its concurrency permit) is held until the result is in the
-        // outbox: see the bound in `checkpoint`. If the writer failed, its error ends
-        // the run and the item stays pending.
-        finish(&shared, item, resolution, charges).await;
-        drop(ticket);
-        return;
+        break Some((resolution, ticket));
+    };
+    match resolved {
+        // The ticket (and its concurrency permit) is held until the result is in
+        // the outbox: see the bound in `checkpoint`. If the writer failed, its
+        // error ends the run and the item stays pending.
+        Some((resolution, ticket)) => {
+            finish(&shared, item, resolution, charges).await;
+            drop(ticket);
+        }
+        // Stopped between tries: the record stays pending, but what its billed
+        // tries cost must reach the ledger, or the credits reserved for them
+        // would go back to the period as unused.
+        None if !charges.is_empty() => finish(&shared, item, Resolution::Pending, charges).await,
+        None => {}
     }
 }

@@ -65,6 +65,10 @@ pub enum Resolution {
     /// The mapped columns' new values, in `api.response` order.
     Done(Vec<Value>),
     Failed(String),
+    /// Not resolved: the run stopped while the record was between tries. It
+    /// stays pending for the next run; what its billed tries cost (a billed
+    /// 429, say) is settled with the checkpoint like any other charge.
+    Pending,
 }
 
 /// An item's result, on its way to the checkpoint.

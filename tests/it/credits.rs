@@ -453,3 +453,61 @@ async fn the_402_calls_count_among_the_calls() {
         .sum();
     assert_eq!(total, calls as f64, "{prom}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_billed_throttle_of_a_record_left_pending_by_a_stop_is_charged() {
+    use std::time::Duration;
+
+    let mut env = TestEnv::new(20).await;
+    // Key 1's first call is a 429 that asks for a 30 s pause, and this vendor
+    // bills its 429s: the record is between tries, holding a charge, when the
+    // run is stopped during the pause.
+    env.vendor(SandboxOptions {
+        faults: vec![("1".into(), Fault::ThrottleFor(Duration::from_secs(30)))],
+        latency: Duration::from_millis(20),
+        ..SandboxOptions::default()
+    })
+    .await;
+    env.write_config(&Conf {
+        max_concurrency: 2,
+        ..Conf::default()
+    });
+    env.set_keys(&[
+        ("credits.billed_statuses", r#"["2xx", "404", "429"]"#),
+        ("retry.max_delay", "\"1m\""),
+    ]);
+    let child = env.spawn(&["run"]);
+    for _ in 0..1000 {
+        if env.sandbox().stats().throttled > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(env.sandbox().stats().throttled, 1, "key 1 was throttled");
+    // The other call in flight comes back; then the pause holds every worker.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = child.id().expect("running").to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = child.wait_with_output().await.unwrap();
+    assert_exit(&out, 130);
+    let stats = env.sandbox().stats();
+    assert_eq!(
+        period_spent(&env).await as u64,
+        stats.ok + stats.throttled,
+        "every billed answer is charged, the 429 of the record left pending too"
+    );
+    let (done, _, _) = env.item_states().await;
+
+    // The rerun resumes it: the record is called again and written.
+    assert_exit(&env.freshen(&["run"]).await, 0);
+    let stats = env.sandbox().stats();
+    assert_eq!(period_spent(&env).await as u64, stats.ok + stats.throttled);
+    assert!(done < 20);
+    env.assert_each_written_once(20).await;
+}
