@@ -19,6 +19,26 @@ pub fn is_usage(err: &anyhow::Error) -> bool {
     err.chain().any(|e| e.is::<UsageError>())
 }
 
+/// The vendor refuses this client's calls (401, 403: a wrong or expired key,
+/// an account without access): no call can succeed until the operator fixes
+/// the credentials, so the run stops at the first with every record still
+/// pending: exit code 6.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
+
+/// How an error ends the process: its exit code, and the status word the
+/// summary and the metrics give it.
+pub fn exit_of(err: &anyhow::Error) -> (Exit, &'static str) {
+    if is_usage(err) {
+        (Exit::Usage, "usage_error")
+    } else if err.chain().any(|e| e.is::<Refused>()) {
+        (Exit::Refused, "refused")
+    } else {
+        (Exit::Error, "error")
+    }
+}
+
 /// A value that must never be printed: API tokens, database passwords.
 /// `Debug` and `Display` show `(redacted)` (as xh does), so it cannot leak through
 /// a log line, an error or a summary by accident.
@@ -63,12 +83,27 @@ pub enum Exit {
     Outage = 4,
     /// Another run of the same table holds the lock.
     Locked = 5,
+    /// The vendor refused the credentials (401, 403); nothing was marked
+    /// failed, and the run resumes once they are fixed.
+    Refused = 6,
     /// Interrupted by SIGINT, SIGTERM or SIGHUP after checkpointing (or at once,
     /// on a second signal).
     Interrupted = 130,
 }
 
 impl Exit {
+    /// Every exit code, in the README's order.
+    pub const ALL: [Exit; 8] = [
+        Exit::Complete,
+        Exit::Error,
+        Exit::Usage,
+        Exit::Budget,
+        Exit::Outage,
+        Exit::Locked,
+        Exit::Refused,
+        Exit::Interrupted,
+    ];
+
     pub fn code(self) -> i32 {
         self as i32
     }

@@ -1,7 +1,7 @@
 //! The `freshen` binary: parse the command line, build the runtime, wire the
 //! signals, call the library, map the outcome to an exit code.
 
-use freshen::{Exit, cli::Cli, error::is_usage};
+use freshen::{Exit, cli::Cli, error::exit_of};
 use tokio_util::sync::CancellationToken;
 
 fn main() {
@@ -14,11 +14,7 @@ fn main() {
             Ok(exit) => exit.code(),
             Err(err) => {
                 eprintln!("error: {err:#}");
-                if is_usage(&err) {
-                    Exit::Usage.code()
-                } else {
-                    Exit::Error.code()
-                }
+                exit_of(&err).0.code()
             }
         }
     });

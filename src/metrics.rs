@@ -19,8 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::engine::Tally;
-use crate::error::Exit;
-use crate::error::{is_usage, usage};
+use crate::error::{Exit, exit_of, usage};
 use crate::store::{CallCounts, ItemCounts, Store};
 
 /// How often the file is rewritten while a run works.
@@ -157,11 +156,7 @@ impl Metrics {
     ) {
         let now = jiff::Timestamp::now();
         let mut fresh = State::default();
-        let mut status = match result {
-            Ok(_) => None,
-            Err(e) if is_usage(e) => Some("usage_error".to_owned()),
-            Err(_) => Some("error".to_owned()),
-        };
+        let mut status = result.err().map(|e| exit_of(e).1.to_owned());
         let read = async {
             if let Some(run) = store.latest_run().await? {
                 fresh.records = Some(store.item_counts(run.id).await?);
@@ -182,8 +177,7 @@ impl Metrics {
         }
         let code = match result {
             Ok(exit) => exit.code(),
-            Err(e) if is_usage(e) => Exit::Usage.code(),
-            Err(_) => Exit::Error.code(),
+            Err(e) => exit_of(e).0.code(),
         };
         let written = self.update(|s| {
             s.running = false;
@@ -334,7 +328,7 @@ fn last_run(w: &mut Families, s: &State) {
         w.family(
             "freshen_last_run_exit_code",
             "gauge",
-            "Exit code of the last `freshen run` that ended: 0 complete, 3 budget, 4 vendor down, 5 locked by another run, 130 interrupted, 1 and 2 errors.",
+            "Exit code of the last `freshen run` that ended: 0 complete, 3 budget, 4 vendor down, 5 locked by another run, 6 the vendor refused the credentials, 130 interrupted, 1 and 2 errors.",
             &one(f64::from(last.code)),
         );
         w.family(

@@ -306,8 +306,10 @@ pub async fn with_summary_file(
     }
     let (status, exit, message) = match &result {
         Ok(exit) => (exit_status(*exit), *exit, None),
-        Err(e) if crate::error::is_usage(e) => ("usage_error", crate::error::Exit::Usage, Some(e)),
-        Err(e) => ("error", crate::error::Exit::Error, Some(e)),
+        Err(e) => {
+            let (exit, status) = crate::error::exit_of(e);
+            (status, exit, Some(e))
+        }
     };
     let short = serde_json::json!({
         "run": null,
@@ -332,6 +334,7 @@ fn exit_status(exit: crate::error::Exit) -> &'static str {
         Budget => "budget",
         Outage => "outage",
         Locked => "locked",
+        Refused => "refused",
         Interrupted => "interrupted",
     }
 }

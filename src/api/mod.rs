@@ -44,6 +44,12 @@ pub enum CallError {
     /// certificate is not trusted): the run stops, the item stays pending.
     #[error("{0}")]
     Fatal(String),
+    /// The vendor refuses this client (401, 403: a wrong or expired key, an
+    /// account without access): no call can succeed until the operator fixes
+    /// the credentials; the run stops, the item stays pending. The status and
+    /// the vendor's own words, cut short, secrets redacted.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// How the reason of a call that could not connect starts.
@@ -91,9 +97,12 @@ impl Call {
             Err(CallError::Transient {
                 overload: false, ..
             }) => (Signal::Failed, None),
-            Err(CallError::Permanent(_) | CallError::OutOfCredits | CallError::Fatal(_)) => {
-                (Signal::Answered, None)
-            }
+            Err(
+                CallError::Permanent(_)
+                | CallError::OutOfCredits
+                | CallError::Fatal(_)
+                | CallError::Refused(_),
+            ) => (Signal::Answered, None),
         }
     }
 }
@@ -117,6 +126,9 @@ pub struct Vendor {
     timeout: Duration,
     billed: Vec<StatusPattern>,
     remaining_header: Option<reqwest::header::HeaderName>,
+    /// The secret headers' values (and each long word of them, as a bearer
+    /// token): never repeated from a vendor's message.
+    secrets: Vec<String>,
 }
 
 impl Vendor {
@@ -166,6 +178,7 @@ impl Vendor {
             timeout: api.timeout,
             billed: config.credits.billed_statuses.clone(),
             remaining_header: config.credits.remaining_header.clone(),
+            secrets: secret_words(&api.headers),
         })
     }
 
@@ -297,6 +310,14 @@ impl Vendor {
                 ),
                 None => status_text(status),
             })),
+            401 | 403 => {
+                let body = self.read_body(response).await.unwrap_or_default();
+                Err(CallError::Refused(format!(
+                    "{}{}",
+                    status_text(status),
+                    vendor_says(&body, &self.secrets)
+                )))
+            }
             // A problem document (RFC 9457) whose type is quota-exceeded: the
             // account is out of credits, whatever the status says.
             400..=499 if is_problem(&response) => {
@@ -507,6 +528,42 @@ fn status_text(status: StatusCode) -> String {
     }
 }
 
+/// The secret values of `headers` (marked sensitive by the config: `${VAR}`
+/// values and credentials), whole and word by word, longest first, so a
+/// vendor's message that repeats a key shows `(redacted)` in its place.
+fn secret_words(headers: &reqwest::header::HeaderMap) -> Vec<String> {
+    let mut words: Vec<String> = headers
+        .values()
+        .filter(|v| v.is_sensitive())
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| std::iter::once(v).chain(v.split_whitespace()))
+        // "Bearer" and other short words are not secrets; a key is longer.
+        .filter(|w| w.len() >= 8)
+        .map(str::to_owned)
+        .collect();
+    words.sort_by_key(|w| std::cmp::Reverse(w.len()));
+    words.dedup();
+    words
+}
+
+/// The most of a vendor's message an error repeats, in characters.
+const VENDOR_WORDS: usize = 200;
+
+/// `": "` and the vendor's message in `body` on one line, cut to
+/// [`VENDOR_WORDS`], the `secrets` redacted; nothing for an empty body.
+fn vendor_says(body: &[u8], secrets: &[String]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let mut text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    for secret in secrets {
+        text = text.replace(secret.as_str(), "(redacted)");
+    }
+    match text.char_indices().nth(VENDOR_WORDS) {
+        _ if text.is_empty() => String::new(),
+        Some((at, _)) => format!(": {}…", &text[..at]),
+        None => format!(": {text}"),
+    }
+}
+
 /// The longest URL freshen sends, in bytes. RFC 9110 (section 4.1) asks every
 /// HTTP sender and recipient to support URLs of at least 8,000 octets; past that,
 /// servers and proxies commonly answer 414 or 431 or drop the connection (nginx
@@ -713,5 +770,26 @@ mod tests {
                 "{e:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_vendors_message_is_one_line_cut_short_with_its_secrets_redacted() {
+        let mut headers = reqwest::header::HeaderMap::new();
+        let mut key = reqwest::header::HeaderValue::from_static("Bearer sk-live-0123456789");
+        key.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, key);
+        headers.insert("x-client", "plain-value-not-secret".parse().unwrap());
+        let secrets = secret_words(&headers);
+        assert_eq!(secrets, ["Bearer sk-live-0123456789", "sk-live-0123456789"]);
+        let body = b"{\"error\":\n  \"bad key sk-live-0123456789\"}";
+        assert_eq!(
+            vendor_says(body, &secrets),
+            ": {\"error\": \"bad key (redacted)\"}"
+        );
+        assert_eq!(vendor_says(b"", &secrets), "");
+        let long = "x".repeat(500);
+        let cut = vendor_says(long.as_bytes(), &secrets);
+        assert_eq!(cut.chars().count(), 2 + VENDOR_WORDS + 1, "{cut}");
+        assert!(cut.ends_with('…'));
     }
 }

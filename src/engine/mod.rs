@@ -119,8 +119,9 @@ struct Shared {
     tally: Arc<Tally>,
     stop: CancellationToken,
     reason: Mutex<Option<Stop>>,
-    /// Why no call can succeed (`CallError::Fatal`): the run ends with this error.
-    fatal: Mutex<Option<String>>,
+    /// Why no call can succeed (`CallError::Fatal`, `CallError::Refused`): the
+    /// run ends with this error, the first one seen.
+    fatal: Mutex<Option<anyhow::Error>>,
     outbox: Arc<checkpoint::Outbox>,
     retry: crate::config::Retry,
     /// A worker of a joined run: the shared rate and pause.
@@ -129,6 +130,13 @@ struct Shared {
 }
 
 impl Shared {
+    /// Stops the run for a reason no retry can mend; the first such reason is
+    /// the run's error.
+    async fn stop_for_good(&self, why: anyhow::Error) {
+        self.fatal.lock().await.get_or_insert(why);
+        self.stop.cancel();
+    }
+
     /// `work`, unless the run stops first: `None` once it is stopped, whether
     /// before `work` is ready or at the same moment (the stop wins), so no new
     /// work starts after a stop.
@@ -233,8 +241,7 @@ pub async fn execute(job: Job, shutdown: &CancellationToken) -> Result<Stop> {
     dispatched?;
     written?;
     if let Some(why) = shared.fatal.lock().await.take() {
-        // The operator must change something: a usage error, exit 2.
-        return Err(crate::error::usage(why));
+        return Err(why);
     }
 
     Ok(match reason {
@@ -491,8 +498,22 @@ async fn work(shared: Arc<Shared>, mut item: Item, _slot: OwnedSemaphorePermit, 
                 // A call made, if one no answer can come of (an untrusted
                 // certificate): a connection error among the call totals.
                 Tally::bump(&tally.transient);
-                shared.fatal.lock().await.get_or_insert(why);
-                shared.stop.cancel();
+                // The operator must change something: a usage error, exit 2.
+                shared.stop_for_good(crate::error::usage(why)).await;
+                break None;
+            }
+            Err(CallError::Refused(why)) => {
+                // An answer, and not the record's fault: no attempt is spent on
+                // it, and no other record is sent to be refused the same way.
+                Tally::bump(&tally.permanent);
+                tracing::warn!(key = %item.key, "the vendor refused the call: {why}; stopping");
+                let refused = crate::error::Refused(format!(
+                    "the vendor refused the call: {why}. Nothing was marked failed and no \
+                     more calls were sent; check the key in api.headers (or the variable it \
+                     reads: a wrong or expired key, an account without access to this API) \
+                     and rerun to resume"
+                ));
+                shared.stop_for_good(refused.into()).await;
                 break None;
             }
             Err(CallError::OutOfCredits) => {

@@ -83,6 +83,11 @@ pub struct SandboxOptions {
     /// oversized, wrong-type, flaky:N, throttle:N, throttle-for:DURATION, slow:DURATION, redirect:URL (repeatable)
     #[arg(long = "fault", value_name = "KEY=KIND", value_parser = parse_fault)]
     pub faults: Vec<(String, Fault)>,
+    /// The API key the vendor accepts, as `Authorization: Bearer KEY`; any other
+    /// call is answered 401 (unbilled), its message repeating the key it was
+    /// sent, as some vendors' do. Unset = no key checked
+    #[arg(long)]
+    pub api_key: Option<String>,
     /// Seed of the generator behind --error-rate
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -112,6 +117,7 @@ impl Default for SandboxOptions {
             credits: None,
             ratelimit_headers: false,
             faults: Vec::new(),
+            api_key: None,
             seed: 1,
             record_headers: false,
             lean: false,
@@ -260,6 +266,8 @@ pub struct Stats {
     pub redirected: u64,
     /// Calls to the account endpoint, /v1/account (unbilled).
     pub account: u64,
+    /// Calls answered 401 for a wrong or missing `--api-key` (unbilled).
+    pub unauthorized: u64,
 }
 
 struct Vendor {
@@ -350,6 +358,27 @@ impl Vendor {
         self.opts
             .outage_start
             .is_some_and(|s| elapsed >= s && elapsed < s + self.opts.outage)
+    }
+
+    /// `--api-key`: a call without it is answered 401 at once, before any other
+    /// check, unbilled; it counts among the requests.
+    fn check_key(&self, headers: &HeaderMap) -> Option<Response> {
+        let want = self.opts.api_key.as_deref()?;
+        let sent = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if sent == Some(want) {
+            return None;
+        }
+        let mut c = self.state.lock().expect("sandbox lock");
+        c.stats.requests += 1;
+        c.stats.unauthorized += 1;
+        let message = match sent {
+            Some(key) => format!("invalid API key '{key}'"),
+            None => "missing API key: send Authorization: Bearer KEY".to_owned(),
+        };
+        Some(status(StatusCode::UNAUTHORIZED, &message))
     }
 
     /// Every check that can refuse a call, in the order a vendor applies them.
@@ -585,6 +614,9 @@ async fn serve_call(
             .collect();
         let mut c = vendor.state.lock().expect("sandbox lock");
         c.headers_seen.push(seen);
+    }
+    if let Some(refused) = vendor.check_key(&headers) {
+        return refused;
     }
     let (verdict, in_flight) = vendor.admit(&key);
     let (fault, remaining, quota, error) = match verdict {

@@ -20,3 +20,4 @@ mod resume;
 mod run;
 mod security;
 mod status;
+mod vendor;

@@ -151,6 +151,13 @@ async fn status_says_all_records_and_bad_log_filters_and_help_are_plain() {
             help.contains("5    another run of the same table holds the lock"),
             "{help}"
         );
+        for exit in freshen::Exit::ALL {
+            let code = format!("{} ", exit.code());
+            assert!(
+                help.lines().any(|l| l.trim_start().starts_with(&code)),
+                "exit code {code}missing from {args:?}: {help}"
+            );
+        }
     }
 }
 

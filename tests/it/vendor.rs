@@ -1,0 +1,121 @@
+//! What the vendor's answers mean for the run as a whole: a vendor that refuses
+//! the key (401, 403) stops it at the first refusal, with nothing failed and
+//! nothing spent, and the run resumes once the key is fixed.
+
+use std::time::Duration;
+
+use freshen::sandbox::{Fault, SandboxOptions};
+
+use crate::harness::{Conf, TestEnv, assert_exit, read_json, text};
+
+const RIGHT_KEY: &str = "right-key-Hq2v9TzL";
+const EXPIRED_KEY: &str = "expired-key-Pw4m8RxN";
+const HEADERS: &str = "headers = { Authorization = \"Bearer ${VENDOR_TOKEN}\" }";
+
+/// The period's spent, the most attempts of any item.
+async fn spent_and_attempts(env: &TestEnv) -> (i64, i64) {
+    let db = env.db().await;
+    let spent = sqlx::query_scalar("SELECT COALESCE(SUM(spent), 0) FROM freshen_credit_periods")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    let attempts = sqlx::query_scalar("SELECT COALESCE(MAX(attempts), 0) FROM freshen_items")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    db.close().await;
+    (spent, attempts)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_key_stops_the_run_at_the_first_refusal_with_nothing_failed_or_spent() {
+    let mut env = TestEnv::new(500).await;
+    env.vendor(SandboxOptions {
+        api_key: Some(RIGHT_KEY.into()),
+        latency: Duration::from_millis(20),
+        ..SandboxOptions::default()
+    })
+    .await;
+    env.write_config(&Conf {
+        headers: HEADERS,
+        max_concurrency: 8,
+        ..Conf::default()
+    });
+    let summary = env.dir.path().join("summary.json");
+    let args = ["run", "--summary-json", summary.to_str().unwrap()];
+
+    let out = env
+        .freshen_with_env(&args, &[("VENDOR_TOKEN", EXPIRED_KEY)])
+        .await;
+    assert_exit(&out, 6);
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("401 Unauthorized")
+            && err.contains("invalid API key '(redacted)'")
+            && err.contains("api.headers")
+            && err.contains("rerun"),
+        "{err}"
+    );
+    assert!(
+        !err.contains(EXPIRED_KEY),
+        "the key is never repeated: {err}"
+    );
+    let stats = env.sandbox().stats();
+    assert!(
+        stats.requests <= 8,
+        "at most max_concurrency calls: {}",
+        stats.requests
+    );
+    assert_eq!(stats.unauthorized, stats.requests);
+    assert_eq!(
+        env.item_states().await,
+        (0, 0, 500),
+        "nothing done or failed"
+    );
+    assert_eq!(
+        spent_and_attempts(&env).await,
+        (0, 0),
+        "nothing spent or tried"
+    );
+    let json = read_json(&summary);
+    assert_eq!(
+        (json["status"].as_str(), json["exit_code"].as_i64()),
+        (Some("refused"), Some(6))
+    );
+    assert!(!json.to_string().contains(EXPIRED_KEY));
+
+    // The key fixed, the same run resumes and completes.
+    let out = env
+        .freshen_with_env(&args, &[("VENDOR_TOKEN", RIGHT_KEY)])
+        .await;
+    assert_exit(&out, 0);
+    env.assert_each_written_once(500).await;
+    assert_eq!(
+        read_json(&summary)["run"].as_i64(),
+        Some(1),
+        "run 1 resumed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_403_mid_run_stops_it_and_fails_no_record() {
+    let mut env = TestEnv::new(400).await;
+    env.vendor(SandboxOptions {
+        faults: vec![("200".into(), Fault::Status(403))],
+        ..SandboxOptions::default()
+    })
+    .await;
+    env.write_config(&Conf::default());
+    let out = env.freshen(&["run"]).await;
+    assert_exit(&out, 6);
+    assert!(
+        text(&out.stderr).contains("403 Forbidden"),
+        "{}",
+        text(&out.stderr)
+    );
+    let (done, failed, pending) = env.item_states().await;
+    assert_eq!(failed, 0);
+    assert!(pending > 0 && done > 0, "{done} done, {pending} pending");
+    // Every answer the run got before the refusal was checkpointed.
+    assert_eq!(done as u64, env.sandbox().stats().ok);
+}
