@@ -50,6 +50,8 @@ struct LastRun {
     code: i32,
     status: String,
     end: f64,
+    /// Unix seconds: no call before it (the vendor's quota window it stopped for).
+    resume_after: Option<f64>,
 }
 
 /// What the periodic writer needs to count a run as it goes, without a query.
@@ -157,6 +159,7 @@ impl Metrics {
         let now = jiff::Timestamp::now();
         let mut fresh = State::default();
         let mut status = result.err().map(|e| exit_of(e).1.to_owned());
+        let mut resume_after = None;
         let read = async {
             if let Some(run) = store.latest_run().await? {
                 fresh.records = Some(store.item_counts(run.id).await?);
@@ -168,6 +171,10 @@ impl Metrics {
             let label = config.credits.periods.label_at(now);
             let p = store.period(&label, config.credits.allowance).await?;
             fresh.period = Some((p.period, p.allowance, p.spent));
+            resume_after = p
+                .resume_after_ms
+                .filter(|ms| *ms > now.as_millisecond())
+                .map(|ms| ms as f64 / 1000.0);
             anyhow::Ok(())
         };
         if let Err(e) = read.await {
@@ -190,6 +197,7 @@ impl Metrics {
                 code,
                 status: status.take().unwrap_or_else(|| "unknown".into()),
                 end: now.as_millisecond() as f64 / 1000.0,
+                resume_after,
             });
         });
         self.state.lock().expect("metrics lock").done = true;
@@ -343,6 +351,14 @@ fn last_run(w: &mut Families, s: &State) {
             "1 for the status the last `freshen run` ended with.",
             &[(format!(",status=\"{}\"", escape(&last.status)), 1.0)],
         );
+        if let Some(at) = last.resume_after {
+            w.family(
+                "freshen_resume_after_timestamp_seconds",
+                "gauge",
+                "No call before this time, Unix time: the vendor's quota window the last `freshen run` stopped for (status quota).",
+                &one(at),
+            );
+        }
     }
 }
 
@@ -380,6 +396,7 @@ fn carried_over(text: &str) -> Option<LastRun> {
     Some(LastRun {
         code: value("freshen_last_run_exit_code")? as i32,
         end: value("freshen_last_run_end_timestamp_seconds")?,
+        resume_after: value("freshen_resume_after_timestamp_seconds"),
         status,
     })
 }
@@ -419,16 +436,19 @@ mod tests {
             table: "people".into(),
             state: Mutex::new(State::default()),
         };
-        let last = LastRun {
-            code: 3,
-            status: "budget".into(),
-            end: 1_790_000_000.5,
-        };
-        let text = m.render(&State {
-            last: Some(last.clone()),
-            ..State::default()
-        });
-        assert_eq!(carried_over(&text), Some(last));
+        for resume_after in [None, Some(1_790_086_400.0)] {
+            let last = LastRun {
+                code: 3,
+                status: "quota".into(),
+                end: 1_790_000_000.5,
+                resume_after,
+            };
+            let text = m.render(&State {
+                last: Some(last.clone()),
+                ..State::default()
+            });
+            assert_eq!(carried_over(&text), Some(last));
+        }
         assert_eq!(
             carried_over("freshen_run_in_progress{table=\"people\"} 1\n"),
             None

@@ -381,6 +381,10 @@ pub struct Summary {
     /// connection, a DNS failure, a 503).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cause: Option<String>,
+    /// For a quota's window (exit 3, status `quota`): no call before this time
+    /// (UTC, RFC 3339); a run started earlier exits without a call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resume_after: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]

@@ -27,6 +27,9 @@ pub enum RunStatus {
     OutOfCredits,
     /// Stopped by a vendor outage longer than `breaker.max_outage`.
     Outage,
+    /// Stopped by the vendor's long wait (a quota's window past
+    /// `retry.max_delay`); the next run after it resumes it.
+    Quota,
     /// Stopped by an error (the database's, the vendor's key, ...); the next
     /// run resumes it once the cause is fixed.
     Error,
@@ -35,7 +38,7 @@ pub enum RunStatus {
 }
 
 impl RunStatus {
-    pub const ALL: [RunStatus; 10] = [
+    pub const ALL: [RunStatus; 11] = [
         RunStatus::Planned,
         RunStatus::Running,
         RunStatus::Complete,
@@ -44,6 +47,7 @@ impl RunStatus {
         RunStatus::Budget,
         RunStatus::OutOfCredits,
         RunStatus::Outage,
+        RunStatus::Quota,
         RunStatus::Error,
         RunStatus::Superseded,
     ];
@@ -58,6 +62,7 @@ impl RunStatus {
             RunStatus::Budget => "budget",
             RunStatus::OutOfCredits => "out_of_credits",
             RunStatus::Outage => "outage",
+            RunStatus::Quota => "quota",
             RunStatus::Error => "error",
             RunStatus::Superseded => "superseded",
         }

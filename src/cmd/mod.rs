@@ -85,6 +85,10 @@ pub struct PeriodView {
     /// The vendor's last count, less what was spent since it was read.
     pub vendor_remaining: Option<i64>,
     pub vendor_seen_at: Option<String>,
+    /// No call before this (UTC): the vendor's quota window a run stopped
+    /// for, while it lasts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resume_after: Option<String>,
 }
 
 impl PeriodView {
@@ -111,6 +115,11 @@ impl PeriodView {
             available: funds.room().0,
             vendor_remaining: funds.vendor,
             vendor_seen_at: row.vendor_seen_at,
+            resume_after: row
+                .resume_after_ms
+                .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
+                .filter(|until| *until > crate::credits::now())
+                .map(crate::selection::stamp),
         })
     }
 
@@ -125,9 +134,16 @@ impl PeriodView {
             0 => String::new(),
             n => format!(" ({n} of them reserved by runs that died)"),
         };
+        let waiting = match &self.resume_after {
+            Some(until) => format!(
+                "; the vendor asked for no call before {until} (a quota's window): runs \
+                 started before then send nothing"
+            ),
+            None => String::new(),
+        };
         format!(
             "{} available to spend of {} in the period from {}: {} spent{uncertain}, {} reserved \
-             by running processes, {} kept in reserve{vendor}",
+             by running processes, {} kept in reserve{vendor}{waiting}",
             self.available, self.allowance, self.period, self.spent, self.reserved, self.reserve
         )
     }

@@ -101,6 +101,11 @@ fn say_nothing(nothing: &Nothing) {
             "nothing matched: the selection (--ids, --stale-before, --limit and \
              source.filter) takes no record of the table; no run planned"
         ),
+        Nothing::Quota { until } => println!(
+            "nothing sent: the vendor asked for no call before {} (a quota's window a run \
+             stopped for); run again after it",
+            crate::selection::stamp(*until)
+        ),
         Nothing::NoCredits { period, funds: f } => println!(
             "nothing to spend: {} credits available in the period from {period} \
              (allowance {}, spent {}, reserved by live runs {}, reserve {})",
@@ -128,6 +133,13 @@ fn say_ran(ran: &Ran, config: &Config, args: &RunArgs) -> Result<()> {
             println!("stopped: the vendor reports no credits left (402); the rest stays pending")
         }
         Stop::Interrupted => println!("interrupted: {}", resumes(args)),
+        Stop::Quota { until } => println!(
+            "stopped: the vendor asks for no call before {} (a quota's window, past \
+             retry.max_delay); the rest stays pending, and a run started before then exits \
+             without a call; {} after it",
+            crate::selection::stamp(until),
+            resumes(args)
+        ),
         Stop::Outage => {
             if let Some(outage) = &ran.outage {
                 println!("{}", outage_message(outage, config, args))

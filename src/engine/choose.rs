@@ -17,6 +17,9 @@ pub enum Nothing {
     Unmatched,
     /// `--spend-remaining` with no credit left to spend.
     NoCredits { period: String, funds: Funds },
+    /// The vendor asked for no call before `until` (a quota's window): a run
+    /// stopped for it, and this one started too early.
+    Quota { until: jiff::Timestamp },
 }
 
 /// The run to work, or why there is nothing to do.

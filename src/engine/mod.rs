@@ -52,6 +52,9 @@ pub enum Stop {
     Budget,
     /// The vendor answered 402.
     OutOfCredits,
+    /// The vendor asked for no call before `until`, past `retry.max_delay`
+    /// (a daily or monthly quota): waiting it out would hold the run for hours.
+    Quota { until: jiff::Timestamp },
     /// The vendor was down longer than `retry.max_outage`.
     Outage,
     /// This process's lease went stale (suspended or cut off past
@@ -463,6 +466,26 @@ async fn work(shared: Arc<Shared>, mut item: Item, _slot: OwnedSemaphorePermit, 
                 Tally::bump(&tally.ok);
                 item.attempts += 1;
                 Resolution::Done(values)
+            }
+            Err(CallError::Throttled {
+                retry_after: Some(wait),
+            }) if wait > shared.retry.max_delay => {
+                // A quota's window, not a burst: the run ends, and the next
+                // waits for it (see `Stop::Quota`).
+                Tally::bump(&tally.throttled);
+                // Up to the whole second, as it is shown and stored.
+                let until = crate::credits::now() + wait;
+                let until = jiff::Timestamp::from_second(
+                    until.as_second() + i64::from(until.subsec_nanosecond() > 0),
+                )
+                .unwrap_or(until);
+                tracing::warn!(
+                    key = %item.key,
+                    "the vendor asks for no call for {} (past retry.max_delay): stopping",
+                    humantime::format_duration(wait)
+                );
+                shared.halt(Stop::Quota { until }).await;
+                break None;
             }
             Err(CallError::Throttled { .. }) => {
                 Tally::bump(&tally.throttled);

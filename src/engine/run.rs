@@ -66,7 +66,7 @@ impl Outcome {
     pub fn exit(&self) -> Exit {
         match self {
             Outcome::Locked(_) | Outcome::Fenced => Exit::Locked,
-            Outcome::Nothing(Nothing::NoCredits { .. }) => Exit::Budget,
+            Outcome::Nothing(Nothing::NoCredits { .. } | Nothing::Quota { .. }) => Exit::Budget,
             Outcome::Nothing(_) => Exit::Complete,
             Outcome::Ran(ran) => ran.stop.exit(),
         }
@@ -78,7 +78,7 @@ impl Stop {
         match self {
             Stop::Drained => Exit::Complete,
             Stop::Interrupted => Exit::Interrupted,
-            Stop::Budget | Stop::OutOfCredits => Exit::Budget,
+            Stop::Budget | Stop::OutOfCredits | Stop::Quota { .. } => Exit::Budget,
             Stop::Outage => Exit::Outage,
             Stop::Fenced => Exit::Locked,
         }
@@ -160,7 +160,18 @@ impl Life<'_> {
         // The vendor's own count first, if it has an account endpoint: an old count
         // would hold the budget down (or up) wrongly.
         crate::cmd::ask_vendor(config, store, false).await?;
-        let period = credits.periods.label_at(crate::credits::now());
+        let now = crate::credits::now();
+        let period = credits.periods.label_at(now);
+        // A quota's window a run stopped for: no call before it.
+        let waiting = store
+            .period(&period, credits.allowance)
+            .await?
+            .resume_after_ms;
+        if let Some(until) = waiting.and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
+            && until > now
+        {
+            return Ok(Outcome::Nothing(Nothing::Quota { until }));
+        }
         let funds = store
             .funds(
                 &period,
@@ -263,6 +274,10 @@ impl Life<'_> {
                 return Err(e);
             }
         };
+        if let Stop::Quota { until } = stop {
+            let period = config.credits.periods.label_at(crate::credits::now());
+            store.set_resume_after(&period, Some(until)).await?;
+        }
         if let Some(left) = budget.vendor_count() {
             let now = crate::credits::now();
             let period = config.credits.periods.label_at(now);
@@ -380,6 +395,7 @@ impl Ended<'_> {
             Stop::Budget => RunStatus::Budget,
             Stop::OutOfCredits => RunStatus::OutOfCredits,
             Stop::Outage => RunStatus::Outage,
+            Stop::Quota { .. } => RunStatus::Quota,
             Stop::Fenced => unreachable!("a fenced run has no summary"),
         };
         store.set_status(run, status).await?;
@@ -410,6 +426,10 @@ impl Ended<'_> {
             failures: failures(store, &row).await?,
             cause: match self.stop {
                 Stop::Outage => reach.cause(),
+                _ => None,
+            },
+            resume_after: match self.stop {
+                Stop::Quota { until } => Some(crate::selection::stamp(until)),
                 _ => None,
             },
         };

@@ -148,7 +148,7 @@ fn rate_points(placed: &[Placed]) -> Vec<RatePoint> {
 fn status_color(status: RunStatus) -> &'static str {
     match status {
         RunStatus::Complete => GREEN,
-        RunStatus::Budget | RunStatus::OutOfCredits => "#9a6700",
+        RunStatus::Budget | RunStatus::OutOfCredits | RunStatus::Quota => "#9a6700",
         RunStatus::Outage | RunStatus::Error => RED,
         RunStatus::Running | RunStatus::Planned => BLUE,
         RunStatus::Stopped | RunStatus::Interrupted | RunStatus::Superseded => GRAY,

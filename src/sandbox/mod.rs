@@ -83,6 +83,11 @@ pub struct SandboxOptions {
     /// oversized, wrong-type, flaky:N, throttle:N, throttle-for:DURATION, slow:DURATION, redirect:URL (repeatable)
     #[arg(long = "fault", value_name = "KEY=KIND", value_parser = parse_fault)]
     pub faults: Vec<(String, Fault)>,
+    /// A quota of CALLS per WINDOW, e.g. `1000/1d` or `100/3s`: fixed windows from
+    /// server start; past it every call is answered 429 with a Retry-After of
+    /// the time left in the window (a daily or monthly plan's quota)
+    #[arg(long, value_name = "CALLS/WINDOW", value_parser = parse_quota)]
+    pub quota: Option<(u64, Duration)>,
     /// The API key the vendor accepts, as `Authorization: Bearer KEY`; any other
     /// call is answered 401 (unbilled), its message repeating the key it was
     /// sent, as some vendors' do. Unset = no key checked
@@ -118,6 +123,7 @@ impl Default for SandboxOptions {
             ratelimit_headers: false,
             faults: Vec::new(),
             api_key: None,
+            quota: None,
             seed: 1,
             record_headers: false,
             lean: false,
@@ -189,6 +195,20 @@ pub fn parse_fault(s: &str) -> Result<(String, Fault), String> {
         return Err(format!("`{s}`: the key is empty"));
     }
     Ok((key.to_owned(), fault))
+}
+
+pub fn parse_quota(s: &str) -> Result<(u64, Duration), String> {
+    let (calls, window) = s
+        .split_once('/')
+        .ok_or_else(|| format!("`{s}` is not CALLS/WINDOW, e.g. `1000/1d`"))?;
+    let calls = calls
+        .parse::<u64>()
+        .map_err(|_| format!("`{s}`: `{calls}` is not a count of calls"))?;
+    let window = humantime::parse_duration(window)
+        .ok()
+        .filter(|w| !w.is_zero())
+        .ok_or_else(|| format!("`{s}`: `{window}` is not a window, e.g. `1d` or `3s`"))?;
+    Ok((calls, window))
 }
 
 pub fn parse_rate_change(s: &str) -> Result<(Duration, f64), String> {
@@ -293,6 +313,9 @@ struct Counters {
     in_flight: u64,
     /// The token bucket of `--rate` and `--burst` at the rate in force.
     bucket: Option<Bucket>,
+    /// `--quota`: the window now (its index from server start), calls in it.
+    quota_window: u128,
+    quota_used: u64,
     credits: Option<u64>,
     /// Calls seen per faulty key, for flaky:N and throttle:N.
     fault_calls: HashMap<String, u32>,
@@ -420,6 +443,9 @@ impl Vendor {
             );
         }
 
+        if let Some(refused) = self.past_quota(&mut c, elapsed) {
+            return (Verdict::Refuse(refused), None);
+        }
         let quota = match self.take_token(&mut c, elapsed) {
             Ok(quota) => quota,
             Err(refused) => return (Verdict::Refuse(*refused), None),
@@ -478,6 +504,31 @@ impl Vendor {
             },
             Some(InFlight(self.clone())),
         )
+    }
+
+    /// `--quota`: the call counted in its window, or, past the window's
+    /// calls, the 429 that says how long until the next window.
+    fn past_quota(&self, c: &mut Counters, elapsed: Duration) -> Option<Response> {
+        let (calls, window) = self.opts.quota?;
+        let index = elapsed.as_nanos() / window.as_nanos().max(1);
+        if c.quota_window != index {
+            (c.quota_window, c.quota_used) = (index, 0);
+        }
+        if c.quota_used < calls {
+            c.quota_used += 1;
+            return None;
+        }
+        c.stats.throttled += 1;
+        c.timeline.throttled.push(elapsed);
+        let next = window.as_secs_f64() * (index + 1) as f64;
+        let wait = (next - elapsed.as_secs_f64()).ceil().max(1.0) as u64;
+        let mut r = status(
+            StatusCode::TOO_MANY_REQUESTS,
+            "quota exceeded for this window",
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(wait));
+        Some(r)
     }
 
     /// A token of the bucket (`--rate`, `--burst`), and the rate headers'
@@ -772,6 +823,8 @@ impl Sandbox {
                 timeline: Timeline::default(),
                 in_flight: 0,
                 bucket: None,
+                quota_window: 0,
+                quota_used: 0,
                 credits: opts.credits,
                 fault_calls: HashMap::new(),
                 rng: opts.seed.max(1),

@@ -71,6 +71,12 @@ pub(super) fn migrator(backend: Backend) -> Migrator {
             include_str!("../../migrations/sqlite/0010_sent.sql"),
             include_str!("../../migrations/postgres/0010_sent.sql"),
         ),
+        (
+            11,
+            "resume_after",
+            include_str!("../../migrations/sqlite/0011_resume_after.sql"),
+            include_str!("../../migrations/postgres/0011_resume_after.sql"),
+        ),
     ];
     let migrations = all
         .into_iter()

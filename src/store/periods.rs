@@ -24,7 +24,19 @@ impl Store {
             spent: r.try_get(2)?,
             vendor_remaining: r.try_get(3)?,
             vendor_seen_at: r.try_get(4)?,
+            resume_after_ms: r.try_get(5)?,
         })
+    }
+
+    /// The vendor asks for no call before `at` (a quota's window): every run
+    /// spending from `period` waits for it. `None` clears it.
+    pub async fn set_resume_after(&self, period: &str, at: Option<jiff::Timestamp>) -> Result<()> {
+        sqlx::query("UPDATE freshen_credit_periods SET resume_after_ms = $1 WHERE period = $2")
+            .bind(at.map(|t| t.as_millisecond()))
+            .bind(period.to_owned())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// Records the vendor's count of credits left for `period`.

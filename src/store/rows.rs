@@ -106,6 +106,8 @@ pub struct PeriodRow {
     /// The vendor's last count of credits left, and when it was seen.
     pub vendor_remaining: Option<i64>,
     pub vendor_seen_at: Option<String>,
+    /// No call before this (Unix ms): the vendor's long wait, a quota's reset.
+    pub resume_after_ms: Option<i64>,
 }
 
 /// What past runs of the table cost: for the estimate's retry overhead.

@@ -183,8 +183,8 @@ impl Statements {
             ensure_period: a("INSERT INTO freshen_credit_periods (period, allowance, spent) VALUES ($1, $2, 0) \
                  ON CONFLICT (period) DO NOTHING"
                 .into()),
-            period: a("SELECT period, allowance, spent, vendor_remaining, vendor_seen_at \
-                 FROM freshen_credit_periods WHERE period = $1".into()),
+            period: a("SELECT period, allowance, spent, vendor_remaining, vendor_seen_at, \
+                 resume_after_ms FROM freshen_credit_periods WHERE period = $1".into()),
             // The period's spent as the count is read: what is spent after it
             // comes off the count (see `store::ledger`).
             set_vendor_count: a("UPDATE freshen_credit_periods SET vendor_remaining = $1, vendor_seen_at = $2, \

@@ -119,3 +119,78 @@ async fn a_403_mid_run_stops_it_and_fails_no_record() {
     // Every answer the run got before the refusal was checkpointed.
     assert_eq!(done as u64, env.sandbox().stats().ok);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quota_hit_mid_run_ends_it_until_the_window_resets() {
+    // 100 calls per 3 s window; a Retry-After past retry.max_delay (1 s) is a
+    // quota's window, not a burst to wait out.
+    let mut env = TestEnv::new(150).await;
+    env.vendor(SandboxOptions {
+        quota: Some((100, Duration::from_secs(3))),
+        ..SandboxOptions::default()
+    })
+    .await;
+    env.write_config(&Conf::default());
+    env.set_keys(&[
+        ("retry.base_delay", "\"100ms\""),
+        ("retry.max_delay", "\"1s\""),
+    ]);
+    let summary = env.dir.path().join("summary.json");
+    let metrics = env.dir.path().join("freshen.prom");
+    let args = [
+        "run",
+        "--summary-json",
+        summary.to_str().unwrap(),
+        "--metrics-file",
+        metrics.to_str().unwrap(),
+    ];
+
+    let started = std::time::Instant::now();
+    let out = env.freshen(&args).await;
+    assert_exit(&out, 3);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "it does not wait the window out: {:?}",
+        started.elapsed()
+    );
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("asks for no call before"), "{stdout}");
+    let json = read_json(&summary);
+    assert_eq!(json["status"], "quota");
+    let until: jiff::Timestamp = json["resume_after"].as_str().unwrap().parse().unwrap();
+    assert_eq!(env.item_states().await, (100, 0, 50));
+    let calls = env.sandbox().stats().requests;
+    let prom = std::fs::read_to_string(&metrics).unwrap();
+    let at = format!(
+        "freshen_resume_after_timestamp_seconds{{table=\"people\"}} {}",
+        until.as_second()
+    );
+    assert!(prom.contains(&at), "{at} in {prom}");
+    let status = text(&env.freshen(&["status"]).await.stdout);
+    assert!(
+        status.contains(&format!(
+            "asked for no call before {json_until}",
+            json_until = json["resume_after"].as_str().unwrap()
+        )),
+        "{status}"
+    );
+
+    // Started before the window resets: nothing is sent.
+    let out = env.freshen(&args).await;
+    assert_exit(&out, 3);
+    assert!(
+        text(&out.stdout).contains("nothing sent"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(env.sandbox().stats().requests, calls, "no call in between");
+
+    // After it, the same run resumes and completes.
+    let wait = until.duration_since(jiff::Timestamp::now());
+    tokio::time::sleep(Duration::try_from(wait).unwrap_or_default() + Duration::from_millis(200))
+        .await;
+    let out = env.freshen(&args).await;
+    assert_exit(&out, 0);
+    env.assert_each_written_once(150).await;
+    assert_eq!(read_json(&summary)["run"].as_i64(), Some(1));
+}
