@@ -88,6 +88,19 @@ impl Call {
         })
     }
 
+    /// How long a throttle asks to wait: its `Retry-After`, or without one the
+    /// reset of a rate-limit window with no call left in it. `None` for any
+    /// other answer, or a throttle that says nothing of when.
+    pub fn throttle_wait(&self) -> Option<Duration> {
+        let Err(CallError::Throttled { retry_after }) = &self.result else {
+            return None;
+        };
+        retry_after.or_else(|| {
+            let hint = self.hint.as_ref()?;
+            (hint.remaining == Some(0)).then_some(hint.reset).flatten()
+        })
+    }
+
     /// What the answer tells the pacer, and the wait a throttle asks for.
     pub fn signal(&self) -> (Signal, Option<Duration>) {
         match &self.result {
@@ -791,5 +804,32 @@ mod tests {
         let cut = vendor_says(long.as_bytes(), &secrets);
         assert_eq!(cut.chars().count(), 2 + VENDOR_WORDS + 1, "{cut}");
         assert!(cut.ends_with('…'));
+    }
+
+    #[test]
+    fn a_throttles_wait_is_its_retry_after_or_the_reset_of_an_empty_window() {
+        let call = |retry_after: Option<Duration>, remaining: Option<u64>| Call {
+            status: Some(429),
+            result: Err(CallError::Throttled { retry_after }),
+            hint: Some(QuotaHint {
+                remaining,
+                reset: Some(Duration::from_secs(3600)),
+                ..QuotaHint::default()
+            }),
+            credits_left: None,
+            billed: false,
+            elapsed: Duration::ZERO,
+        };
+        let s = Duration::from_secs;
+        assert_eq!(call(Some(s(5)), Some(0)).throttle_wait(), Some(s(5)));
+        assert_eq!(call(None, Some(0)).throttle_wait(), Some(s(3600)));
+        // Calls left in the window: its reset is not a wait.
+        assert_eq!(call(None, Some(3)).throttle_wait(), None);
+        assert_eq!(call(None, None).throttle_wait(), None);
+        let ok = Call {
+            result: Ok(Vec::new()),
+            ..call(None, Some(0))
+        };
+        assert_eq!(ok.throttle_wait(), None, "only a throttle asks to wait");
     }
 }

@@ -459,6 +459,7 @@ async fn work(shared: Arc<Shared>, mut item: Item, _slot: OwnedSemaphorePermit, 
         account(&shared, &call, reservation, &mut hold, &mut charges);
         pacer.saw(call.status, call.failure());
         let (signal, retry_after) = call.signal();
+        let throttle_wait = call.throttle_wait();
         let outage = pacer.observe(&mut ticket, item.seq, signal, retry_after, call.hint);
 
         let resolution = match call.result {
@@ -467,9 +468,10 @@ async fn work(shared: Arc<Shared>, mut item: Item, _slot: OwnedSemaphorePermit, 
                 item.attempts += 1;
                 Resolution::Done(values)
             }
-            Err(CallError::Throttled {
-                retry_after: Some(wait),
-            }) if wait > shared.retry.max_delay => {
+            Err(CallError::Throttled { .. })
+                if let Some(wait) = throttle_wait
+                    && wait > shared.retry.max_delay =>
+            {
                 // A quota's window, not a burst: the run ends, and the next
                 // waits for it (see `Stop::Quota`).
                 Tally::bump(&tally.throttled);
