@@ -16,7 +16,7 @@ const EXIT_CODES: &str = "Exit codes:
   3    stopped at the credit budget, or the vendor is out of credits
   4    the vendor was down past retry.max_outage, or unreachable (api.base_url)
   5    another run of the same table holds the lock
-  6    the vendor refused the key (401, 403): fix it and rerun; nothing failed
+  6    the vendor refused the key (401, 403), or most answers failed: fix the config
   130  interrupted (SIGINT/SIGTERM) after checkpointing";
 
 /// Refresh database records against a rate-limited, credit-metered API:

@@ -121,6 +121,18 @@ struct FileLimits {
     rate: de::AtLeastOne,
     burst: Option<de::AtLeastOne>,
     max_concurrency: de::AtLeastOne,
+    #[serde(default = "half", deserialize_with = "de::share")]
+    max_failure_share: f64,
+    #[serde(default = "a_hundred")]
+    failure_window: de::AtLeastOne,
+}
+
+fn half() -> f64 {
+    0.5
+}
+
+fn a_hundred() -> de::AtLeastOne {
+    de::AtLeastOne(NonZeroU32::new(100).expect("100 is not 0"))
 }
 
 impl From<FileLimits> for Limits {
@@ -134,6 +146,8 @@ impl From<FileLimits> for Limits {
                 |b| b.0,
             ),
             max_concurrency: raw.max_concurrency.0,
+            max_failure_share: raw.max_failure_share,
+            failure_window: raw.failure_window.0,
         }
     }
 }
@@ -384,6 +398,10 @@ pub struct Limits {
     pub rate: NonZeroU32,
     pub burst: NonZeroU32,
     pub max_concurrency: NonZeroU32,
+    /// The contract guard (`engine::guard`): the run stops once this share of
+    /// the last `failure_window` records' first answers failed for good.
+    pub max_failure_share: f64,
+    pub failure_window: NonZeroU32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -667,6 +685,17 @@ mod de {
                 .map(AtLeastOne)
                 .ok_or("must be at least 1")
         }
+    }
+
+    /// A share: more than 0, at most 1.
+    pub fn share<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        let share = f64::deserialize(d)?;
+        if !(share > 0.0 && share <= 1.0) {
+            return Err(D::Error::custom(format!(
+                "is {share}; a share is more than 0 and at most 1 (0.5 is half)"
+            )));
+        }
+        Ok(share)
     }
 
     pub fn at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<NonZeroU32, D::Error> {

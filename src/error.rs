@@ -19,10 +19,10 @@ pub fn is_usage(err: &anyhow::Error) -> bool {
     err.chain().any(|e| e.is::<UsageError>())
 }
 
-/// The vendor refuses this client's calls (401, 403: a wrong or expired key,
-/// an account without access): no call can succeed until the operator fixes
-/// the credentials, so the run stops at the first with every record still
-/// pending: exit code 6.
+/// No call can succeed as configured: the vendor refuses this client's calls
+/// (401, 403: a wrong or expired key, an account without access), or most
+/// answers fail (the contract guard: a changed schema). The run stops before
+/// spending more: exit code 6.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct Refused(pub String);
@@ -83,8 +83,8 @@ pub enum Exit {
     Outage = 4,
     /// Another run of the same table holds the lock.
     Locked = 5,
-    /// The vendor refused the credentials (401, 403); nothing was marked
-    /// failed, and the run resumes once they are fixed.
+    /// The vendor refused the credentials (401, 403), or most answers failed
+    /// (`limits.max_failure_share`); the run resumes once the config is fixed.
     Refused = 6,
     /// Interrupted by SIGINT, SIGTERM or SIGHUP after checkpointing (or at once,
     /// on a second signal).

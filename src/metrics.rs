@@ -336,7 +336,7 @@ fn last_run(w: &mut Families, s: &State) {
         w.family(
             "freshen_last_run_exit_code",
             "gauge",
-            "Exit code of the last `freshen run` that ended: 0 complete, 3 budget, 4 vendor down, 5 locked by another run, 6 the vendor refused the credentials, 130 interrupted, 1 and 2 errors.",
+            "Exit code of the last `freshen run` that ended: 0 complete, 3 budget, 4 vendor down, 5 locked by another run, 6 the vendor refused the key or most answers failed, 130 interrupted, 1 and 2 errors.",
             &one(f64::from(last.code)),
         );
         w.family(

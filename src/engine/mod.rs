@@ -16,6 +16,7 @@
 mod checkpoint;
 mod choose;
 mod deadline;
+mod guard;
 mod held;
 mod outage;
 mod plan;
@@ -130,6 +131,8 @@ struct Shared {
     /// A worker of a joined run: the shared rate and pause.
     crew: Crew,
     lease: Arc<Lease>,
+    /// The contract guard: records' first answers, failed or not.
+    guard: std::sync::Mutex<guard::Guard>,
 }
 
 impl Shared {
@@ -217,6 +220,10 @@ pub async fn execute(job: Job, shutdown: &CancellationToken) -> Result<Stop> {
         retry: config.retry.clone(),
         crew,
         lease,
+        guard: std::sync::Mutex::new(guard::Guard::new(
+            config.limits.failure_window.get() as usize,
+            config.limits.max_failure_share,
+        )),
     });
 
     // Workers in existence at once: those calling plus those waiting out a backoff
@@ -407,6 +414,83 @@ fn account(
     }
 }
 
+/// Stops the run on an answer that says no other call can succeed now; the
+/// record stays pending, no attempt spent on it.
+async fn stop_on(shared: &Shared, item: &Item, e: CallError) {
+    let tally = &shared.tally;
+    match e {
+        CallError::Fatal(why) => {
+            // A call made, if one no answer can come of (an untrusted
+            // certificate): a connection error among the call totals. The
+            // operator must change something: a usage error, exit 2.
+            Tally::bump(&tally.transient);
+            shared.stop_for_good(crate::error::usage(why)).await;
+        }
+        CallError::Refused(why) => {
+            // An answer, and not the record's fault: no other record is sent to
+            // be refused the same way.
+            Tally::bump(&tally.permanent);
+            tracing::warn!(key = %item.key, "the vendor refused the call: {why}; stopping");
+            let refused = crate::error::Refused(format!(
+                "the vendor refused the call: {why}. Nothing was marked failed and no \
+                 more calls were sent; check the key in api.headers (or the variable it \
+                 reads: a wrong or expired key, an account without access to this API) \
+                 and rerun to resume"
+            ));
+            shared.stop_for_good(refused.into()).await;
+        }
+        CallError::OutOfCredits => {
+            // A refusal for the vendor's limits, as a 429 is: the call counts
+            // among the calls.
+            Tally::bump(&tally.throttled);
+            tracing::warn!(key = %item.key, "the vendor answered 402: out of credits; stopping");
+            shared.halt(Stop::OutOfCredits).await;
+        }
+        CallError::Throttled { .. } | CallError::Transient { .. } | CallError::Permanent(_) => {
+            unreachable!("only the answers that stop a run")
+        }
+    }
+}
+
+/// A wait past `retry.max_delay`: a quota's window, not a burst. The run ends,
+/// and the next waits for it (see `Stop::Quota`).
+async fn stop_for_quota(shared: &Shared, item: &Item, wait: std::time::Duration) {
+    // Up to the whole second, as it is shown and stored.
+    let until = crate::credits::now() + wait;
+    let until =
+        jiff::Timestamp::from_second(until.as_second() + i64::from(until.subsec_nanosecond() > 0))
+            .unwrap_or(until);
+    tracing::warn!(
+        key = %item.key,
+        "the vendor asks for no call for {} (past retry.max_delay): stopping",
+        humantime::format_duration(wait)
+    );
+    shared.halt(Stop::Quota { until }).await;
+}
+
+/// Counts a record's first answer that failed it for good; once the contract
+/// guard trips, stops the run before the budget drains on answers nobody can
+/// use (this record is still failed and checkpointed).
+async fn guard_failed(shared: &Shared, reason: &str) {
+    let tripped = shared.guard.lock().expect("guard lock").failed(reason);
+    let Some(t) = tripped else {
+        return;
+    };
+    tracing::warn!(
+        "{} of the last {} records' first answers failed: stopping",
+        t.failed,
+        t.of
+    );
+    let why = crate::error::Refused(format!(
+        "{} of the last {} records' first answers failed for good, {} of them with `{}`: \
+         the vendor's answers no longer fit the config (a changed schema, a wrong api.path \
+         or api.response?). Nothing more was sent; fix the config and rerun to resume \
+         (limits.max_failure_share and limits.failure_window set this guard)",
+        t.failed, t.of, t.count, t.reason
+    ));
+    shared.stop_for_good(why.into()).await;
+}
+
 /// Waits out the record's backoff, and longer while retries are over their
 /// share. False if the run stopped meanwhile.
 async fn wait_to_retry(shared: &Shared, backoff: &mut Backoff, item: &Item, reason: &str) -> bool {
@@ -446,8 +530,7 @@ async fn work(shared: Arc<Shared>, mut item: Item, _slot: OwnedSemaphorePermit, 
         finish(&shared, item, Resolution::Failed(why), charges).await;
         return;
     }
-    // The record's tries, until it is resolved (with the last ticket) or the
-    // run stops first (`None`).
+    // The record's tries, until resolved (with the last ticket) or stopped (`None`).
     let resolved = loop {
         let Some(mut ticket) = ready(&shared, &mut hold).await else {
             break None;
@@ -455,16 +538,19 @@ async fn work(shared: Arc<Shared>, mut item: Item, _slot: OwnedSemaphorePermit, 
         pacer.sending(&mut ticket, item.attempts > 0);
         let reservation = hold.reservation.take().expect("reserved above");
         shared.budget.sending(&reservation);
+        let first = item.attempts == 0;
         let call = shared.vendor.call(&item).await;
         account(&shared, &call, reservation, &mut hold, &mut charges);
         pacer.saw(call.status, call.failure());
         let (signal, retry_after) = call.signal();
         let throttle_wait = call.throttle_wait();
         let outage = pacer.observe(&mut ticket, item.seq, signal, retry_after, call.hint);
-
         let resolution = match call.result {
             Ok(values) => {
                 Tally::bump(&tally.ok);
+                if first {
+                    shared.guard.lock().expect("guard lock").good();
+                }
                 item.attempts += 1;
                 Resolution::Done(values)
             }
@@ -472,21 +558,8 @@ async fn work(shared: Arc<Shared>, mut item: Item, _slot: OwnedSemaphorePermit, 
                 if let Some(wait) = throttle_wait
                     && wait > shared.retry.max_delay =>
             {
-                // A quota's window, not a burst: the run ends, and the next
-                // waits for it (see `Stop::Quota`).
                 Tally::bump(&tally.throttled);
-                // Up to the whole second, as it is shown and stored.
-                let until = crate::credits::now() + wait;
-                let until = jiff::Timestamp::from_second(
-                    until.as_second() + i64::from(until.subsec_nanosecond() > 0),
-                )
-                .unwrap_or(until);
-                tracing::warn!(
-                    key = %item.key,
-                    "the vendor asks for no call for {} (past retry.max_delay): stopping",
-                    humantime::format_duration(wait)
-                );
-                shared.halt(Stop::Quota { until }).await;
+                stop_for_quota(&shared, &item, wait).await;
                 break None;
             }
             Err(CallError::Throttled { .. }) => {
@@ -517,36 +590,13 @@ async fn work(shared: Arc<Shared>, mut item: Item, _slot: OwnedSemaphorePermit, 
             Err(CallError::Permanent(reason)) => {
                 Tally::bump(&tally.permanent);
                 item.attempts += 1;
+                if first {
+                    guard_failed(&shared, &reason).await;
+                }
                 Resolution::Failed(reason)
             }
-            Err(CallError::Fatal(why)) => {
-                // A call made, if one no answer can come of (an untrusted
-                // certificate): a connection error among the call totals.
-                Tally::bump(&tally.transient);
-                // The operator must change something: a usage error, exit 2.
-                shared.stop_for_good(crate::error::usage(why)).await;
-                break None;
-            }
-            Err(CallError::Refused(why)) => {
-                // An answer, and not the record's fault: no attempt is spent on
-                // it, and no other record is sent to be refused the same way.
-                Tally::bump(&tally.permanent);
-                tracing::warn!(key = %item.key, "the vendor refused the call: {why}; stopping");
-                let refused = crate::error::Refused(format!(
-                    "the vendor refused the call: {why}. Nothing was marked failed and no \
-                     more calls were sent; check the key in api.headers (or the variable it \
-                     reads: a wrong or expired key, an account without access to this API) \
-                     and rerun to resume"
-                ));
-                shared.stop_for_good(refused.into()).await;
-                break None;
-            }
-            Err(CallError::OutOfCredits) => {
-                // A refusal for the vendor's limits, as a 429 is: the record stays
-                // pending, and the call counts among the calls.
-                Tally::bump(&tally.throttled);
-                tracing::warn!(key = %item.key, "the vendor answered 402: out of credits; stopping");
-                shared.halt(Stop::OutOfCredits).await;
+            Err(e @ (CallError::Fatal(_) | CallError::Refused(_) | CallError::OutOfCredits)) => {
+                stop_on(&shared, &item, e).await;
                 break None;
             }
         };

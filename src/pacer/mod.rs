@@ -609,6 +609,8 @@ mod tests {
             rate: nz(rate),
             burst: nz(burst),
             max_concurrency: nz(max),
+            max_failure_share: 0.5,
+            failure_window: nz(100),
         };
         let retry = Retry {
             connect_grace: Duration::from_secs(60),

@@ -88,6 +88,10 @@ pub struct SandboxOptions {
     /// the time left in the window (a daily or monthly plan's quota)
     #[arg(long, value_name = "CALLS/WINDOW", value_parser = parse_quota)]
     pub quota: Option<(u64, Duration)>,
+    /// After this many answers of a person, the vendor changes its schema: `title`
+    /// is renamed `job_title` in every answer from then on (still 200, still billed)
+    #[arg(long, value_name = "ANSWERS")]
+    pub schema_change_after: Option<u64>,
     /// The API key the vendor accepts, as `Authorization: Bearer KEY`; any other
     /// call is answered 401 (unbilled), its message repeating the key it was
     /// sent, as some vendors' do. Unset = no key checked
@@ -124,6 +128,7 @@ impl Default for SandboxOptions {
             faults: Vec::new(),
             api_key: None,
             quota: None,
+            schema_change_after: None,
             seed: 1,
             record_headers: false,
             lean: false,
@@ -761,13 +766,24 @@ fn respond(vendor: &Vendor, fault: Option<Fault>, key: &str) -> Response {
             }
         }
         Some(Fault::Throttle(_) | Fault::ThrottleFor(_) | Fault::Slow(_)) | None => {
+            let mut answered = 0;
             vendor.count(|s| {
+                answered = s.ok;
                 s.ok += 1;
                 if !vendor.opts.lean {
                     *s.per_key_ok.entry(key.to_owned()).or_default() += 1;
                 }
             });
-            axum::Json(person(key)).into_response()
+            let mut body = person(key);
+            if vendor
+                .opts
+                .schema_change_after
+                .is_some_and(|n| answered >= n)
+                && let Some(title) = body.as_object_mut().and_then(|o| o.remove("title"))
+            {
+                body["job_title"] = title;
+            }
+            axum::Json(body).into_response()
         }
     }
 }

@@ -194,3 +194,40 @@ async fn a_quota_hit_mid_run_ends_it_until_the_window_resets() {
     env.assert_each_written_once(150).await;
     assert_eq!(read_json(&summary)["run"].as_i64(), Some(1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_change_stops_the_run_within_the_failure_window() {
+    // After 300 answers the vendor renames `title`: every later answer is
+    // billed and cannot be written.
+    let mut env = TestEnv::new(2000).await;
+    env.vendor(SandboxOptions {
+        schema_change_after: Some(300),
+        ..SandboxOptions::default()
+    })
+    .await;
+    const CONCURRENCY: i64 = 8;
+    env.write_config(&Conf {
+        max_concurrency: CONCURRENCY as u32,
+        ..Conf::default()
+    });
+    let out = env.freshen(&["run"]).await;
+    assert_exit(&out, 6);
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("of the last 100 records' first answers failed")
+            && err.contains("`answer has no /title`")
+            && err.contains("limits.max_failure_share"),
+        "{err}"
+    );
+    let (done, failed, pending) = env.item_states().await;
+    assert_eq!(done, 300, "every answer before the change is written");
+    // The guard trips at 50 of 100 (the default share and window); the calls
+    // already in flight then still come back, billed and unusable.
+    assert!(
+        (50..50 + CONCURRENCY).contains(&failed),
+        "{failed} unusable answers"
+    );
+    assert_eq!(done + failed + pending, 2000);
+    let (spent, _) = spent_and_attempts(&env).await;
+    assert_eq!(spent, done + failed, "every billed answer is charged");
+}
