@@ -1,11 +1,13 @@
 //! The command line: clap derive only. The doc comments here are the `--help` text.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::parser::ValueSource;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use crate::sandbox::SandboxOptions;
+use crate::sandbox::{self, Fault, SandboxOptions};
 use crate::selection::{IdSpec, StaleBefore};
 
 /// The exit codes, for `--help` (the README's table says what to do about each).
@@ -96,11 +98,83 @@ impl Cli {
     }
 }
 
-/// `freshen sandbox`.
+/// `freshen sandbox`: the simulated vendor's flags, turned into its
+/// [`SandboxOptions`] by [`SandboxArgs::options`].
 #[derive(Debug, Clone, Args)]
 pub struct SandboxArgs {
-    #[command(flatten)]
-    pub options: SandboxOptions,
+    /// Address to listen on (port 0 picks a free port); loopback (127.0.0.0/8,
+    /// ::1) unless --allow-remote
+    #[arg(long, default_value = "127.0.0.1:8077")]
+    pub listen: SocketAddr,
+    /// Calls per second accepted (token bucket); over it the answer is 429 with Retry-After. 0 = unlimited
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Token-bucket size for --rate: calls accepted at once after a quiet spell
+    #[arg(long, default_value_t = 10)]
+    pub burst: u32,
+    /// Change the rate mid-run: AT=RATE, e.g. `5s=50` (repeatable)
+    #[arg(long = "rate-change", value_name = "AT=RATE", value_parser = sandbox::parse_rate_change)]
+    pub rate_changes: Vec<(Duration, f64)>,
+    /// Calls served at once; beyond it the answer is 503 without Retry-After or rate headers. 0 = unlimited
+    #[arg(long, default_value_t = 0)]
+    pub max_concurrency: u32,
+    /// Latency of every accepted call, e.g. `50ms` (refusals are immediate)
+    #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
+    pub latency: Duration,
+    /// Share of calls (0..1) answered with --error-status, chosen by a seeded
+    /// generator; they come after --latency, as a failing backend's do, unless
+    /// --instant-errors
+    #[arg(long, default_value_t = 0.0)]
+    pub error_rate: f64,
+    /// The status of --error-rate's errors: 500, or 503 (without Retry-After, as a
+    /// load balancer answers when a backend is unhealthy)
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u16).range(500..600))]
+    pub error_status: u16,
+    /// Answer --error-rate's errors at once, before the latency, as a load balancer
+    /// does
+    #[arg(long)]
+    pub instant_errors: bool,
+    /// Start of an outage, from server start: every call answered 503 during it
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub outage_start: Option<Duration>,
+    /// Length of the outage
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub outage: Duration,
+    /// Credits the account holds; each billed answer (2xx, 404) costs one; when spent: 402. Unset = unlimited
+    #[arg(long)]
+    pub credits: Option<u64>,
+    /// Send rate-limit headers with --rate: `X-RateLimit-Limit/-Remaining/-Reset`,
+    /// `RateLimit: limit=, remaining=, reset=` and `RateLimit-Policy: N;w=1`
+    #[arg(long)]
+    pub ratelimit_headers: bool,
+    /// Scripted answer for one key: KEY=KIND, KIND one of 404, 400, 422, malformed,
+    /// oversized, wrong-type, flaky:N, throttle:N, throttle-for:DURATION, slow:DURATION, redirect:URL (repeatable)
+    #[arg(long = "fault", value_name = "KEY=KIND", value_parser = sandbox::parse_fault)]
+    pub faults: Vec<(String, Fault)>,
+    /// A quota of CALLS per WINDOW, e.g. `1000/1d` or `100/3s`: fixed windows from
+    /// server start; past it every call is answered 429 with a Retry-After of
+    /// the time left in the window (a daily or monthly plan's quota)
+    #[arg(long, value_name = "CALLS/WINDOW", value_parser = sandbox::parse_quota)]
+    pub quota: Option<(u64, Duration)>,
+    /// After this many answers of a person, the vendor changes its schema: `title`
+    /// is renamed `job_title` in every answer from then on (still 200, still billed)
+    #[arg(long, value_name = "ANSWERS")]
+    pub schema_change_after: Option<u64>,
+    /// The API key the vendor accepts, as `Authorization: Bearer KEY`; any other
+    /// call is answered 401 (unbilled), its message repeating the key it was
+    /// sent, as some vendors' do. Unset = no key checked
+    #[arg(long)]
+    pub api_key: Option<String>,
+    /// Seed of the generator behind --error-rate
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Keep the headers of every call, for tests that check what a client sent
+    #[arg(long)]
+    pub record_headers: bool,
+    /// Keep no per-call record (the arrival timeline and the 200s per key), so
+    /// memory stays flat over millions of calls: for benchmarks
+    #[arg(long)]
+    pub lean: bool,
 
     /// Listen on an address that is not loopback (`0.0.0.0:8077`, a LAN address):
     /// the simulated vendor, which checks no credentials, is then open to
@@ -116,6 +190,34 @@ pub struct SandboxArgs {
     /// The global --database-url, ignored and hidden likewise.
     #[arg(long, hide = true)]
     pub database_url: Option<String>,
+}
+
+impl SandboxArgs {
+    /// The options the flags describe.
+    pub fn options(self) -> SandboxOptions {
+        SandboxOptions {
+            listen: self.listen,
+            rate: self.rate,
+            burst: self.burst,
+            rate_changes: self.rate_changes,
+            max_concurrency: self.max_concurrency,
+            latency: self.latency,
+            error_rate: self.error_rate,
+            error_status: self.error_status,
+            instant_errors: self.instant_errors,
+            outage_start: self.outage_start,
+            outage: self.outage,
+            credits: self.credits,
+            ratelimit_headers: self.ratelimit_headers,
+            faults: self.faults,
+            quota: self.quota,
+            schema_change_after: self.schema_change_after,
+            api_key: self.api_key,
+            seed: self.seed,
+            record_headers: self.record_headers,
+            lean: self.lean,
+        }
+    }
 }
 
 /// Which records a run covers. Without any flag: every record of `source.table`
@@ -305,4 +407,45 @@ fn credits(text: &str) -> Result<i64, String> {
 fn whole_number(text: &str) -> Result<u64, String> {
     text.parse::<u64>()
         .map_err(|_| format!("`{text}` must be a positive whole number (0 or more), e.g. 100"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sandbox(args: &[&str]) -> SandboxOptions {
+        let cli = Cli::try_parse_from(["freshen", "sandbox"].iter().chain(args)).unwrap();
+        match cli.command {
+            Command::Sandbox(args) => args.options(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_sandbox_flags_default_to_the_options_the_demo_and_tests_start_from() {
+        assert_eq!(sandbox(&[]), SandboxOptions::default());
+    }
+
+    #[test]
+    fn each_sandbox_flag_reaches_its_option() {
+        let o = sandbox(&[
+            "--rate=50",
+            "--burst=3",
+            "--rate-change=5s=20",
+            "--latency=20ms",
+            "--fault=7=404",
+            "--quota=100/1d",
+            "--api-key=k",
+            "--schema-change-after=30",
+            "--lean",
+        ]);
+        assert_eq!((o.rate, o.burst), (50.0, 3));
+        assert_eq!(o.rate_changes, [(Duration::from_secs(5), 20.0)]);
+        assert_eq!(o.latency, Duration::from_millis(20));
+        assert_eq!(o.faults, [("7".to_owned(), Fault::Status(404))]);
+        assert_eq!(o.quota, Some((100, Duration::from_secs(86_400))));
+        assert_eq!(o.api_key.as_deref(), Some("k"));
+        assert_eq!(o.schema_change_after, Some(30));
+        assert!(o.lean);
+    }
 }

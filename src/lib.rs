@@ -93,7 +93,8 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<Exit> {
         Command::Report(args) => report::report(reading()?, args).await,
         Command::Prune(args) => cmd::prune::prune(reading()?, args).await,
         Command::Sandbox(args) => {
-            sandbox::serve(args.options, args.allow_remote, shutdown.cancelled_owned()).await?;
+            let allow_remote = args.allow_remote;
+            sandbox::serve(args.options(), allow_remote, shutdown.cancelled_owned()).await?;
             Ok(Exit::Complete)
         }
     }

@@ -31,81 +31,62 @@ use serde_json::json;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// Flags of `freshen sandbox`; also built directly by the demo and the tests.
-#[derive(clap::Args, Clone, Debug)]
+/// How the simulated vendor behaves: built by the demo and the tests, and
+/// from `freshen sandbox`'s flags (`cli::SandboxArgs`, where each is explained).
+#[derive(Clone, Debug, PartialEq)]
 pub struct SandboxOptions {
     /// Address to listen on (port 0 picks a free port); loopback (127.0.0.0/8,
     /// ::1) unless --allow-remote
-    #[arg(long, default_value = "127.0.0.1:8077")]
     pub listen: SocketAddr,
     /// Calls per second accepted (token bucket); over it the answer is 429 with Retry-After. 0 = unlimited
-    #[arg(long, default_value_t = 0.0)]
     pub rate: f64,
     /// Token-bucket size for --rate: calls accepted at once after a quiet spell
-    #[arg(long, default_value_t = 10)]
     pub burst: u32,
     /// Change the rate mid-run: AT=RATE, e.g. `5s=50` (repeatable)
-    #[arg(long = "rate-change", value_name = "AT=RATE", value_parser = parse_rate_change)]
     pub rate_changes: Vec<(Duration, f64)>,
     /// Calls served at once; beyond it the answer is 503 without Retry-After or rate headers. 0 = unlimited
-    #[arg(long, default_value_t = 0)]
     pub max_concurrency: u32,
     /// Latency of every accepted call, e.g. `50ms` (refusals are immediate)
-    #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
     pub latency: Duration,
     /// Share of calls (0..1) answered with --error-status, chosen by a seeded
     /// generator; they come after --latency, as a failing backend's do, unless
     /// --instant-errors
-    #[arg(long, default_value_t = 0.0)]
     pub error_rate: f64,
     /// The status of --error-rate's errors: 500, or 503 (without Retry-After, as a
     /// load balancer answers when a backend is unhealthy)
-    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u16).range(500..600))]
     pub error_status: u16,
     /// Answer --error-rate's errors at once, before the latency, as a load balancer
     /// does
-    #[arg(long)]
     pub instant_errors: bool,
     /// Start of an outage, from server start: every call answered 503 during it
-    #[arg(long, value_parser = humantime::parse_duration)]
     pub outage_start: Option<Duration>,
     /// Length of the outage
-    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     pub outage: Duration,
     /// Credits the account holds; each billed answer (2xx, 404) costs one; when spent: 402. Unset = unlimited
-    #[arg(long)]
     pub credits: Option<u64>,
     /// Send rate-limit headers with --rate: `X-RateLimit-Limit/-Remaining/-Reset`,
     /// `RateLimit: limit=, remaining=, reset=` and `RateLimit-Policy: N;w=1`
-    #[arg(long)]
     pub ratelimit_headers: bool,
     /// Scripted answer for one key: KEY=KIND, KIND one of 404, 400, 422, malformed,
     /// oversized, wrong-type, flaky:N, throttle:N, throttle-for:DURATION, slow:DURATION, redirect:URL (repeatable)
-    #[arg(long = "fault", value_name = "KEY=KIND", value_parser = parse_fault)]
     pub faults: Vec<(String, Fault)>,
     /// A quota of CALLS per WINDOW, e.g. `1000/1d` or `100/3s`: fixed windows from
     /// server start; past it every call is answered 429 with a Retry-After of
     /// the time left in the window (a daily or monthly plan's quota)
-    #[arg(long, value_name = "CALLS/WINDOW", value_parser = parse_quota)]
     pub quota: Option<(u64, Duration)>,
     /// After this many answers of a person, the vendor changes its schema: `title`
     /// is renamed `job_title` in every answer from then on (still 200, still billed)
-    #[arg(long, value_name = "ANSWERS")]
     pub schema_change_after: Option<u64>,
     /// The API key the vendor accepts, as `Authorization: Bearer KEY`; any other
     /// call is answered 401 (unbilled), its message repeating the key it was
     /// sent, as some vendors' do. Unset = no key checked
-    #[arg(long)]
     pub api_key: Option<String>,
     /// Seed of the generator behind --error-rate
-    #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Keep the headers of every call, for tests that check what a client sent
-    #[arg(long)]
     pub record_headers: bool,
     /// Keep no per-call record (the arrival timeline and the 200s per key), so
     /// memory stays flat over millions of calls: for benchmarks
-    #[arg(long)]
     pub lean: bool,
 }
 
