@@ -12,7 +12,10 @@
 //! - [`cmd`]: one thin file per subcommand.
 //! - [`engine`]: a run's life ([`engine::run`]: lock, plan or resume, lease,
 //!   budget, side tasks, the stop mapped to the run's status), the dispatcher,
-//!   the workers and the checkpoint writer. See `ARCHITECTURE.md`.
+//!   the workers, the checkpoint writer, the contract guard, and the vendor's
+//!   own count of the account's credits. See `ARCHITECTURE.md`.
+//! - [`tally`]: this process's live counters, bumped by the engine and read by
+//!   the bar, the timeline and the metrics.
 //! - [`pacer`]: *when* a call may go: concurrency permits, the token bucket, the
 //!   shared pause, the backoff schedule.
 //! - [`api`]: *what an answer means*: requests from records, answers classified.
@@ -53,6 +56,7 @@ pub mod sandbox;
 pub mod selection;
 pub mod state;
 pub mod store;
+pub mod tally;
 pub mod timeline;
 
 use anyhow::Result;

@@ -18,9 +18,9 @@ use anyhow::{Context, Result};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::engine::Tally;
 use crate::error::{Exit, exit_of, usage};
 use crate::store::{CallCounts, ItemCounts, Store};
+use crate::tally::Tally;
 
 /// How often the file is rewritten while a run works.
 pub const EVERY: Duration = Duration::from_secs(5);

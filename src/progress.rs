@@ -11,9 +11,9 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::Tally;
 use crate::pacer::Pacer;
 use crate::store::{CallCounts, ItemCounts};
+use crate::tally::Tally;
 
 /// The bars' owner. Log lines go through [`LogWriter`] so they print above the bar
 /// instead of through it.

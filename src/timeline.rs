@@ -18,9 +18,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::{Counted, Tally};
 use crate::pacer::Pacer;
 use crate::store::{CallCounts, Sample, Store};
+use crate::tally::{Counted, Tally};
 
 /// How often the gauges are looked at.
 const POLL: Duration = Duration::from_millis(100);

@@ -78,7 +78,7 @@ pub async fn estimate(config: Config, args: EstimateArgs) -> Result<Exit> {
 }
 
 pub async fn compute(config: &Config, store: &Store, args: EstimateArgs) -> Result<Estimate> {
-    let asked_account = crate::cmd::ask_vendor(config, store, args.offline).await?;
+    let asked_account = crate::engine::ask_vendor(config, store, args.offline).await?;
     let selection = selection(args.selection, config);
     let resume = store
         .latest_run_with(&selection)

@@ -57,7 +57,7 @@ struct WorkerView {
 
 pub async fn status(config: Config, args: StatusArgs) -> Result<Exit> {
     let store = Store::connect(&config).await?;
-    crate::cmd::ask_vendor(&config, &store, args.offline).await?;
+    crate::engine::ask_vendor(&config, &store, args.offline).await?;
     let status = read(&store, &config).await?;
     store.close().await;
     if args.json {

@@ -17,9 +17,9 @@ use anyhow::Result;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use super::Tally;
 use crate::config::Checkpoint;
 use crate::store::{CallCounts, Finished, Ledger, Store};
+use crate::tally::Tally;
 
 pub(super) struct Outbox {
     results: Mutex<Vec<Finished>>,

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::Tally;
 use crate::pacer::Pacer;
+use crate::tally::Tally;
 
 /// Holds the rate at what the records left need to end at `deadline`,
 /// recomputed every second, so a slow patch is made up and the credits last

@@ -13,6 +13,7 @@
 //! last. Whatever happens, an item is either written whole or left pending, and
 //! at most `max_concurrency + checkpoint.batch_size` answers are held unwritten.
 
+mod account;
 mod checkpoint;
 mod choose;
 mod deadline;
@@ -22,12 +23,12 @@ mod outage;
 mod plan;
 mod run;
 
+pub use account::ask_vendor;
 pub use choose::Nothing;
 pub use plan::Plan;
 pub use run::{OutageCause, Outcome, Ran, run};
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Result;
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
@@ -40,7 +41,8 @@ use crate::credits::{Budget, Reservation, Spent};
 use crate::fleet::Crew;
 use crate::lease::Lease;
 use crate::pacer::{Backoff, Outage, Pacer, Ticket};
-use crate::store::{CallCounts, Finished, Item, Resolution, Store};
+use crate::store::{Finished, Item, Resolution, Store};
+use crate::tally::Tally;
 
 /// Why the loop ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,59 +63,6 @@ pub enum Stop {
     /// This process's lease went stale (suspended or cut off past
     /// `lock.stale_after`): another may have taken its work over.
     Fenced,
-}
-
-/// Live counters of this process's work, read by the progress display.
-#[derive(Debug, Default)]
-pub struct Tally {
-    /// The calls made, by outcome (as `store::CallCounts` keeps them), every
-    /// call counted once.
-    pub ok: AtomicU64,
-    /// Refused for the vendor's limits: its rate (429, 503 with Retry-After) or
-    /// its credits (402, a quota-exceeded problem).
-    pub throttled: AtomicU64,
-    /// Server errors, timeouts, connection errors (an untrusted certificate too).
-    pub transient: AtomicU64,
-    pub permanent: AtomicU64,
-    /// Items resolved (done or failed) by this process.
-    pub done: AtomicU64,
-    pub failed: AtomicU64,
-    /// Credits charged by this process, as checkpointed.
-    pub credits: AtomicU64,
-}
-
-/// What a [`Tally`] holds at one moment, to show or take differences of.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counted {
-    pub calls: CallCounts,
-    pub done: i64,
-    pub failed: i64,
-    pub credits: i64,
-}
-
-impl Tally {
-    pub fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
-    }
-
-    /// Every counter, read now.
-    pub fn now(&self) -> Counted {
-        let n = |c| i64::try_from(Tally::get(c)).unwrap_or(i64::MAX);
-        Counted {
-            calls: CallCounts {
-                ok: n(&self.ok),
-                throttled: n(&self.throttled),
-                transient: n(&self.transient),
-                permanent: n(&self.permanent),
-            },
-            done: n(&self.done),
-            failed: n(&self.failed),
-            credits: n(&self.credits),
-        }
-    }
-    fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
 }
 
 struct Shared {

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::choose::Nothing;
 use super::plan::Plan;
-use super::{Job, Stop, Tally};
+use super::{Job, Stop};
 use crate::api::Vendor;
 use crate::config::Config;
 use crate::credits::{Budget, Spent};
@@ -25,6 +25,7 @@ use crate::pacer::Pacer;
 use crate::progress::{Calls, CreditsSummary, Display, Failure, Summary};
 use crate::state::RunStatus;
 use crate::store::{Account, Holder, LockHolder, LockMode, PgStore, RunRow, Store};
+use crate::tally::Tally;
 
 /// How a run ended, for the operator.
 pub enum Outcome {
@@ -159,7 +160,7 @@ impl Life<'_> {
         let credits = &config.credits;
         // The vendor's own count first, if it has an account endpoint: an old count
         // would hold the budget down (or up) wrongly.
-        crate::cmd::ask_vendor(config, store, false).await?;
+        super::ask_vendor(config, store, false).await?;
         let now = crate::credits::now();
         let period = credits.periods.label_at(now);
         // A quota's window a run stopped for: no call before it.
