@@ -18,14 +18,17 @@
 //! suspended, is counted whole: a crash can so waste at most the unused part of
 //! one grant; it can never spend past the allowance.
 //!
-//! Lock order, everywhere: the holder's row in `freshen_workers` (where a
-//! transaction touches it), then the period's row, then reservations; taken
-//! the other way round, a grant and a leave of the same holder deadlock on
-//! PostgreSQL. The first statement of each transaction is a write, which on
-//! SQLite takes the database's write lock before anything is read; the
-//! period's row is written before its figures are read, which on PostgreSQL
-//! locks the row, so each later statement (read committed) sees every grant
-//! and charge committed before it.
+//! Lock order, everywhere: the period's row, then the holder's row in
+//! `freshen_workers` (where a transaction touches it), then reservations.
+//! Taken the other way round, a grant and a leave of the same holder deadlock
+//! on PostgreSQL; and a grant that held its holder's row while it waited for
+//! the period (behind a suspended process's transaction) would keep the
+//! holder's own heartbeat from being written until it went stale. The first
+//! statement of each transaction is a write, which on SQLite takes the
+//! database's write lock before anything is read; the period's row is written
+//! before its figures are read, which on PostgreSQL locks the row, so each
+//! later statement (read committed) sees every grant and charge committed
+//! before it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -159,8 +162,7 @@ impl Store {
     /// reservations count as spent (the next grant moves them there).
     pub async fn register(&self, run: i64, worker: &str) -> Result<()> {
         let mut tx = self.pool.begin().await.context("registering the run")?;
-        // A write first: on SQLite it takes the write lock (waiting for it)
-        // before anything is read, so the transaction cannot fail to upgrade.
+        lock_holders_periods(&mut tx, worker).await?;
         sqlx::query("DELETE FROM freshen_workers WHERE worker = $1")
             .bind(worker.to_owned())
             .execute(&mut *tx)
@@ -177,7 +179,6 @@ impl Store {
         .await
         .context("registering the run")?;
         for period in held {
-            lock_period(&mut tx, &period).await?;
             let rows = sqlx::query(
                 "DELETE FROM freshen_reservations WHERE holder = $1 AND period = $2 \
                  RETURNING holder, reserved, charged, sent_log, run_id",
@@ -245,10 +246,11 @@ impl Store {
         sent_log: Option<String>,
     ) -> Result<Grant> {
         let mut tx = self.pool.begin().await.context("asking for credits")?;
-        // The holder's row before the period's, as `register` and `leave` take
-        // them: a grant still in flight when the run leaves would otherwise
-        // hold the period waiting for the row while `leave` holds the row
-        // waiting for the period (PostgreSQL ends one with "deadlock detected").
+        // The period's row first: waiting for it (behind a suspended process's
+        // grant, say) holds nothing, so this process's own heartbeat, which
+        // writes its row, never waits behind its own grant.
+        lock_period(&mut tx, period).await?;
+        self.reap(&mut tx, period, req.stale_after).await?;
         let fenced = sqlx::query(sqlx::AssertSqlSafe(self.ledger.heartbeat.clone()))
             .bind(req.worker.clone())
             .bind(millis(req.stale_after))
@@ -257,8 +259,6 @@ impl Store {
             .context("asking for credits")?
             .rows_affected()
             == 0;
-        lock_period(&mut tx, period).await?;
-        self.reap(&mut tx, period, req.stale_after).await?;
         let (funds, others) = read_funds(&mut tx, period, req.reserve, Some(req)).await?;
         let (room, limit) = funds.room();
         let cost = req.cost.max(1);
@@ -318,21 +318,14 @@ impl Store {
     /// holds is moved to spent by the next grant instead: see [`Store::grant`].)
     pub async fn leave(&self, worker: &str) -> Result<()> {
         let mut tx = self.pool.begin().await.context("leaving the ledger")?;
-        // A write first (see `register`).
+        lock_holders_periods(&mut tx, worker).await?;
         sqlx::query("DELETE FROM freshen_workers WHERE worker = $1")
             .bind(worker.to_owned())
             .execute(&mut *tx)
             .await
             .context("leaving the ledger")?;
-        let periods: Vec<String> =
-            sqlx::query_scalar("SELECT period FROM freshen_reservations WHERE holder = $1")
-                .bind(worker.to_owned())
-                .fetch_all(&mut *tx)
-                .await
-                .context("leaving the ledger")?;
-        for period in &periods {
-            lock_period(&mut tx, period).await?;
-        }
+        // A grant of this holder still in flight waits for its row, finds it
+        // gone and grants nothing; it never holds what this waits for.
         sqlx::query("DELETE FROM freshen_reservations WHERE holder = $1")
             .bind(worker.to_owned())
             .execute(&mut *tx)
@@ -455,6 +448,22 @@ fn counted(row: &sqlx::any::AnyRow, sent: fn(&str, &str) -> Option<i64>) -> Resu
         Some(sent) => (sent - charged).clamp(0, reserved),
         None => reserved,
     })
+}
+
+/// Takes the rows of the periods `holder` holds reservations in (and on SQLite
+/// the write lock), before the holder's own row: the ledger's lock order (see
+/// the module's comment). One write, so it is the transaction's first
+/// statement and on SQLite takes the write lock before anything is read.
+async fn lock_holders_periods(tx: &mut sqlx::Transaction<'_, Any>, holder: &str) -> Result<()> {
+    sqlx::query(
+        "UPDATE freshen_credit_periods SET spent = spent WHERE period IN \
+         (SELECT period FROM freshen_reservations WHERE holder = $1)",
+    )
+    .bind(holder.to_owned())
+    .execute(&mut **tx)
+    .await
+    .context("locking the holder's credit periods")?;
+    Ok(())
 }
 
 /// Takes the period's row (and on SQLite the write lock) for the transaction.
