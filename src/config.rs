@@ -101,7 +101,26 @@ struct FileApi {
     #[serde(default)]
     allow_insecure: bool,
     ca_file: Option<PathBuf>,
+    #[serde(default)]
+    ratelimit_headers: RateLimitHeaders,
     response: BTreeMap<String, Ident>,
+}
+
+/// `api.ratelimit_headers`: a vendor's own names for its rate-limit headers,
+/// read before the standard ones (`RateLimit`, `X-RateLimit-*`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitHeaders {
+    /// Calls allowed per window.
+    #[serde(default, deserialize_with = "de::header_name")]
+    pub limit: Option<HeaderName>,
+    /// Calls left in the window.
+    #[serde(default, deserialize_with = "de::header_name")]
+    pub remaining: Option<HeaderName>,
+    /// When the window resets: seconds from now, a Unix time, or a duration
+    /// such as `6m0s`.
+    #[serde(default, deserialize_with = "de::header_name")]
+    pub reset: Option<HeaderName>,
 }
 
 fn ten_seconds() -> Duration {
@@ -382,6 +401,8 @@ pub struct Api {
     pub max_body_bytes: usize,
     /// Extra trusted roots from `api.ca_file`, on top of the system's.
     pub ca_certs: Vec<reqwest::Certificate>,
+    /// The vendor's own rate-limit header names, if it has them.
+    pub ratelimit_headers: RateLimitHeaders,
     /// JSON pointer in the answer -> column of `source.table`, in file order.
     pub response: Vec<Mapping>,
 }
@@ -974,6 +995,7 @@ fn api(
         connect_timeout: raw.connect_timeout,
         max_body_bytes: raw.max_body_bytes,
         ca_certs,
+        ratelimit_headers: raw.ratelimit_headers,
         response,
     })
 }

@@ -1,20 +1,27 @@
 //! The vendor's pacing hints in response headers: `Retry-After`, the IETF
 //! `RateLimit` / `RateLimit-Policy` fields (both the structured-field form of the
-//! current draft and the older `limit=, remaining=, reset=` form), and the de facto
-//! `X-RateLimit-Limit/-Remaining/-Reset`.
+//! current draft and the older `limit=, remaining=, reset=` form), the de facto
+//! `X-RateLimit-Limit/-Remaining/-Reset`, and OpenAI's
+//! `X-RateLimit-Limit/-Remaining/-Reset-Requests` (the reset a Go duration).
 
 use std::time::{Duration, SystemTime};
 
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 
+use crate::config::RateLimitHeaders;
 use crate::pacer::QuotaHint;
 
-/// Reads whichever rate-limit headers the answer carries; `None` when it has none.
-pub fn quota_hint(headers: &HeaderMap) -> Option<QuotaHint> {
-    quota_hint_at(headers, SystemTime::now())
+/// Reads whichever rate-limit headers the answer carries, the vendor's own
+/// (`api.ratelimit_headers`) first; `None` when it has none.
+pub fn quota_hint(headers: &HeaderMap, named: &RateLimitHeaders) -> Option<QuotaHint> {
+    quota_hint_at(headers, named, SystemTime::now())
 }
 
-fn quota_hint_at(headers: &HeaderMap, now: SystemTime) -> Option<QuotaHint> {
+fn quota_hint_at(
+    headers: &HeaderMap,
+    named: &RateLimitHeaders,
+    now: SystemTime,
+) -> Option<QuotaHint> {
     let get = |name: &str| {
         headers
             .get(name)
@@ -59,7 +66,62 @@ fn quota_hint_at(headers: &HeaderMap, now: SystemTime) -> Option<QuotaHint> {
             .reset
             .or_else(|| number(&format!("{prefix}reset")).and_then(|r| reset_after(r, now)));
     }
+    // OpenAI's family, for requests (its `-tokens` twins meter another thing).
+    hint.limit = hint.limit.or_else(|| number("x-ratelimit-limit-requests"));
+    hint.remaining = hint
+        .remaining
+        .or_else(|| number("x-ratelimit-remaining-requests"));
+    hint.reset = hint
+        .reset
+        .or_else(|| get("x-ratelimit-reset-requests").and_then(go_duration));
+    // The vendor's own names come first.
+    let named_value = |name: &Option<reqwest::header::HeaderName>| get(name.as_ref()?.as_str());
+    let own = QuotaHint {
+        limit: named_value(&named.limit).and_then(|v| v.parse().ok()),
+        remaining: named_value(&named.remaining).and_then(|v| v.parse().ok()),
+        reset: named_value(&named.reset).and_then(|v| match v.parse::<u64>() {
+            Ok(n) => reset_after(n, now),
+            Err(_) => go_duration(v),
+        }),
+        window: None,
+    };
+    let hint = QuotaHint {
+        limit: own.limit.or(hint.limit),
+        remaining: own.remaining.or(hint.remaining),
+        reset: own.reset.or(hint.reset),
+        // A window belongs to the limit it came with.
+        window: hint.window.filter(|_| own.limit.is_none()),
+    };
     (hint != QuotaHint::default()).then_some(hint)
+}
+
+/// A duration as Go prints one, as OpenAI's reset headers are written: `12ms`,
+/// `1.5s`, `6m0s`, `1h2m3s`. Nothing else (a bare number has no unit).
+fn go_duration(text: &str) -> Option<Duration> {
+    let mut total = 0.0;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .filter(|&n| n > 0)?;
+        let value: f64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let seconds = match &rest[..unit] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return None,
+        };
+        total += value * seconds;
+        rest = &rest[unit..];
+    }
+    (!text.is_empty()).then(|| Duration::from_secs_f64(total))
 }
 
 /// A `parameter=value` of a structured field's first member.
@@ -126,6 +188,50 @@ mod tests {
     }
 
     #[test]
+    fn openais_request_headers_and_their_go_durations() {
+        let h = headers(&[
+            ("x-ratelimit-limit-requests", "500"),
+            ("x-ratelimit-remaining-requests", "0"),
+            ("x-ratelimit-reset-requests", "6m0s"),
+            // The token budget is another meter: not read as calls.
+            ("x-ratelimit-remaining-tokens", "150000"),
+        ]);
+        let hint = quota_hint_at(&h, &RateLimitHeaders::default(), SystemTime::now()).unwrap();
+        assert_eq!(
+            (hint.limit, hint.remaining, hint.reset),
+            (Some(500), Some(0), Some(Duration::from_secs(360)))
+        );
+        let d = |s| go_duration(s);
+        assert_eq!(d("12ms"), Some(Duration::from_millis(12)));
+        assert_eq!(d("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(d("1h2m3s"), Some(Duration::from_secs(3723)));
+        for bad in ["", "12", "s", "5 min", "1x", "1.2.3s"] {
+            assert_eq!(d(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_vendors_own_header_names_come_first() {
+        let named = RateLimitHeaders {
+            limit: Some("x-hunter-limit".parse().unwrap()),
+            remaining: Some("x-hunter-left".parse().unwrap()),
+            reset: Some("x-hunter-reset-in".parse().unwrap()),
+        };
+        let h = headers(&[
+            ("x-hunter-limit", "15"),
+            ("x-hunter-left", "0"),
+            ("x-hunter-reset-in", "750ms"),
+            ("x-ratelimit-remaining", "9"),
+            ("ratelimit-policy", "\"default\";q=500;w=60"),
+        ]);
+        let hint = quota_hint_at(&h, &named, SystemTime::now()).unwrap();
+        assert_eq!(
+            (hint.limit, hint.remaining, hint.reset, hint.window),
+            (Some(15), Some(0), Some(Duration::from_millis(750)), None)
+        );
+    }
+
+    #[test]
     fn x_ratelimit_with_delta_and_epoch_resets() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let h = headers(&[
@@ -133,7 +239,7 @@ mod tests {
             ("x-ratelimit-remaining", "0"),
             ("x-ratelimit-reset", "2"),
         ]);
-        let hint = quota_hint_at(&h, now).unwrap();
+        let hint = quota_hint_at(&h, &RateLimitHeaders::default(), now).unwrap();
         assert_eq!(
             (hint.limit, hint.remaining, hint.reset),
             (Some(200), Some(0), Some(Duration::from_secs(2)))
@@ -143,7 +249,9 @@ mod tests {
             ("x-ratelimit-reset", "1700000007"),
         ]);
         assert_eq!(
-            quota_hint_at(&h, now).unwrap().reset,
+            quota_hint_at(&h, &RateLimitHeaders::default(), now)
+                .unwrap()
+                .reset,
             Some(Duration::from_secs(7))
         );
     }
@@ -152,7 +260,7 @@ mod tests {
     fn ietf_draft_forms() {
         let now = SystemTime::UNIX_EPOCH;
         let h = headers(&[("ratelimit", "limit=100, remaining=50, reset=5")]);
-        let hint = quota_hint_at(&h, now).unwrap();
+        let hint = quota_hint_at(&h, &RateLimitHeaders::default(), now).unwrap();
         assert_eq!(
             (hint.limit, hint.remaining, hint.reset),
             (Some(100), Some(50), Some(Duration::from_secs(5)))
@@ -162,23 +270,35 @@ mod tests {
             ("ratelimit", "\"default\";r=0;t=3"),
             ("ratelimit-policy", "\"default\";q=200;w=1"),
         ]);
-        let hint = quota_hint_at(&h, now).unwrap();
+        let hint = quota_hint_at(&h, &RateLimitHeaders::default(), now).unwrap();
         assert_eq!(hint.remaining, Some(0));
         assert_eq!(hint.reset, Some(Duration::from_secs(3)));
         assert_eq!(hint.rate(), Some(200.0));
 
         let h = headers(&[("ratelimit-policy", "100;w=60")]);
-        assert_eq!(quota_hint_at(&h, now).unwrap().rate(), Some(100.0 / 60.0));
+        assert_eq!(
+            quota_hint_at(&h, &RateLimitHeaders::default(), now)
+                .unwrap()
+                .rate(),
+            Some(100.0 / 60.0)
+        );
     }
 
     #[test]
     fn no_or_garbled_headers_give_no_hint() {
         assert_eq!(
-            quota_hint_at(&HeaderMap::new(), SystemTime::UNIX_EPOCH),
+            quota_hint_at(
+                &HeaderMap::new(),
+                &RateLimitHeaders::default(),
+                SystemTime::UNIX_EPOCH
+            ),
             None
         );
         let h = headers(&[("x-ratelimit-remaining", "lots"), ("ratelimit", "nonsense")]);
-        assert_eq!(quota_hint_at(&h, SystemTime::UNIX_EPOCH), None);
+        assert_eq!(
+            quota_hint_at(&h, &RateLimitHeaders::default(), SystemTime::UNIX_EPOCH),
+            None
+        );
     }
 
     #[test]
@@ -264,7 +384,7 @@ mod tests {
                 let now = SystemTime::UNIX_EPOCH
                     .checked_add(Duration::from_secs(now))
                     .unwrap_or(SystemTime::UNIX_EPOCH);
-                if let Some(hint) = quota_hint_at(&map, now) {
+                if let Some(hint) = quota_hint_at(&map, &RateLimitHeaders::default(), now) {
                     prop_assert_ne!(hint, QuotaHint::default());
                     if let Some(rate) = hint.rate() {
                         prop_assert!(rate.is_finite() && rate > 0.0, "{rate}");
@@ -290,7 +410,7 @@ mod tests {
         fn a_reset_past_the_clock_is_no_hint() {
             let now = SystemTime::UNIX_EPOCH;
             let h = headers(&[("x-ratelimit-reset", "18446744073709551615")]);
-            assert_eq!(quota_hint_at(&h, now), None);
+            assert_eq!(quota_hint_at(&h, &RateLimitHeaders::default(), now), None);
         }
     }
 }

@@ -139,6 +139,8 @@ pub struct Vendor {
     timeout: Duration,
     billed: Vec<StatusPattern>,
     remaining_header: Option<reqwest::header::HeaderName>,
+    /// `api.ratelimit_headers`: the vendor's own rate-limit header names.
+    ratelimit_headers: crate::config::RateLimitHeaders,
     /// The secret headers' values (and each long word of them, as a bearer
     /// token): never repeated from a vendor's message.
     secrets: Vec<String>,
@@ -192,6 +194,7 @@ impl Vendor {
             billed: config.credits.billed_statuses.clone(),
             remaining_header: config.credits.remaining_header.clone(),
             secrets: secret_words(&api.headers),
+            ratelimit_headers: api.ratelimit_headers.clone(),
         })
     }
 
@@ -287,7 +290,7 @@ impl Vendor {
             }
         };
         let status = response.status();
-        let hint = quota_hint(response.headers());
+        let hint = quota_hint(response.headers(), &self.ratelimit_headers);
         let credits_left = self.remaining_header.as_ref().and_then(|name| {
             let value = response.headers().get(name)?.to_str().ok()?;
             value.trim().parse::<i64>().ok().filter(|n| *n >= 0)
