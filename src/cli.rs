@@ -160,6 +160,10 @@ pub struct SandboxArgs {
     /// is renamed `job_title` in every answer from then on (still 200, still billed)
     #[arg(long, value_name = "ANSWERS")]
     pub schema_change_after: Option<u64>,
+    /// Each billed call costs LO to HI credits (fixed by its key), reported in an
+    /// `X-Credits-Used` header and taken from --credits; without it, one credit
+    #[arg(long, value_name = "LO-HI", value_parser = sandbox::parse_cost_range)]
+    pub cost_range: Option<(u64, u64)>,
     /// The API key the vendor accepts, as `Authorization: Bearer KEY`; any other
     /// call is answered 401 (unbilled), its message repeating the key it was
     /// sent, as some vendors' do. Unset = no key checked
@@ -212,6 +216,7 @@ impl SandboxArgs {
             faults: self.faults,
             quota: self.quota,
             schema_change_after: self.schema_change_after,
+            cost_range: self.cost_range,
             api_key: self.api_key,
             seed: self.seed,
             record_headers: self.record_headers,

@@ -192,6 +192,8 @@ struct FileCredits {
     remaining_header: Option<HeaderName>,
     remaining_url: Option<String>,
     remaining_pointer: Option<String>,
+    #[serde(default, deserialize_with = "de::header_name")]
+    cost_header: Option<HeaderName>,
 }
 
 fn first_day() -> i8 {
@@ -280,6 +282,7 @@ impl FileCredits {
             billed_statuses: self.billed_statuses,
             remaining_header: self.remaining_header,
             remaining_url,
+            cost_header: self.cost_header,
         })
     }
 }
@@ -496,6 +499,9 @@ pub struct Credits {
     /// The vendor's account endpoint and the JSON pointer to the credits left in
     /// its answer, for `estimate` and `status`.
     pub remaining_url: Option<(String, String)>,
+    /// The header in which the vendor says what a call cost: the ledger charges
+    /// that, having reserved `cost` (the most one call may cost) before it.
+    pub cost_header: Option<HeaderName>,
 }
 
 /// `billed_statuses` entries: an exact status (`404`) or a class (`2xx`).

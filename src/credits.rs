@@ -384,6 +384,11 @@ impl Budget {
                 0
             };
             if self.state().outstanding == 0 {
+                // The last answers may have come back meanwhile, leaving what
+                // they held over their cost (or an unbilled one, all of it).
+                if let Some(r) = self.try_reserve() {
+                    return Ok(r);
+                }
                 if !vendor_allows {
                     return Err(self.spent(Spent::At(Limit::Vendor)));
                 }
@@ -511,18 +516,32 @@ impl Budget {
         self.source.sent(&r.period, -self.cost);
     }
 
-    /// The answer was billed: the reservation is now a charge, of the period
-    /// it was made in. `left`: the vendor's count of credits left in the same
+    /// The answer was billed `actual` credits (`credits.cost`, unless the
+    /// vendor said: `credits.cost_header`): the reservation is now a charge,
+    /// of the period it was made in, and what it held over the call's cost can
+    /// pay for another. `left`: the vendor's count of credits left in the same
     /// answer (`credits.remaining_header`), taken in the same step, so that no
     /// other answer can come between the charge and the count.
-    pub fn charge(&self, r: Reservation, left: Option<i64>) -> Arc<str> {
+    pub fn charge(&self, r: Reservation, left: Option<i64>, actual: i64) -> Arc<str> {
+        let over = (self.cost - actual).max(0);
         {
             let mut s = self.state();
             s.outstanding -= self.cost;
+            if over > 0 {
+                if s.period == r.period {
+                    s.available += over;
+                } else {
+                    s.returns.push((r.period.clone(), over));
+                }
+            }
             if let Some(left) = left {
                 let outstanding = s.outstanding;
                 s.vendor.counted(left, true, self.cost, outstanding);
             }
+        }
+        if over > 0 {
+            // Not spent after all: the sent log no longer counts it.
+            self.source.sent(&r.period, -over);
         }
         self.settled.notify_waiters();
         r.period
@@ -730,8 +749,25 @@ mod tests {
         }
         assert_eq!(fake.room("2026-11-01"), 0);
         for r in held {
-            b.charge(r, None);
+            b.charge(r, None, b.cost());
         }
+        assert_eq!(b.reserve().await.unwrap_err(), Spent::At(Limit::Allowance));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_that_cost_less_than_it_reserved_leaves_the_rest_for_others() {
+        // 10 credits, 5 reserved a call (the most one may cost), each call
+        // billed 2: what a call leaves pays toward the next. Three go out (6
+        // spent); the 4 left cannot cover a call that may cost 5. Charged in
+        // full, two would.
+        let fake = Fake::with("2026-11-01", 10);
+        let b = budget(&fake, 5, 0, 1);
+        let mut calls = 0;
+        while let Ok(r) = b.reserve().await {
+            b.charge(r, None, 2);
+            calls += 1;
+        }
+        assert_eq!(calls, 3);
         assert_eq!(b.reserve().await.unwrap_err(), Spent::At(Limit::Allowance));
     }
 
@@ -748,7 +784,7 @@ mod tests {
         assert!(!waiting.is_finished(), "two answers are outstanding");
         b.release(r1); // an unbilled answer: its credit pays for the waiting call
         assert_eq!(&*waiting.await.unwrap().unwrap(), "2026-11-01");
-        b.charge(r2, None);
+        b.charge(r2, None, b.cost());
         assert_eq!(b.reserved(), 1);
     }
 
@@ -781,7 +817,7 @@ mod tests {
         let mut most = 0;
         for call in 0..2_000 {
             let r = b.reserve().await.unwrap();
-            b.charge(r, None);
+            b.charge(r, None, b.cost());
             tokio::time::sleep(Duration::from_millis(5)).await;
             let unsent = 100_000 - fake.room("2026-11-01") - (call + 1);
             if call >= 1_000 {
@@ -800,7 +836,7 @@ mod tests {
         assert_eq!(fake.room("2026-11-01"), 84);
         b.give_back_unused().await.unwrap();
         assert_eq!(fake.room("2026-11-01"), 99, "15 unused back, one out");
-        b.charge(r, None);
+        b.charge(r, None, b.cost());
     }
 
     #[tokio::test]
@@ -816,8 +852,8 @@ mod tests {
         let fake = Fake::with("2026-11-01", 5);
         let b = budget(&fake, 2, 0, 5);
         let (r1, r2) = (b.reserve().await.unwrap(), b.reserve().await.unwrap());
-        b.charge(r1, None);
-        b.charge(r2, None);
+        b.charge(r1, None, b.cost());
+        b.charge(r2, None, b.cost());
         assert!(
             b.reserve().await.is_err(),
             "1 credit left cannot pay a cost of 2"
@@ -855,7 +891,7 @@ mod tests {
         // An unbilled answer to the old period's call gives its credit back there.
         b.release(old);
         for r in new {
-            b.charge(r, None);
+            b.charge(r, None, b.cost());
         }
         assert!(
             b.reserve().await.is_err(),
@@ -913,7 +949,7 @@ mod tests {
                 assert!(left > 0, "a call was sent with nothing left at the vendor");
                 left -= 1;
                 billed += 1;
-                b.charge(r, Some(left));
+                b.charge(r, Some(left), b.cost());
             }
             billed
         })

@@ -74,6 +74,8 @@ pub struct Call {
     pub credits_left: Option<i64>,
     /// Whether the vendor bills this answer (`credits.billed_statuses`).
     pub billed: bool,
+    /// What the vendor says the call cost (`credits.cost_header`).
+    pub cost: Option<i64>,
     /// From the request's start to the answer's end.
     pub elapsed: Duration,
 }
@@ -139,6 +141,7 @@ pub struct Vendor {
     timeout: Duration,
     billed: Vec<StatusPattern>,
     remaining_header: Option<reqwest::header::HeaderName>,
+    cost_header: Option<reqwest::header::HeaderName>,
     /// `api.ratelimit_headers`: the vendor's own rate-limit header names.
     ratelimit_headers: crate::config::RateLimitHeaders,
     /// The secret headers' values (and each long word of them, as a bearer
@@ -193,6 +196,7 @@ impl Vendor {
             timeout: api.timeout,
             billed: config.credits.billed_statuses.clone(),
             remaining_header: config.credits.remaining_header.clone(),
+            cost_header: config.credits.cost_header.clone(),
             secrets: secret_words(&api.headers),
             ratelimit_headers: api.ratelimit_headers.clone(),
         })
@@ -285,16 +289,19 @@ impl Vendor {
                     hint: None,
                     credits_left: None,
                     billed: false,
+                    cost: None,
                     elapsed: started.elapsed(),
                 };
             }
         };
         let status = response.status();
         let hint = quota_hint(response.headers(), &self.ratelimit_headers);
-        let credits_left = self.remaining_header.as_ref().and_then(|name| {
-            let value = response.headers().get(name)?.to_str().ok()?;
+        let count = |name: &Option<reqwest::header::HeaderName>| {
+            let value = response.headers().get(name.as_ref()?)?.to_str().ok()?;
             value.trim().parse::<i64>().ok().filter(|n| *n >= 0)
-        });
+        };
+        let credits_left = count(&self.remaining_header);
+        let cost = count(&self.cost_header);
         let result = self.classify(status, response).await;
         Call {
             status: Some(status.as_u16()),
@@ -302,6 +309,7 @@ impl Vendor {
             hint,
             credits_left,
             billed: self.is_billed(status.as_u16()),
+            cost,
             elapsed: started.elapsed(),
         }
     }
@@ -821,6 +829,7 @@ mod tests {
             }),
             credits_left: None,
             billed: false,
+            cost: None,
             elapsed: Duration::ZERO,
         };
         let s = Duration::from_secs;

@@ -29,6 +29,7 @@ pub use plan::Plan;
 pub use run::{OutageCause, Outcome, Ran, run};
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Result;
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
@@ -349,10 +350,19 @@ fn account(
 ) {
     let budget = &shared.budget;
     if call.billed {
-        let period = budget.charge(reservation, call.credits_left);
+        let cost = call.cost.unwrap_or(budget.cost());
+        if cost > budget.cost() && !COST_OVER_WARNED.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "the vendor reports a call that cost {cost} credits, more than credits.cost ({}), \
+                 the most reserved for one call: it is charged in full; raise credits.cost so \
+                 the budget can stop in time",
+                budget.cost()
+            );
+        }
+        let period = budget.charge(reservation, call.credits_left, cost);
         match charges.last_mut() {
-            Some((p, credits)) if *p == period => *credits += budget.cost(),
-            _ => charges.push((period, budget.cost())),
+            Some((p, credits)) if *p == period => *credits += cost,
+            _ => charges.push((period, cost)),
         }
     } else {
         budget.unbilled(&reservation);
@@ -439,6 +449,9 @@ async fn guard_failed(shared: &Shared, reason: &str) {
     ));
     shared.stop_for_good(why.into()).await;
 }
+
+/// Whether a call's reported cost above `credits.cost` was warned of already.
+static COST_OVER_WARNED: AtomicBool = AtomicBool::new(false);
 
 /// Waits out the record's backoff, and longer while retries are over their
 /// share. False if the run stopped meanwhile.

@@ -355,7 +355,13 @@ fn budget(plan: &Plan, worker: &str, run: i64) -> Arc<Budget> {
             run,
             allowance: credits.allowance,
             reserve: credits.reserve,
-            cost: credits.cost,
+            // Grants come in whole calls; a vendor that says what each call
+            // cost leaves parts of calls in hand, which add up: then any
+            // credit is worth granting.
+            grant_unit: match credits.cost_header {
+                Some(_) => 1,
+                None => credits.cost,
+            },
             run_limit: plan.max_credits,
             stale_after: config.lock_stale_after,
         },

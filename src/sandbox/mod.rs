@@ -77,6 +77,9 @@ pub struct SandboxOptions {
     /// After this many answers of a person, the vendor changes its schema: `title`
     /// is renamed `job_title` in every answer from then on (still 200, still billed)
     pub schema_change_after: Option<u64>,
+    /// Each billed call costs LO to HI credits (by its key), reported in
+    /// `X-Credits-Used`; without it, one
+    pub cost_range: Option<(u64, u64)>,
     /// The API key the vendor accepts, as `Authorization: Bearer KEY`; any other
     /// call is answered 401 (unbilled), its message repeating the key it was
     /// sent, as some vendors' do. Unset = no key checked
@@ -110,6 +113,7 @@ impl Default for SandboxOptions {
             api_key: None,
             quota: None,
             schema_change_after: None,
+            cost_range: None,
             seed: 1,
             record_headers: false,
             lean: false,
@@ -181,6 +185,18 @@ pub fn parse_fault(s: &str) -> Result<(String, Fault), String> {
         return Err(format!("`{s}`: the key is empty"));
     }
     Ok((key.to_owned(), fault))
+}
+
+pub fn parse_cost_range(s: &str) -> Result<(u64, u64), String> {
+    let (lo, hi) = s
+        .split_once('-')
+        .ok_or_else(|| format!("`{s}` is not LO-HI, e.g. `1-5`"))?;
+    match (lo.parse::<u64>(), hi.parse::<u64>()) {
+        (Ok(lo), Ok(hi)) if lo <= hi => Ok((lo, hi)),
+        _ => Err(format!(
+            "`{s}`: LO and HI are counts of credits, LO at most HI"
+        )),
+    }
 }
 
 pub fn parse_quota(s: &str) -> Result<(u64, Duration), String> {
@@ -274,6 +290,8 @@ pub struct Stats {
     pub account: u64,
     /// Calls answered 401 for a wrong or missing `--api-key` (unbilled).
     pub unauthorized: u64,
+    /// Credits billed: each billed call's cost (`--cost-range`, else 1).
+    pub credits_billed: u64,
 }
 
 struct Vendor {
@@ -349,6 +367,8 @@ enum Verdict {
         quota: Option<(f64, u64)>,
         /// An --error-rate error, answered after the latency.
         error: Option<StatusCode>,
+        /// What the call cost, to report in `X-Credits-Used` (`--cost-range`).
+        cost: Option<u64>,
     },
 }
 
@@ -467,17 +487,20 @@ impl Vendor {
                 remaining: None,
                 quota: None,
                 error: Some(code),
+                cost: None,
             };
             return (verdict, Some(InFlight(self.clone())));
         }
 
         // Accepted: it will be served, so it is billed now.
         let billed = !matches!(fault, Some(Fault::Flaky(_) | Fault::Status(400 | 422)));
+        let cost = billed.then(|| self.cost_of(key));
         let mut remaining = None;
         if let Some(credits) = c.credits.as_mut().filter(|_| billed) {
-            *credits -= 1;
+            *credits = credits.saturating_sub(cost.unwrap_or(1));
             remaining = Some(*credits);
         }
+        c.stats.credits_billed += cost.unwrap_or(0);
         c.in_flight += 1;
         c.stats.max_in_flight = c.stats.max_in_flight.max(c.in_flight);
         drop(c);
@@ -487,9 +510,18 @@ impl Vendor {
                 remaining,
                 quota,
                 error: None,
+                cost: cost.filter(|_| self.opts.cost_range.is_some()),
             },
             Some(InFlight(self.clone())),
         )
+    }
+
+    /// What a billed call for `key` costs: `--cost-range` by the key, else 1.
+    fn cost_of(&self, key: &str) -> u64 {
+        match self.opts.cost_range {
+            Some((lo, hi)) => lo + fnv(key) % (hi.saturating_sub(lo) + 1),
+            None => 1,
+        }
     }
 
     /// `--quota`: the call counted in its window, or, past the window's
@@ -656,14 +688,15 @@ async fn serve_call(
         return refused;
     }
     let (verdict, in_flight) = vendor.admit(&key);
-    let (fault, remaining, quota, error) = match verdict {
+    let (fault, remaining, quota, error, cost) = match verdict {
         Verdict::Refuse(response) => return response,
         Verdict::Serve {
             fault,
             remaining,
             quota,
             error,
-        } => (fault, remaining, quota, error),
+            cost,
+        } => (fault, remaining, quota, error, cost),
     };
     let mut delay = vendor.opts.latency;
     if let Some(Fault::Slow(extra)) = fault {
@@ -684,6 +717,11 @@ async fn serve_call(
     }
     if let Some((rate, left)) = quota {
         rate_headers(response.headers_mut(), rate, left);
+    }
+    if let Some(n) = cost {
+        response
+            .headers_mut()
+            .insert("x-credits-used", HeaderValue::from(n));
     }
     drop(in_flight);
     response

@@ -95,7 +95,9 @@ pub struct Holder {
     /// The allowance of a period whose row does not exist yet (a new period).
     pub allowance: i64,
     pub reserve: i64,
-    pub cost: i64,
+    /// Grants are whole multiples of this: a call's cost, so that no process
+    /// holds credits it cannot make a call with.
+    pub grant_unit: i64,
     /// `--max-credits`: the run's spent and reservations may not pass it.
     pub run_limit: Option<i64>,
     pub stale_after: Duration,
@@ -261,7 +263,7 @@ impl Store {
             == 0;
         let (funds, others) = read_funds(&mut tx, period, req.reserve, Some(req)).await?;
         let (room, limit) = funds.room();
-        let cost = req.cost.max(1);
+        let cost = req.grant_unit.max(1);
         let granted = if fenced {
             0
         } else {
@@ -551,8 +553,11 @@ pub(super) async fn settle(
         .await
         .context("charging the period")?;
     let held = sqlx::query(
-        "UPDATE freshen_reservations SET reserved = reserved - $1, charged = charged + $1 \
-         WHERE holder = $2 AND period = $3",
+        // A call may cost more than it reserved (a vendor's reported cost over
+        // credits.cost): spent gets all of it, the reservation no less than 0.
+        "UPDATE freshen_reservations SET \
+         reserved = CASE WHEN reserved > $1 THEN reserved - $1 ELSE 0 END, \
+         charged = charged + $1 WHERE holder = $2 AND period = $3",
     )
     .bind(charged)
     .bind(worker.to_owned())

@@ -479,7 +479,7 @@ async fn a_grant_in_flight_when_its_holder_leaves_does_not_deadlock() {
         run: 1,
         allowance: config.credits.allowance,
         reserve: 0,
-        cost: 1,
+        grant_unit: 1,
         run_limit: None,
         stale_after: Duration::from_secs(60),
     };
