@@ -51,6 +51,10 @@ pub struct Credits {
     pub cost: i64,
     /// Billed calls per resolved record in past runs, less one.
     pub retry_overhead: f64,
+    /// With `credits.cost_header`: the credits a resolved record cost in past
+    /// runs, as the vendor reported them (retries included).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mean_cost: Option<f64>,
     pub needed: i64,
     /// What this run may spend: the period's available credits, or less with
     /// `--max-credits`.
@@ -106,15 +110,23 @@ pub async fn compute(config: &Config, store: &Store, args: EstimateArgs) -> Resu
 
     let history = store.history().await?;
     let cost = config.credits.cost;
-    // Credits per record as a fraction (spent / resolved), never below the cost:
-    // integer arithmetic, so 110 credits over 100 records is exactly 1.1.
+    // A vendor that reports each call's cost charges less than `cost`, the
+    // most one may cost: past runs' mean is the estimate then.
+    let reported = config.credits.cost_header.is_some() && history.resolved > 0;
+    // Credits per record as a fraction (spent / resolved), never below the cost
+    // unless the vendor reported it: integer arithmetic, so 110 credits over
+    // 100 records is exactly 1.1.
     let (per_num, per_den) =
-        if history.resolved > 0 && history.credits_spent > history.resolved * cost {
+        if reported || history.resolved > 0 && history.credits_spent > history.resolved * cost {
             (history.credits_spent as i128, history.resolved as i128)
         } else {
             (cost as i128, 1)
         };
-    let retry_overhead = (per_num as f64 / (per_den as f64 * cost.max(1) as f64)) - 1.0;
+    let mean_cost = reported.then(|| per_num as f64 / per_den as f64);
+    let retry_overhead = match reported {
+        true => 0.0,
+        false => (per_num as f64 / (per_den as f64 * cost.max(1) as f64)) - 1.0,
+    };
     let calls_per_record = if history.resolved > 0 {
         (history.calls as f64 / history.resolved as f64).max(1.0)
     } else {
@@ -159,6 +171,7 @@ pub async fn compute(config: &Config, store: &Store, args: EstimateArgs) -> Resu
         credits: Credits {
             cost,
             retry_overhead,
+            mean_cost,
             needed,
             budget,
             period,
@@ -217,15 +230,18 @@ impl Estimate {
                 format!("skipped: {problems} (run --strict refuses such a plan)"),
             );
         }
-        line(
-            "credits",
-            format!(
-                "{} needed: {} per record, +{}% retry overhead seen in past runs",
-                c.needed,
+        let per_record = match c.mean_cost {
+            Some(mean) => format!(
+                "{mean:.2} per record as the vendor reported them in past runs (at most {} a call)",
+                c.cost
+            ),
+            None => format!(
+                "{} per record, +{}% retry overhead seen in past runs",
                 c.cost,
                 percent(c.retry_overhead)
             ),
-        );
+        };
+        line("credits", format!("{} needed: {per_record}", c.needed));
         let vendor = p
             .vendor_remaining
             .map(|v| format!(", vendor counts {v} left"))

@@ -536,6 +536,15 @@ async fn a_vendor_that_reports_each_calls_cost_is_charged_what_it_billed() {
     assert!(billed > 300 && billed < 1500, "costs of 1 to 5: {billed}");
     assert_eq!(period_spent(&env).await as u64, billed);
     env.assert_each_written_once(300).await;
+    // The estimate uses what past records cost, not the most a call may cost.
+    let out = env
+        .freshen(&["estimate", "--json", "--offline", "--ids", "1..300"])
+        .await;
+    assert_exit(&out, 0);
+    let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(e["credits"]["needed"].as_u64(), Some(billed));
+    let mean = e["credits"]["mean_cost"].as_f64().unwrap();
+    assert!((mean - billed as f64 / 300.0).abs() < 1e-9, "{mean}");
 
     // A budget that cannot cover them all stops within one call's most of it.
     let mut env = TestEnv::new(300).await;
