@@ -512,18 +512,17 @@ async fn a_billed_throttle_of_a_record_left_pending_by_a_stop_is_charged() {
     env.assert_each_written_once(20).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_vendor_that_reports_each_calls_cost_is_charged_what_it_billed() {
-    // Each call costs 1 to 5 credits, said in X-Credits-Used; credits.cost is
-    // the most one call may cost, reserved before it goes out.
-    let mut env = TestEnv::new(300).await;
+/// A vendor whose calls cost 1 to 5 credits each, said in X-Credits-Used;
+/// `credits.cost` is the most one call may cost, reserved before it goes out.
+async fn costly_vendor(records: u64, allowance: i64) -> TestEnv {
+    let mut env = TestEnv::new(records).await;
     env.vendor(SandboxOptions {
         cost_range: Some((1, 5)),
         ..SandboxOptions::default()
     })
     .await;
     env.write_config(&Conf {
-        allowance: 100_000,
+        allowance,
         reserve: 0,
         ..Conf::default()
     });
@@ -531,6 +530,12 @@ async fn a_vendor_that_reports_each_calls_cost_is_charged_what_it_billed() {
         ("credits.cost", "5"),
         ("credits.cost_header", "\"X-Credits-Used\""),
     ]);
+    env
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vendor_that_reports_each_calls_cost_is_charged_what_it_billed() {
+    let env = costly_vendor(300, 100_000).await;
     assert_exit(&env.freshen(&["run"]).await, 0);
     let billed = env.sandbox().stats().credits_billed;
     assert!(billed > 300 && billed < 1500, "costs of 1 to 5: {billed}");
@@ -547,21 +552,7 @@ async fn a_vendor_that_reports_each_calls_cost_is_charged_what_it_billed() {
     assert!((mean - billed as f64 / 300.0).abs() < 1e-9, "{mean}");
 
     // A budget that cannot cover them all stops within one call's most of it.
-    let mut env = TestEnv::new(300).await;
-    env.vendor(SandboxOptions {
-        cost_range: Some((1, 5)),
-        ..SandboxOptions::default()
-    })
-    .await;
-    env.write_config(&Conf {
-        allowance: 400,
-        reserve: 0,
-        ..Conf::default()
-    });
-    env.set_keys(&[
-        ("credits.cost", "5"),
-        ("credits.cost_header", "\"X-Credits-Used\""),
-    ]);
+    let env = costly_vendor(300, 400).await;
     let out = env.freshen(&["run"]).await;
     assert_exit(&out, 3);
     let spent = period_spent(&env).await;
