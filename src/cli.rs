@@ -161,7 +161,8 @@ pub struct SandboxArgs {
     #[arg(long, value_name = "ANSWERS")]
     pub schema_change_after: Option<u64>,
     /// Each billed call costs LO to HI credits (fixed by its key), reported in an
-    /// `X-Credits-Used` header and taken from --credits; without it, one credit
+    /// `X-Credits-Used` header and a person's `credits_consumed`, and taken from
+    /// --credits; without it, one credit
     #[arg(long, value_name = "LO-HI", value_parser = sandbox::parse_cost_range)]
     pub cost_range: Option<(u64, u64)>,
     /// The API key the vendor accepts, as `Authorization: Bearer KEY`; any other

@@ -194,6 +194,7 @@ struct FileCredits {
     remaining_pointer: Option<String>,
     #[serde(default, deserialize_with = "de::header_name")]
     cost_header: Option<HeaderName>,
+    cost_pointer: Option<String>,
 }
 
 fn first_day() -> i8 {
@@ -274,6 +275,17 @@ impl FileCredits {
                 Some((url, pointer))
             }
         };
+        let cost_pointer = match self.cost_pointer {
+            Some(p) if !p.starts_with('/') => {
+                return Err(doc.error(
+                    &["credits", "cost_pointer"],
+                    format!(
+                        "`{p}` is not a JSON pointer: it starts with /, e.g. \"/credits_consumed\""
+                    ),
+                ));
+            }
+            p => p,
+        };
         Ok(Credits {
             allowance: self.allowance,
             periods: crate::credits::Periods::new(self.reset_day, self.timezone),
@@ -283,6 +295,7 @@ impl FileCredits {
             remaining_header: self.remaining_header,
             remaining_url,
             cost_header: self.cost_header,
+            cost_pointer,
         })
     }
 }
@@ -502,6 +515,17 @@ pub struct Credits {
     /// The header in which the vendor says what a call cost: the ledger charges
     /// that, having reserved `cost` (the most one call may cost) before it.
     pub cost_header: Option<HeaderName>,
+    /// A JSON pointer to the same in a 2xx answer's body (Apollo's
+    /// `credits_consumed`, say), when no header says it.
+    pub cost_pointer: Option<String>,
+}
+
+impl Credits {
+    /// Whether the vendor says what each call cost (`cost_header`,
+    /// `cost_pointer`): then `cost` is the most one may cost.
+    pub fn reports_cost(&self) -> bool {
+        self.cost_header.is_some() || self.cost_pointer.is_some()
+    }
 }
 
 /// `billed_statuses` entries: an exact status (`404`) or a class (`2xx`).

@@ -142,6 +142,7 @@ pub struct Vendor {
     billed: Vec<StatusPattern>,
     remaining_header: Option<reqwest::header::HeaderName>,
     cost_header: Option<reqwest::header::HeaderName>,
+    cost_pointer: Option<String>,
     /// `api.ratelimit_headers`: the vendor's own rate-limit header names.
     ratelimit_headers: crate::config::RateLimitHeaders,
     /// The secret headers' values (and each long word of them, as a bearer
@@ -197,6 +198,7 @@ impl Vendor {
             billed: config.credits.billed_statuses.clone(),
             remaining_header: config.credits.remaining_header.clone(),
             cost_header: config.credits.cost_header.clone(),
+            cost_pointer: config.credits.cost_pointer.clone(),
             secrets: secret_words(&api.headers),
             ratelimit_headers: api.ratelimit_headers.clone(),
         })
@@ -301,8 +303,8 @@ impl Vendor {
             value.trim().parse::<i64>().ok().filter(|n| *n >= 0)
         };
         let credits_left = count(&self.remaining_header);
-        let cost = count(&self.cost_header);
-        let result = self.classify(status, response).await;
+        let mut cost = count(&self.cost_header);
+        let result = self.classify(status, response, &mut cost).await;
         Call {
             status: Some(status.as_u16()),
             result,
@@ -314,16 +316,19 @@ impl Vendor {
         }
     }
 
+    /// The answer's values, or why not; `cost` gets the cost its body reports
+    /// (`credits.cost_pointer`), unless a header said it already.
     async fn classify(
         &self,
         status: StatusCode,
         response: Response,
+        cost: &mut Option<i64>,
     ) -> Result<Vec<Value>, CallError> {
         let hint = retry_after(response.headers());
         match status.as_u16() {
             200..=299 => {
                 let body = self.read_body(response).await?;
-                self.map(&body)
+                self.map(&body, cost)
             }
             // Only redirects to another origin reach here: see `same_origin_redirects`.
             300..=399 => Err(CallError::Permanent(match redirect_origin(&response) {
@@ -428,8 +433,16 @@ impl Vendor {
     }
 
     /// Maps a 2xx body to the mapped columns' values, or says why it cannot.
-    fn map(&self, body: &[u8]) -> Result<Vec<Value>, CallError> {
-        map_answer(body, &self.pointers, &self.kinds)
+    /// The mapped values of a 2xx answer's body; `cost` gets what the body says
+    /// the call cost, if `credits.cost_pointer` points at a count (an answer
+    /// that does not map can still say what it cost).
+    fn map(&self, body: &[u8], cost: &mut Option<i64>) -> Result<Vec<Value>, CallError> {
+        let json = parse_answer(body)?;
+        if let Some(pointer) = &self.cost_pointer {
+            let reported = json.pointer(pointer).and_then(serde_json::Value::as_i64);
+            *cost = cost.or(reported.filter(|n| *n >= 0));
+        }
+        map_json(&json, &self.pointers, &self.kinds)
     }
 
     fn transport_error(&self, e: &reqwest::Error) -> CallError {
@@ -524,14 +537,26 @@ fn certificate_error(e: &reqwest::Error) -> Option<String> {
 
 /// A 2xx body as the values of the mapped columns (`pointers` and `kinds` in
 /// `api.response` order), or the permanent failure that says why it does not map.
+#[cfg(test)]
 fn map_answer(
     body: &[u8],
     pointers: &[String],
     kinds: &[ColumnKind],
 ) -> Result<Vec<Value>, CallError> {
+    map_json(&parse_answer(body)?, pointers, kinds)
+}
+
+fn parse_answer(body: &[u8]) -> Result<serde_json::Value, CallError> {
     // serde_json stops at 128 levels of nesting, so a hostile body cannot blow the stack.
-    let json: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|e| CallError::Permanent(format!("answer is not JSON: {e}")))?;
+    serde_json::from_slice(body)
+        .map_err(|e| CallError::Permanent(format!("answer is not JSON: {e}")))
+}
+
+fn map_json(
+    json: &serde_json::Value,
+    pointers: &[String],
+    kinds: &[ColumnKind],
+) -> Result<Vec<Value>, CallError> {
     pointers
         .iter()
         .zip(kinds)

@@ -62,6 +62,24 @@ pub struct Credits {
     pub period: PeriodView,
 }
 
+impl Credits {
+    /// The `credits` line: what is needed, and what a record costs.
+    fn describe(&self) -> String {
+        let per_record = match self.mean_cost {
+            Some(mean) => format!(
+                "{mean:.2} per record as the vendor reported them in past runs (at most {} a call)",
+                self.cost
+            ),
+            None => format!(
+                "{} per record, +{}% retry overhead seen in past runs",
+                self.cost,
+                percent(self.retry_overhead)
+            ),
+        };
+        format!("{} needed: {per_record}", self.needed)
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct Cut {
     pub key: String,
@@ -79,6 +97,39 @@ pub async fn estimate(config: Config, args: EstimateArgs) -> Result<Exit> {
         print!("{}", estimate.render());
     }
     Ok(Exit::Complete)
+}
+
+/// What a record costs, from past runs of the table.
+struct PerRecord {
+    /// Credits per record as a fraction, `num / den`: integer arithmetic, so
+    /// 110 credits over 100 records is exactly 1.1.
+    num: i128,
+    den: i128,
+    mean_cost: Option<f64>,
+    retry_overhead: f64,
+}
+
+/// Past runs' credits per resolved record, never below `credits.cost` unless
+/// the vendor reports each call's cost: then it charges less than `cost`, the
+/// most one may cost, and past runs' mean is the estimate.
+fn per_record(history: &crate::store::History, credits: &crate::config::Credits) -> PerRecord {
+    let cost = credits.cost;
+    let reported = credits.reports_cost() && history.resolved > 0;
+    let (num, den) =
+        if reported || history.resolved > 0 && history.credits_spent > history.resolved * cost {
+            (history.credits_spent as i128, history.resolved as i128)
+        } else {
+            (cost as i128, 1)
+        };
+    PerRecord {
+        num,
+        den,
+        mean_cost: reported.then(|| num as f64 / den as f64),
+        retry_overhead: match reported {
+            true => 0.0,
+            false => (num as f64 / (den as f64 * cost.max(1) as f64)) - 1.0,
+        },
+    }
 }
 
 pub async fn compute(config: &Config, store: &Store, args: EstimateArgs) -> Result<Estimate> {
@@ -110,23 +161,12 @@ pub async fn compute(config: &Config, store: &Store, args: EstimateArgs) -> Resu
 
     let history = store.history().await?;
     let cost = config.credits.cost;
-    // A vendor that reports each call's cost charges less than `cost`, the
-    // most one may cost: past runs' mean is the estimate then.
-    let reported = config.credits.cost_header.is_some() && history.resolved > 0;
-    // Credits per record as a fraction (spent / resolved), never below the cost
-    // unless the vendor reported it: integer arithmetic, so 110 credits over
-    // 100 records is exactly 1.1.
-    let (per_num, per_den) =
-        if reported || history.resolved > 0 && history.credits_spent > history.resolved * cost {
-            (history.credits_spent as i128, history.resolved as i128)
-        } else {
-            (cost as i128, 1)
-        };
-    let mean_cost = reported.then(|| per_num as f64 / per_den as f64);
-    let retry_overhead = match reported {
-        true => 0.0,
-        false => (per_num as f64 / (per_den as f64 * cost.max(1) as f64)) - 1.0,
-    };
+    let PerRecord {
+        num: per_num,
+        den: per_den,
+        mean_cost,
+        retry_overhead,
+    } = per_record(&history, &config.credits);
     let calls_per_record = if history.resolved > 0 {
         (history.calls as f64 / history.resolved as f64).max(1.0)
     } else {
@@ -230,18 +270,7 @@ impl Estimate {
                 format!("skipped: {problems} (run --strict refuses such a plan)"),
             );
         }
-        let per_record = match c.mean_cost {
-            Some(mean) => format!(
-                "{mean:.2} per record as the vendor reported them in past runs (at most {} a call)",
-                c.cost
-            ),
-            None => format!(
-                "{} per record, +{}% retry overhead seen in past runs",
-                c.cost,
-                percent(c.retry_overhead)
-            ),
-        };
-        line("credits", format!("{} needed: {per_record}", c.needed));
+        line("credits", c.describe());
         let vendor = p
             .vendor_remaining
             .map(|v| format!(", vendor counts {v} left"))

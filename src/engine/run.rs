@@ -358,9 +358,9 @@ fn budget(plan: &Plan, worker: &str, run: i64) -> Arc<Budget> {
             // Grants come in whole calls; a vendor that says what each call
             // cost leaves parts of calls in hand, which add up: then any
             // credit is worth granting.
-            grant_unit: match credits.cost_header {
-                Some(_) => 1,
-                None => credits.cost,
+            grant_unit: match credits.reports_cost() {
+                true => 1,
+                false => credits.cost,
             },
             run_limit: plan.max_credits,
             stale_after: config.lock_stale_after,

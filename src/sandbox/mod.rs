@@ -492,15 +492,7 @@ impl Vendor {
             return (verdict, Some(InFlight(self.clone())));
         }
 
-        // Accepted: it will be served, so it is billed now.
-        let billed = !matches!(fault, Some(Fault::Flaky(_) | Fault::Status(400 | 422)));
-        let cost = billed.then(|| self.cost_of(key));
-        let mut remaining = None;
-        if let Some(credits) = c.credits.as_mut().filter(|_| billed) {
-            *credits = credits.saturating_sub(cost.unwrap_or(1));
-            remaining = Some(*credits);
-        }
-        c.stats.credits_billed += cost.unwrap_or(0);
+        let (remaining, cost) = self.bill(&mut c, fault.as_ref(), key);
         c.in_flight += 1;
         c.stats.max_in_flight = c.stats.max_in_flight.max(c.in_flight);
         drop(c);
@@ -514,6 +506,25 @@ impl Vendor {
             },
             Some(InFlight(self.clone())),
         )
+    }
+
+    /// Bills an accepted call (it will be served): the account's credits left
+    /// after it (`--credits`), and its cost, if billed.
+    fn bill(
+        &self,
+        c: &mut Counters,
+        fault: Option<&Fault>,
+        key: &str,
+    ) -> (Option<u64>, Option<u64>) {
+        let billed = !matches!(fault, Some(Fault::Flaky(_) | Fault::Status(400 | 422)));
+        let cost = billed.then(|| self.cost_of(key));
+        let mut remaining = None;
+        if let Some(credits) = c.credits.as_mut().filter(|_| billed) {
+            *credits = credits.saturating_sub(cost.unwrap_or(1));
+            remaining = Some(*credits);
+        }
+        c.stats.credits_billed += cost.unwrap_or(0);
+        (remaining, cost)
     }
 
     /// What a billed call for `key` costs: `--cost-range` by the key, else 1.
@@ -709,7 +720,7 @@ async fn serve_call(
         drop(in_flight);
         return status(code, "internal error");
     }
-    let mut response = respond(&vendor, fault, &key);
+    let mut response = respond(&vendor, fault, &key, cost);
     if let Some(n) = remaining {
         response
             .headers_mut()
@@ -728,7 +739,9 @@ async fn serve_call(
 }
 
 /// The answer to a call admitted with `fault` (none: the person), counted.
-fn respond(vendor: &Vendor, fault: Option<Fault>, key: &str) -> Response {
+/// The answer for `key`; a person's carries `credits_consumed` when the call
+/// has a `cost` to report (`--cost-range`).
+fn respond(vendor: &Vendor, fault: Option<Fault>, key: &str, cost: Option<u64>) -> Response {
     match fault {
         Some(Fault::Status(code)) => {
             vendor.count(|s| s.client_errors += 1);
@@ -794,6 +807,9 @@ fn respond(vendor: &Vendor, fault: Option<Fault>, key: &str) -> Response {
                 }
             });
             let mut body = person(key);
+            if let Some(n) = cost {
+                body["credits_consumed"] = json!(n);
+            }
             if vendor
                 .opts
                 .schema_change_after

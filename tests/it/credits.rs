@@ -512,9 +512,10 @@ async fn a_billed_throttle_of_a_record_left_pending_by_a_stop_is_charged() {
     env.assert_each_written_once(20).await;
 }
 
-/// A vendor whose calls cost 1 to 5 credits each, said in X-Credits-Used;
-/// `credits.cost` is the most one call may cost, reserved before it goes out.
-async fn costly_vendor(records: u64, allowance: i64) -> TestEnv {
+/// A vendor whose calls cost 1 to 5 credits each, said in X-Credits-Used and
+/// in the body's `credits_consumed`, read as `reported` says; `credits.cost`
+/// is the most one call may cost, reserved before it goes out.
+async fn costly_vendor(records: u64, allowance: i64, reported: (&str, &str)) -> TestEnv {
     let mut env = TestEnv::new(records).await;
     env.vendor(SandboxOptions {
         cost_range: Some((1, 5)),
@@ -526,16 +527,29 @@ async fn costly_vendor(records: u64, allowance: i64) -> TestEnv {
         reserve: 0,
         ..Conf::default()
     });
-    env.set_keys(&[
-        ("credits.cost", "5"),
-        ("credits.cost_header", "\"X-Credits-Used\""),
-    ]);
+    env.set_keys(&[("credits.cost", "5"), reported]);
     env
+}
+
+const COST_HEADER: (&str, &str) = ("credits.cost_header", "\"X-Credits-Used\"");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cost_the_answers_body_reports_is_charged_too() {
+    let env = costly_vendor(
+        200,
+        100_000,
+        ("credits.cost_pointer", "\"/credits_consumed\""),
+    )
+    .await;
+    assert_exit(&env.freshen(&["run"]).await, 0);
+    let billed = env.sandbox().stats().credits_billed;
+    assert!(billed > 200, "costs of 1 to 5: {billed}");
+    assert_eq!(period_spent(&env).await as u64, billed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vendor_that_reports_each_calls_cost_is_charged_what_it_billed() {
-    let env = costly_vendor(300, 100_000).await;
+    let env = costly_vendor(300, 100_000, COST_HEADER).await;
     assert_exit(&env.freshen(&["run"]).await, 0);
     let billed = env.sandbox().stats().credits_billed;
     assert!(billed > 300 && billed < 1500, "costs of 1 to 5: {billed}");
@@ -552,7 +566,7 @@ async fn a_vendor_that_reports_each_calls_cost_is_charged_what_it_billed() {
     assert!((mean - billed as f64 / 300.0).abs() < 1e-9, "{mean}");
 
     // A budget that cannot cover them all stops within one call's most of it.
-    let env = costly_vendor(300, 400).await;
+    let env = costly_vendor(300, 400, COST_HEADER).await;
     let out = env.freshen(&["run"]).await;
     assert_exit(&out, 3);
     let spent = period_spent(&env).await;
