@@ -606,10 +606,9 @@ fn vendor_says(body: &[u8], secrets: &[String]) -> String {
     for secret in secrets {
         text = text.replace(secret.as_str(), "(redacted)");
     }
-    match text.char_indices().nth(VENDOR_WORDS) {
-        _ if text.is_empty() => String::new(),
-        Some((at, _)) => format!(": {}…", &text[..at]),
-        None => format!(": {text}"),
+    match text.is_empty() {
+        true => String::new(),
+        false => format!(": {}", cut(&text, VENDOR_WORDS)),
     }
 }
 
@@ -631,9 +630,14 @@ fn is_dot_segment(segment: &str) -> bool {
 
 /// A key for a message: a long one cut to its first 32 characters.
 pub fn shown(key: &str) -> String {
-    match key.char_indices().nth(32) {
-        Some((at, _)) => format!("{}…", &key[..at]),
-        None => key.to_owned(),
+    cut(key, 32)
+}
+
+/// `text` cut to its first `chars` characters, `…` marking a cut.
+fn cut(text: &str, chars: usize) -> String {
+    match text.char_indices().nth(chars) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
     }
 }
 

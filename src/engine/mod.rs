@@ -83,6 +83,8 @@ struct Shared {
     lease: Arc<Lease>,
     /// The contract guard: records' first answers, failed or not.
     guard: std::sync::Mutex<guard::Guard>,
+    /// Whether a call's reported cost above `credits.cost` was warned of.
+    cost_over_warned: AtomicBool,
 }
 
 impl Shared {
@@ -174,6 +176,7 @@ pub async fn execute(job: Job, shutdown: &CancellationToken) -> Result<Stop> {
             config.limits.failure_window.get() as usize,
             config.limits.max_failure_share,
         )),
+        cost_over_warned: AtomicBool::new(false),
     });
 
     // Workers in existence at once: those calling plus those waiting out a backoff
@@ -351,7 +354,7 @@ fn account(
     let budget = &shared.budget;
     if call.billed {
         let cost = call.cost.unwrap_or(budget.cost());
-        if cost > budget.cost() && !COST_OVER_WARNED.swap(true, Ordering::Relaxed) {
+        if cost > budget.cost() && !shared.cost_over_warned.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 "the vendor reports a call that cost {cost} credits, more than credits.cost ({}), \
                  the most reserved for one call: it is charged in full; raise credits.cost so \
@@ -449,9 +452,6 @@ async fn guard_failed(shared: &Shared, reason: &str) {
     ));
     shared.stop_for_good(why.into()).await;
 }
-
-/// Whether a call's reported cost above `credits.cost` was warned of already.
-static COST_OVER_WARNED: AtomicBool = AtomicBool::new(false);
 
 /// Waits out the record's backoff, and longer while retries are over their
 /// share. False if the run stopped meanwhile.

@@ -547,17 +547,9 @@ impl Vendor {
             c.quota_used += 1;
             return None;
         }
-        c.stats.throttled += 1;
-        c.timeline.throttled.push(elapsed);
         let next = window.as_secs_f64() * (index + 1) as f64;
         let wait = (next - elapsed.as_secs_f64()).ceil().max(1.0) as u64;
-        let mut r = status(
-            StatusCode::TOO_MANY_REQUESTS,
-            "quota exceeded for this window",
-        );
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(wait));
-        Some(r)
+        Some(too_many(c, elapsed, "quota exceeded for this window", wait))
     }
 
     /// A token of the bucket (`--rate`, `--burst`), and the rate headers'
@@ -584,13 +576,9 @@ impl Vendor {
                 .ratelimit_headers
                 .then_some((rate, u64::from(left.remaining_burst_capacity())))),
             Err(not_until) => {
-                c.stats.throttled += 1;
-                c.timeline.throttled.push(elapsed);
                 let wait = not_until.wait_time_from(bucket.limiter.clock().now());
                 let wait = wait.as_secs_f64().ceil().max(1.0) as u64;
-                let mut r = status(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(wait));
+                let mut r = too_many(c, elapsed, "rate limit exceeded", wait);
                 if self.opts.ratelimit_headers {
                     rate_headers(r.headers_mut(), rate, 0);
                 }
@@ -623,12 +611,7 @@ impl Vendor {
             Some(Fault::ThrottleFor(d)) => d.as_secs() + u64::from(d.subsec_nanos() > 0),
             _ => 1,
         };
-        c.stats.throttled += 1;
-        c.timeline.throttled.push(elapsed);
-        let mut r = status(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        Err(Box::new(r))
+        Err(Box::new(too_many(c, elapsed, "rate limit exceeded", secs)))
     }
 
     /// `--error-rate`'s draw: the status to fail this call with, if it fails.
@@ -650,6 +633,16 @@ impl Vendor {
     fn count(&self, f: impl FnOnce(&mut Stats)) {
         f(&mut self.state.lock().expect("sandbox lock").stats);
     }
+}
+
+/// A 429 with `Retry-After: wait` (seconds), counted among the throttles.
+fn too_many(c: &mut Counters, elapsed: Duration, message: &str, wait: u64) -> Response {
+    c.stats.throttled += 1;
+    c.timeline.throttled.push(elapsed);
+    let mut r = status(StatusCode::TOO_MANY_REQUESTS, message);
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(wait));
+    r
 }
 
 fn status(code: StatusCode, message: &str) -> Response {
