@@ -170,6 +170,23 @@ pub struct SandboxArgs {
     /// sent, as some vendors' do. Unset = no key checked
     #[arg(long)]
     pub api_key: Option<String>,
+    /// With --api-key: the key is expected in this query parameter
+    /// (`?api_key=KEY`, as Hunter and Google's APIs take it) instead of
+    /// `Authorization`
+    #[arg(long, value_name = "NAME", requires = "api_key")]
+    pub key_param: Option<String>,
+    /// The status of a refusal for the rate or a quota: 429, or 403 with a
+    /// body `{"errors": [{"id": "too_many_requests"}]}`, as Hunter answers it
+    #[arg(long, default_value_t = 429, value_parser = clap::builder::TypedValueParser::map(clap::builder::PossibleValuesParser::new(["429", "403"]), |s| s.parse::<u16>().expect("a listed status")))]
+    pub throttle_status: u16,
+    /// The status of "out of credits": 402, or 429 with a body
+    /// `{"errors": [{"id": "usage_exceeded"}]}`, as Hunter answers it
+    #[arg(long, default_value_t = 402, value_parser = clap::builder::TypedValueParser::map(clap::builder::PossibleValuesParser::new(["402", "429"]), |s| s.parse::<u16>().expect("a listed status")))]
+    pub no_credits_status: u16,
+    /// The first N calls of each key are answered 202 `{"status": "queued"}`
+    /// (unbilled), as Clearbit answers a lookup it has not finished
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub queued: u32,
     /// Seed of the generator behind --error-rate
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -219,6 +236,10 @@ impl SandboxArgs {
             schema_change_after: self.schema_change_after,
             cost_range: self.cost_range,
             api_key: self.api_key,
+            key_param: self.key_param,
+            throttle_status: self.throttle_status,
+            no_credits_status: self.no_credits_status,
+            queued: self.queued,
             seed: self.seed,
             record_headers: self.record_headers,
             lean: self.lean,

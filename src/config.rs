@@ -3,8 +3,9 @@
 //! applied. Nothing downstream parses a string from the file again.
 //!
 //! Each section is a serde struct whose fields check themselves as they are read
-//! (`Ident`, `PathTemplate`, `StatusPattern` by `try_from`, durations, counts and
-//! names by the functions of [`de`]), unknown keys refused; what ties two keys
+//! (`Ident`, `StatusPattern` by `try_from`, durations, counts and names by the
+//! functions of [`de`], the request's templates by [`crate::template`]),
+//! unknown keys refused; what ties two keys
 //! together is checked right after, by the section ([`Retry::check`],
 //! [`FileCredits::check`]) or, across sections, by [`Config::parse_reading`].
 //!
@@ -27,6 +28,8 @@ use url::Url;
 
 use crate::error::{Secret, usage};
 use crate::ident::Ident;
+use crate::rules::{FileRule, Rule};
+use crate::template::{Json, Nulls, Template};
 
 // ---- the file: sections as written, each value checked as it is read ------------
 
@@ -88,10 +91,19 @@ struct FileApi {
     base_url: Url,
     #[serde(default, deserialize_with = "de::method")]
     method: Method,
-    path: PathTemplate,
-    /// As written: `${VAR}` is resolved after.
+    /// Templates as written: `{column}` and `${VAR}` are read after, by
+    /// [`api`].
+    path: String,
+    #[serde(default)]
+    query: BTreeMap<String, String>,
     #[serde(default)]
     headers: BTreeMap<String, String>,
+    /// A TOML table or array, or a string holding JSON.
+    body: Option<toml::Value>,
+    #[serde(default)]
+    body_nulls: Nulls,
+    #[serde(default)]
+    answers: Vec<FileRule>,
     #[serde(default = "ten_seconds", deserialize_with = "de::duration")]
     timeout: Duration,
     #[serde(default = "five_seconds", deserialize_with = "de::duration")]
@@ -404,11 +416,21 @@ pub struct Api {
     /// The base URL, without a trailing slash.
     pub base_url: String,
     pub method: Method,
-    pub path: PathTemplate,
-    /// Header values from `${VAR}` are marked sensitive, so reqwest never prints them.
+    /// Filled per record, each value percent-encoded as a path segment.
+    pub path: Template,
+    /// `api.query`: name and value template, filled and form-encoded per record.
+    pub query: Vec<(String, Template)>,
+    /// The headers that read no column. Values from `${VAR}` are marked
+    /// sensitive, so reqwest never prints them.
     pub headers: HeaderMap,
-    /// Why a header is missing from `headers`: its `${VAR}` is not set. Only a
-    /// call to the vendor needs it: [`Config::load`] refuses it at start,
+    /// The headers that read a column, filled per record.
+    pub header_templates: Vec<(HeaderName, Template)>,
+    /// `api.body`: the JSON document sent with each call, if any.
+    pub body: Option<Json<Template>>,
+    pub body_nulls: Nulls,
+    /// Why a call cannot be made yet: the first `${VAR}` of `api.path`,
+    /// `api.query`, `api.headers` or `api.body` that is not set. Only a call
+    /// to the vendor needs it: [`Config::load`] refuses it at start,
     /// [`Config::load_reading`] (commands that read the database) keeps it here,
     /// and [`Config::vendor_ready`] says it.
     pub unset: Option<String>,
@@ -419,6 +441,8 @@ pub struct Api {
     pub ca_certs: Vec<reqwest::Certificate>,
     /// The vendor's own rate-limit header names, if it has them.
     pub ratelimit_headers: RateLimitHeaders,
+    /// `[[api.answers]]`: tried in order before the built-in rules.
+    pub answers: Vec<Rule>,
     /// JSON pointer in the answer -> column of `source.table`, in file order.
     pub response: Vec<Mapping>,
 }
@@ -528,87 +552,57 @@ impl Credits {
     }
 }
 
-/// `billed_statuses` entries: an exact status (`404`) or a class (`2xx`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
-pub enum StatusPattern {
-    Exact(u16),
-    Class(u16),
-}
+/// `billed_statuses` entries and `[[api.answers]]` statuses.
+pub use crate::rules::StatusPattern;
 
-impl StatusPattern {
-    pub fn matches(self, status: u16) -> bool {
-        match self {
-            StatusPattern::Exact(s) => s == status,
-            StatusPattern::Class(c) => status / 100 == c,
-        }
+impl Api {
+    /// Where each template of a call names a column: the key that holds it
+    /// (`api.path`, `api.query.NAME`, `api.headers.NAME`, `api.body`) and the
+    /// column, in file order.
+    pub fn placeholders(&self) -> Vec<(String, &Ident)> {
+        let query = self
+            .query
+            .iter()
+            .map(|(name, t)| (format!("api.query.{name}"), t));
+        let headers = self
+            .header_templates
+            .iter()
+            .map(|(name, t)| (format!("api.headers.{name}"), t));
+        let body = self
+            .body
+            .iter()
+            .flat_map(Json::templates)
+            .map(|t| ("api.body".to_owned(), t));
+        std::iter::once(("api.path".to_owned(), &self.path))
+            .chain(query)
+            .chain(headers)
+            .chain(body)
+            .flat_map(|(at, t)| t.columns().map(move |c| (at.clone(), c)))
+            .collect()
     }
-}
 
-impl TryFrom<String> for StatusPattern {
-    type Error = String;
-    fn try_from(s: String) -> Result<StatusPattern, String> {
-        parse_status_pattern(&s)
-    }
-}
-
-/// `api.path`: literal text with `{column}` placeholders filled from the record,
-/// percent-encoded as path segments.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
-pub struct PathTemplate {
-    pub parts: Vec<PathPart>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PathPart {
-    Literal(String),
-    Column(Ident),
-}
-
-impl TryFrom<String> for PathTemplate {
-    type Error = String;
-    fn try_from(s: String) -> Result<PathTemplate, String> {
-        PathTemplate::parse(&s)
-    }
-}
-
-impl PathTemplate {
-    fn parse(s: &str) -> Result<PathTemplate, String> {
-        if !s.starts_with('/') {
-            return Err("must start with `/`, e.g. \"/v1/people/{id}\"".into());
-        }
-        let mut parts = Vec::new();
-        let mut rest = s;
-        while let Some(open) = rest.find('{') {
-            if open > 0 {
-                parts.push(PathPart::Literal(rest[..open].to_owned()));
+    /// The columns a call reads besides `key`, each once, in order of first
+    /// use: the store reads them with each item, in this order.
+    pub fn columns(&self, key: &Ident) -> Vec<Ident> {
+        let mut columns: Vec<Ident> = Vec::new();
+        for (_, c) in self.placeholders() {
+            if c != key && !columns.contains(c) {
+                columns.push(c.clone());
             }
-            let close = rest[open..]
-                .find('}')
-                .ok_or_else(|| format!("\"{s}\" has a `{{` without a closing `}}`"))?
-                + open;
-            let name = &rest[open + 1..close];
-            parts.push(PathPart::Column(
-                Ident::new(name).map_err(|e| format!("placeholder `{{{name}}}`: {e}"))?,
-            ));
-            rest = &rest[close + 1..];
         }
-        if rest.contains('}') {
-            return Err(format!("\"{s}\" has a `}}` without an opening `{{`"));
-        }
-        if !rest.is_empty() {
-            parts.push(PathPart::Literal(rest.to_owned()));
-        }
-        Ok(PathTemplate { parts })
+        columns
     }
 
-    /// The columns the template reads, in order of first use.
-    pub fn columns(&self) -> impl Iterator<Item = &Ident> {
-        self.parts.iter().filter_map(|p| match p {
-            PathPart::Column(c) => Some(c),
-            PathPart::Literal(_) => None,
-        })
+    /// Whether any part of a call holds a value from `${VAR}`.
+    fn has_secret_outside_headers(&self) -> bool {
+        self.path.is_secret()
+            || self.query.iter().any(|(_, t)| t.is_secret())
+            || self.header_templates.iter().any(|(_, t)| t.is_secret())
+            || self
+                .body
+                .iter()
+                .flat_map(Json::templates)
+                .any(Template::is_secret)
     }
 }
 
@@ -809,8 +803,10 @@ mod de {
         match String::deserialize(d)?.to_ascii_uppercase().as_str() {
             "GET" => Ok(Method::GET),
             "POST" => Ok(Method::POST),
+            "PUT" => Ok(Method::PUT),
+            "PATCH" => Ok(Method::PATCH),
             other => Err(D::Error::custom(format!(
-                "\"{other}\" is not supported; use \"GET\" or \"POST\""
+                "\"{other}\" is not supported; use \"GET\", \"POST\", \"PUT\" or \"PATCH\""
             ))),
         }
     }
@@ -955,7 +951,7 @@ fn database(
     }
 }
 
-/// `api` with its headers resolved, its CA file read and its mappings checked
+/// `api` with its templates read, its CA file read and its mappings checked
 /// against `source`.
 fn api(
     doc: &Doc,
@@ -964,14 +960,44 @@ fn api(
     source: &Source,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Api> {
-    let (headers, unset) = headers(doc, &raw.headers, env)?;
+    let mut api = Api {
+        base_url: raw.base_url.as_str().trim_end_matches('/').to_owned(),
+        method: raw.method,
+        path: Template::default(),
+        query: Vec::new(),
+        headers: HeaderMap::new(),
+        header_templates: Vec::new(),
+        body: None,
+        body_nulls: raw.body_nulls,
+        unset: None,
+        timeout: raw.timeout,
+        connect_timeout: raw.connect_timeout,
+        max_body_bytes: raw.max_body_bytes,
+        ca_certs: Vec::new(),
+        ratelimit_headers: raw.ratelimit_headers,
+        answers: Vec::new(),
+        response: Vec::new(),
+    };
+    for (i, rule) in raw.answers.into_iter().enumerate() {
+        let rule = rule
+            .check()
+            .map_err(|(key, m)| doc.error(&["api", "answers", &format!("[{i}]"), key], m))?;
+        api.answers.push(rule);
+    }
+    let unset_template = templates(doc, &raw.path, &raw.query, raw.body, &mut api, env)?;
+    let unset_header = headers(doc, &raw.headers, &mut api, env)?.or(unset_template);
     let base = &raw.base_url;
-    let secret_header = headers
+    let secret = api
+        .headers
         .iter()
         .find(|(_, v)| v.is_sensitive())
-        .map(|(n, _)| n.as_str())
-        .or(unset.as_ref().map(|(n, _)| n.as_str()));
-    if let Some(name) = secret_header
+        .map(|(n, _)| format!("header `{n}`"))
+        .or(unset_header)
+        .or_else(|| {
+            api.has_secret_outside_headers()
+                .then(|| "value from ${VAR}".to_owned())
+        });
+    if let Some(what) = secret
         && base.scheme() == "http"
         && !is_loopback(base)
         && !raw.allow_insecure
@@ -980,23 +1006,21 @@ fn api(
             &["api", "base_url"],
             format!(
                 "\"{}\" is plain http:// to a host that is not this machine, and the secret \
-                 header `{name}` would cross the network unencrypted; use https://, or set \
+                 {what} would cross the network unencrypted; use https://, or set \
                  `api.allow_insecure = true` if the network is trusted",
                 base.as_str()
             ),
         ));
     }
-    let ca_certs = match &raw.ca_file {
-        None => Vec::new(),
-        Some(ca) => ca_certs(doc, &path.parent().unwrap_or(Path::new("")).join(ca))?,
-    };
+    if let Some(ca) = &raw.ca_file {
+        api.ca_certs = ca_certs(doc, &path.parent().unwrap_or(Path::new("")).join(ca))?;
+    }
     if raw.response.is_empty() {
         return Err(doc.error(
             &["api", "response"],
             "maps no field; add `\"/field\" = \"column\"` lines",
         ));
     }
-    let mut response = Vec::with_capacity(raw.response.len());
     for (pointer, column) in raw.response {
         let at = ["api", "response", pointer.as_str()];
         if !(pointer.is_empty() || pointer.starts_with('/')) {
@@ -1013,56 +1037,104 @@ fn api(
                 ),
             ));
         }
-        response.push(Mapping { pointer, column });
+        api.response.push(Mapping { pointer, column });
     }
-    Ok(Api {
-        base_url: base.as_str().trim_end_matches('/').to_owned(),
-        method: raw.method,
-        path: raw.path,
-        headers,
-        unset: unset.map(|(_, why)| why),
-        timeout: raw.timeout,
-        connect_timeout: raw.connect_timeout,
-        max_body_bytes: raw.max_body_bytes,
-        ca_certs,
-        ratelimit_headers: raw.ratelimit_headers,
-        response,
-    })
+    Ok(api)
 }
 
-/// `api.headers` with `${VAR}` resolved, and the first header whose variable is not
-/// set, with why: a secret all the same.
-#[allow(clippy::type_complexity)]
+/// `api.path`, `api.query` and `api.body` read into `api`'s templates, the
+/// first unset `${VAR}` kept in `api.unset`; returns what names it, for the
+/// plain-http check.
+fn templates(
+    doc: &Doc,
+    path: &str,
+    query: &BTreeMap<String, String>,
+    body: Option<toml::Value>,
+    api: &mut Api,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<String>> {
+    let mut unset: Option<(String, String)> = None;
+    let mut keep = |at: &[&str], missing: Option<String>| {
+        if let (None, Some(m)) = (&unset, missing) {
+            unset = Some((dotted(at), doc.message(at, m)));
+        }
+    };
+    if !path.starts_with('/') {
+        return Err(doc.error(
+            &["api", "path"],
+            "must start with `/`, e.g. \"/v1/people/{id}\"",
+        ));
+    }
+    let (template, missing) =
+        Template::parse(path, env).map_err(|m| doc.error(&["api", "path"], m))?;
+    keep(&["api", "path"], missing);
+    api.path = template;
+    for (name, value) in query {
+        let at = ["api", "query", name.as_str()];
+        let (template, missing) = Template::parse(value, env).map_err(|m| doc.error(&at, m))?;
+        keep(&at, missing);
+        api.query.push((name.clone(), template));
+    }
+    if let Some(body) = body {
+        let at = ["api", "body"];
+        if api.method == Method::GET {
+            return Err(doc.error(
+                &at,
+                "is set, but a GET carries no body; set api.method to \"POST\", \"PUT\" or \"PATCH\"",
+            ));
+        }
+        let json = match body {
+            toml::Value::String(text) => serde_json::from_str(&text).map_err(|e| {
+                doc.error(&at, format!("is not JSON ({e}); write it as a TOML table, or a string holding a JSON document"))
+            })?,
+            other => serde_json::to_value(other).map_err(|e| doc.error(&at, e))?,
+        };
+        let (json, missing) = Json::read(json, env).map_err(|m| doc.error(&at, m))?;
+        keep(&at, missing);
+        api.body = Some(json);
+    }
+    let named = unset
+        .as_ref()
+        .map(|(at, _)| format!("value from ${{VAR}} in {at}"));
+    api.unset = unset.map(|(_, why)| why);
+    Ok(named)
+}
+
+/// `api.headers` read into `api`: those that read no column into
+/// `api.headers`, `${VAR}` resolved, the others into `api.header_templates`.
+/// A header whose variable is not set is left out, `api.unset` saying why
+/// (if nothing before it is unset); returns the first such, for the
+/// plain-http check.
 fn headers(
     doc: &Doc,
     raw: &BTreeMap<String, String>,
+    api: &mut Api,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<(HeaderMap, Option<(HeaderName, String)>)> {
-    let mut headers = HeaderMap::new();
-    let mut unset: Option<(HeaderName, String)> = None;
+) -> Result<Option<String>> {
+    let mut first_unset = None;
     for (name, value) in raw {
         let at = ["api", "headers", name.as_str()];
         let header = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| doc.error(&at, "is not a valid HTTP header name"))?;
-        let (value, secret) = match expand(value, env) {
-            Ok(expanded) => expanded,
+        let (template, missing) = Template::parse(value, env).map_err(|m| doc.error(&at, m))?;
+        if let Some(m) = missing {
             // Well formed, but a variable is not set: only a call needs it.
-            Err(m) if expand(value, &|_| Some(String::new())).is_ok() => {
-                if unset.is_none() {
-                    unset = Some((header, doc.message(&at, m)));
-                }
-                continue;
-            }
-            Err(m) => return Err(doc.error(&at, m)),
+            api.unset.get_or_insert_with(|| doc.message(&at, m));
+            first_unset.get_or_insert_with(|| format!("header `{header}`"));
+            continue;
+        }
+        let Some(text) = template.fixed() else {
+            api.header_templates.push((header, template));
+            continue;
         };
-        let mut value = HeaderValue::from_str(&value)
+        let mut value = HeaderValue::from_str(&text)
             .map_err(|_| doc.error(&at, "holds characters not allowed in an HTTP header"))?;
         // Credentials by nature are secret even when written out in the file.
         let credential = header == AUTHORIZATION || header == PROXY_AUTHORIZATION;
-        value.set_sensitive(secret || credential);
-        headers.insert(header, value);
+        value.set_sensitive(template.is_secret() || credential);
+        api.headers.insert(header, value);
     }
-    Ok((headers, unset))
+    Ok(first_unset)
 }
 
 /// The certificates of `api.ca_file` (`ca`, resolved against the file's directory).
@@ -1120,28 +1192,16 @@ fn is_loopback(url: &Url) -> bool {
     }
 }
 
-/// Resolves `${VAR}` references. Returns the text and whether it holds a secret
-/// (any value that came from the environment is treated as one).
+/// Resolves `${VAR}` references (`{` and `}` are plain text here). Returns
+/// the text and whether it holds a secret (any value that came from the
+/// environment is treated as one), or why not.
 fn expand(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<(String, bool), String> {
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    let mut secret = false;
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
-        let end = rest[start..]
-            .find('}')
-            .ok_or_else(|| "has a `${` without a closing `}`".to_string())?
-            + start;
-        let name = &rest[start + 2..end];
-        let value = env(name).ok_or_else(|| {
-            format!("uses ${{{name}}}, which is not set in the environment; export {name} or remove the reference")
-        })?;
-        out.push_str(&value);
-        secret = true;
-        rest = &rest[end + 1..];
+    let (template, unset) = Template::parse_vars(s, env)?;
+    if let Some(why) = unset {
+        return Err(why);
     }
-    out.push_str(rest);
-    Ok((out, secret))
+    let text = template.fixed().expect("parse_vars reads no column");
+    Ok((text, template.is_secret()))
 }
 
 /// The longest duration any key takes: longer ones are mistakes, and would overflow
@@ -1158,24 +1218,6 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         ));
     }
     Ok(d)
-}
-
-fn parse_status_pattern(s: &str) -> Result<StatusPattern, String> {
-    let bad = || format!("entry \"{s}\" is not a status; write e.g. \"404\" or \"2xx\"");
-    if let Some(class) = s.strip_suffix("xx") {
-        let c: u16 = class.parse().map_err(|_| bad())?;
-        return if (1..=5).contains(&c) {
-            Ok(StatusPattern::Class(c))
-        } else {
-            Err(bad())
-        };
-    }
-    let code: u16 = s.parse().map_err(|_| bad())?;
-    if (100..=599).contains(&code) {
-        Ok(StatusPattern::Exact(code))
-    } else {
-        Err(bad())
-    }
 }
 
 #[cfg(test)]
@@ -1294,20 +1336,72 @@ mod tests {
     }
 
     #[test]
-    fn path_template_parses_placeholders() {
-        let t = PathTemplate::parse("/v1/{kind}/x/{id}").unwrap();
-        let cols: Vec<&str> = t.columns().map(Ident::as_str).collect();
-        assert_eq!(cols, ["kind", "id"]);
-        assert!(PathTemplate::parse("/v1/{id").is_err());
-        assert!(PathTemplate::parse("/v1/{a b}").is_err());
+    fn request_templates_read_columns_and_variables_and_name_a_bad_key() {
+        let text = set(
+            &set(SHIPPED, "method", "\"POST\""),
+            "path",
+            "\"/v1/{id}\"\nquery = { api_key = \"${KEY}\", d = \"{domain}\" }\n\
+             body = { id = \"{id}\", who = \"{name}\", n = 6 }",
+        );
+        let c = parse_with(&text, &[("KEY", "k-123456789"), ("FRESHEN_TOKEN", "t")]).unwrap();
+        let key = Ident::new("id").unwrap();
+        let columns: Vec<String> = c.api.columns(&key).iter().map(|c| c.to_string()).collect();
+        assert_eq!(columns, ["domain", "name"]);
+        assert!(
+            c.api
+                .query
+                .iter()
+                .any(|(n, t)| n == "api_key" && t.is_secret())
+        );
+        assert!(
+            !format!("{c:?}").contains("k-123456789"),
+            "a secret in Debug"
+        );
+        // Unset: only a call needs it.
+        let reading = Config::parse_reading(Path::new("c.toml"), &text, None, &|n| {
+            (n == "FRESHEN_TOKEN").then(|| "t".into())
+        })
+        .unwrap();
+        let e = format!("{:#}", reading.vendor_ready().unwrap_err());
+        assert!(
+            e.contains("api.query.api_key") && e.contains("${KEY}"),
+            "{e}"
+        );
+        for (from, to, says) in [
+            ("\"{domain}\"", "\"{domain\"", "api.query.d"),
+            (
+                "n = 6 }",
+                "n = \"{x y}\" }",
+                "api.body: at /n: placeholder `{x y}`",
+            ),
+            (
+                "body = { id = \"{id}\", who = \"{name}\", n = 6 }",
+                "body = '{\"id\": 1'",
+                "api.body: is not JSON",
+            ),
+            ("method = \"POST\"", "method = \"DELETE\"", "api.method"),
+            (
+                "method = \"POST\"",
+                "method = \"GET\"",
+                "a GET carries no body",
+            ),
+        ] {
+            let bad = text.replacen(from, to, 1);
+            let e = format!(
+                "{:#}",
+                parse_with(&bad, &[("KEY", "k"), ("FRESHEN_TOKEN", "t")]).unwrap_err()
+            );
+            assert!(e.contains(says), "{to}: {e}");
+        }
     }
 
     #[test]
     fn status_patterns() {
-        assert!(parse_status_pattern("2xx").unwrap().matches(204));
-        assert!(!parse_status_pattern("404").unwrap().matches(400));
-        assert!(parse_status_pattern("9xx").is_err());
-        assert!(parse_status_pattern("abc").is_err());
+        let parse = |s: &str| StatusPattern::try_from(s.to_owned());
+        assert!(parse("2xx").unwrap().matches(204));
+        assert!(!parse("404").unwrap().matches(400));
+        assert!(parse("9xx").is_err());
+        assert!(parse("abc").is_err());
     }
 
     /// `text` with the line `key = …` set to `key = value` (`value` as TOML).

@@ -52,11 +52,13 @@ pub mod pacer;
 pub mod progress;
 pub mod record;
 pub mod report;
+pub mod rules;
 pub mod sandbox;
 pub mod selection;
 pub mod state;
 pub mod store;
 pub mod tally;
+pub mod template;
 pub mod timeline;
 
 use anyhow::Result;

@@ -109,14 +109,16 @@ impl Metrics {
             let mut warned = false;
             loop {
                 let now = tally.now();
-                let (done, failed, credits) = (now.done, now.failed, now.credits);
+                let (done, failed, no_match) = (now.done, now.failed, now.no_match);
+                let credits = now.credits;
                 let result = metrics.update(|s| {
                     s.run = Some(live.run);
                     s.records = Some(ItemCounts {
                         total: live.before.total,
                         done: live.before.done + done,
                         failed: live.before.failed + failed,
-                        pending: (live.before.pending - done - failed).max(0),
+                        no_match: live.before.no_match + no_match,
+                        pending: (live.before.pending - done - failed - no_match).max(0),
                     });
                     s.calls = Some(CallCounts {
                         ok: live.calls.ok + now.calls.ok,
@@ -245,6 +247,7 @@ impl Metrics {
                 &[
                     (",status=\"done\"".into(), r.done as f64),
                     (",status=\"failed\"".into(), r.failed as f64),
+                    (",status=\"no_match\"".into(), r.no_match as f64),
                     (",status=\"pending\"".into(), r.pending as f64),
                 ],
             );

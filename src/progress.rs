@@ -79,7 +79,8 @@ impl Display {
                     run,
                     total,
                     resumed: resolved,
-                    done: Tally::get(&tally.done),
+                    // Resolved records: a no match is progress as a value is.
+                    done: Tally::get(&tally.done) + Tally::get(&tally.no_match),
                     failed: Tally::get(&tally.failed),
                     retries: Tally::get(&tally.transient),
                     throttled: Tally::get(&tally.throttled),
@@ -418,8 +419,12 @@ impl Summary {
             0 => String::new(),
             n => format!(", {n} skipped (NULL or shared keys)"),
         };
+        let no_match = match r.no_match {
+            0 => String::new(),
+            n => format!(", {n} no match"),
+        };
         println!(
-            "  records  {} total, {} done, {} failed, {} pending{skipped}",
+            "  records  {} total, {} done, {} failed{no_match}, {} pending{skipped}",
             r.total, r.done, r.failed, r.pending
         );
         println!(

@@ -104,16 +104,25 @@ pub enum ItemState {
     Done,
     /// Resolved without values; `reason` says why.
     Failed,
+    /// Resolved without values: the vendor knows nothing of it (an
+    /// `[[api.answers]]` rule's `no_match`); `reason` says what it answered.
+    NoMatch,
 }
 
 impl ItemState {
-    pub const ALL: [ItemState; 3] = [ItemState::Pending, ItemState::Done, ItemState::Failed];
+    pub const ALL: [ItemState; 4] = [
+        ItemState::Pending,
+        ItemState::Done,
+        ItemState::Failed,
+        ItemState::NoMatch,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             ItemState::Pending => "pending",
             ItemState::Done => "done",
             ItemState::Failed => "failed",
+            ItemState::NoMatch => "no_match",
         }
     }
 }

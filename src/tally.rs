@@ -21,6 +21,7 @@ pub struct Tally {
     /// Items resolved (done or failed) by this process.
     pub done: AtomicU64,
     pub failed: AtomicU64,
+    pub no_match: AtomicU64,
     /// Credits charged by this process, as checkpointed.
     pub credits: AtomicU64,
 }
@@ -31,6 +32,7 @@ pub struct Counted {
     pub calls: CallCounts,
     pub done: i64,
     pub failed: i64,
+    pub no_match: i64,
     pub credits: i64,
 }
 
@@ -51,6 +53,7 @@ impl Tally {
             },
             done: n(&self.done),
             failed: n(&self.failed),
+            no_match: n(&self.no_match),
             credits: n(&self.credits),
         }
     }

@@ -13,10 +13,12 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use reqwest::{Client, Response, StatusCode};
 
-use crate::config::{Config, PathPart, StatusPattern};
+use crate::config::{Config, StatusPattern};
 use crate::pacer::{Failure, Signal};
 use crate::record::{ColumnKind, Value};
-use crate::store::Item;
+use crate::rules::{Answer, Means, Rule, Wait, built_in};
+use crate::store::{Item, Kinds};
+use crate::template::{Compiled, Json, Nulls, Values};
 
 pub use crate::pacer::QuotaHint;
 pub use headers::{quota_hint, retry_after};
@@ -37,6 +39,17 @@ pub enum CallError {
     /// Will not get better by retrying: 4xx, an answer that does not map.
     #[error("{0}")]
     Permanent(String),
+    /// The vendor knows nothing of this record (an `[[api.answers]]` rule says
+    /// so): it is marked `no_match`, with the reason, not failed.
+    #[error("no match: {0}")]
+    NoMatch(String),
+    /// Not ready yet (a rule's `later`: Clearbit's 202 "queued"): the record
+    /// is tried again after the wait (`None`: the retry backoff), not an attempt.
+    #[error("{reason}")]
+    Later {
+        reason: String,
+        after: Option<Duration>,
+    },
     /// The vendor says the account has no credits left (402).
     #[error("out of credits")]
     OutOfCredits,
@@ -114,6 +127,8 @@ impl Call {
             }) => (Signal::Failed, None),
             Err(
                 CallError::Permanent(_)
+                | CallError::NoMatch(_)
+                | CallError::Later { .. }
                 | CallError::OutOfCredits
                 | CallError::Fatal(_)
                 | CallError::Refused(_),
@@ -122,37 +137,44 @@ impl Call {
     }
 }
 
-/// How a `{column}` placeholder of `api.path` is filled.
-#[derive(Debug, Clone)]
-enum Segment {
-    Literal(String),
-    Key,
-    Param(usize),
+/// The request a record becomes: `api.path`, `api.query`, the headers that
+/// read a column and `api.body`, compiled against the columns the store reads.
+struct Request {
+    path: Compiled,
+    query: Vec<(String, Compiled)>,
+    headers: Vec<(reqwest::header::HeaderName, Compiled, bool)>,
+    body: Option<Json<Compiled>>,
+    nulls: Nulls,
+    /// The key's kind, then the other columns', as `Slot`s number them.
+    kinds: Vec<ColumnKind>,
 }
 
 pub struct Vendor {
     client: Client,
     method: reqwest::Method,
     base_url: String,
-    segments: Vec<Segment>,
+    request: Request,
     pointers: Vec<String>,
     kinds: Vec<ColumnKind>,
     max_body: usize,
     timeout: Duration,
     billed: Vec<StatusPattern>,
+    /// `[[api.answers]]`, then the built-in rules: the first that matches
+    /// says what an answer means.
+    rules: Vec<Rule>,
     remaining_header: Option<reqwest::header::HeaderName>,
     cost_header: Option<reqwest::header::HeaderName>,
     cost_pointer: Option<String>,
     /// `api.ratelimit_headers`: the vendor's own rate-limit header names.
     ratelimit_headers: crate::config::RateLimitHeaders,
-    /// The secret headers' values (and each long word of them, as a bearer
-    /// token): never repeated from a vendor's message.
+    /// Every value from `${VAR}` and of a secret header (and each long word of
+    /// them, as a bearer token): never repeated from a vendor's message.
     secrets: Vec<String>,
 }
 
 impl Vendor {
-    /// `kinds`: the mapped columns' kinds, in `api.response` order (from the store).
-    pub fn new(config: &Config, kinds: &[ColumnKind]) -> Result<Vendor> {
+    /// `kinds`: the configured columns' kinds (from the store).
+    pub fn new(config: &Config, kinds: &Kinds) -> Result<Vendor> {
         // Never a call without the headers the configuration asks for.
         config.vendor_ready()?;
         let api = &config.api;
@@ -172,51 +194,105 @@ impl Vendor {
                 config.path.display()
             )
         })?;
-        let mut params = 0;
-        let segments = api
-            .path
-            .parts
-            .iter()
-            .map(|part| match part {
-                PathPart::Literal(s) => Segment::Literal(s.clone()),
-                PathPart::Column(c) if *c == config.source.key => Segment::Key,
-                PathPart::Column(_) => {
-                    params += 1;
-                    Segment::Param(params - 1)
-                }
-            })
-            .collect();
+        let key = &config.source.key;
+        let columns = api.columns(key);
+        let request = Request {
+            path: api.path.compile(key, &columns),
+            query: api
+                .query
+                .iter()
+                .map(|(name, t)| (name.clone(), t.compile(key, &columns)))
+                .collect(),
+            headers: api
+                .header_templates
+                .iter()
+                .map(|(name, t)| (name.clone(), t.compile(key, &columns), t.is_secret()))
+                .collect(),
+            body: api.body.as_ref().map(|b| b.compile(key, &columns)),
+            nulls: api.body_nulls,
+            kinds: std::iter::once(kinds.key)
+                .chain(kinds.params.iter().copied())
+                .collect(),
+        };
+        let mut secrets = secret_words(&api.headers);
+        let templates = std::iter::once(&api.path)
+            .chain(api.query.iter().map(|(_, t)| t))
+            .chain(api.header_templates.iter().map(|(_, t)| t))
+            .chain(api.body.iter().flat_map(Json::templates));
+        secrets.extend(templates.flat_map(|t| t.secrets()).map(str::to_owned));
+        secrets.retain(|w| w.len() >= 8);
+        secrets.sort_by_key(|w| std::cmp::Reverse(w.len()));
+        secrets.dedup();
         Ok(Vendor {
             client,
             method: api.method.clone(),
             base_url: api.base_url.clone(),
-            segments,
+            request,
             pointers: api.response.iter().map(|m| m.pointer.clone()).collect(),
-            kinds: kinds.to_vec(),
+            kinds: kinds.mapped.clone(),
             max_body: api.max_body_bytes,
             timeout: api.timeout,
             billed: config.credits.billed_statuses.clone(),
+            rules: api.answers.iter().cloned().chain(built_in()).collect(),
             remaining_header: config.credits.remaining_header.clone(),
             cost_header: config.credits.cost_header.clone(),
             cost_pointer: config.credits.cost_pointer.clone(),
-            secrets: secret_words(&api.headers),
+            secrets,
             ratelimit_headers: api.ratelimit_headers.clone(),
         })
     }
 
-    /// The URL for an item: the path template with its placeholders percent-encoded.
+    /// The URL for an item: the path template with its values percent-encoded
+    /// as path segments, then `api.query` form-encoded. A query parameter that
+    /// is one `{column}` whose value is NULL is left out.
     pub fn url(&self, item: &Item) -> String {
+        let values = values(item);
         let mut url = self.base_url.clone();
-        for segment in &self.segments {
-            match segment {
-                Segment::Literal(s) => url.push_str(s),
-                Segment::Key => push_encoded(&mut url, &item.key),
-                Segment::Param(i) => {
-                    push_encoded(&mut url, item.params.get(*i).map_or("", String::as_str))
-                }
+        self.request.path.fill(&mut url, values, push_encoded);
+        let mut first = !url.contains('?');
+        for (name, value) in &self.request.query {
+            if value
+                .single()
+                .is_some_and(|slot| values.get(slot).is_none())
+            {
+                continue;
             }
+            url.push(if first { '?' } else { '&' });
+            first = false;
+            url.extend(url::form_urlencoded::byte_serialize(name.as_bytes()));
+            url.push('=');
+            let text = value.text(values);
+            url.extend(url::form_urlencoded::byte_serialize(text.as_bytes()));
         }
         url
+    }
+
+    /// The headers that read a column, filled for an item; a header that is
+    /// one `{column}` whose value is NULL is left out. `Err`: the header whose
+    /// value cannot be sent.
+    fn headers(&self, item: &Item) -> Result<reqwest::header::HeaderMap, String> {
+        let values = values(item);
+        let mut headers = reqwest::header::HeaderMap::new();
+        for (name, value, secret) in &self.request.headers {
+            if value
+                .single()
+                .is_some_and(|slot| values.get(slot).is_none())
+            {
+                continue;
+            }
+            let mut header = reqwest::header::HeaderValue::from_str(&value.text(values))
+                .map_err(|_| name.to_string())?;
+            header.set_sensitive(*secret);
+            headers.insert(name.clone(), header);
+        }
+        Ok(headers)
+    }
+
+    /// The JSON body for an item, if `api.body` is set.
+    fn body(&self, item: &Item) -> Option<Vec<u8>> {
+        let body = self.request.body.as_ref()?;
+        let json = body.fill(values(item), &self.request.kinds, self.request.nulls);
+        Some(serde_json::to_vec(&json).expect("a JSON value serializes"))
     }
 
     /// Why this item cannot be sent, if it cannot: then it fails at once, without
@@ -229,13 +305,8 @@ impl Vendor {
     ///   spelling of the key that reaches the vendor intact.
     /// - A URL longer than [`MAX_URL_BYTES`].
     pub fn refuses(&self, item: &Item) -> Option<String> {
-        let values = self.segments.iter().filter_map(|segment| match segment {
-            Segment::Literal(_) => None,
-            Segment::Key => Some(item.key.as_str()),
-            Segment::Param(i) => Some(item.params.get(*i).map_or("", String::as_str)),
-        });
-        for value in values {
-            if value.is_empty() {
+        for value in self.request.path.values(values(item)) {
+            if value.is_none_or(str::is_empty) {
                 return Some(
                     "cannot be sent: a placeholder of api.path is empty, and an empty URL \
                      path segment names another resource (`/v1/people/` for \
@@ -254,6 +325,12 @@ impl Vendor {
                  no call was made"
                     .to_owned(),
             );
+        }
+        if let Err(header) = self.headers(item) {
+            return Some(format!(
+                "cannot be sent: api.headers.{header} filled from the record holds characters \
+                 not allowed in an HTTP header (a line break, say); no call was made"
+            ));
         }
         if url.len() > MAX_URL_BYTES {
             return Some(format!(
@@ -277,12 +354,16 @@ impl Vendor {
     /// billed, and what it says of the vendor's limits.
     pub async fn call(&self, item: &Item) -> Call {
         let started = tokio::time::Instant::now();
-        let response = match self
+        let mut request = self
             .client
             .request(self.method.clone(), self.url(item))
-            .send()
-            .await
-        {
+            .headers(self.headers(item).unwrap_or_default());
+        if let Some(body) = self.body(item) {
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body);
+        }
+        let response = match request.send().await {
             Ok(r) => r,
             Err(e) => {
                 return Call {
@@ -304,60 +385,92 @@ impl Vendor {
         };
         let credits_left = count(&self.remaining_header);
         let mut cost = count(&self.cost_header);
-        let result = self.classify(status, response, &mut cost).await;
+        let redirect = status
+            .is_redirection()
+            .then(|| redirect_origin(&response))
+            .flatten();
+        let mut response = response;
+        let headers = std::mem::take(response.headers_mut());
+        let body = self.read_body(response).await;
+        let answer = Answer {
+            status: status.as_u16(),
+            headers: &headers,
+            body: body.as_deref().unwrap_or_default(),
+            json: Default::default(),
+        };
+        let rule = self
+            .rules
+            .iter()
+            .find(|r| r.matches(&answer))
+            .expect("the last built-in rule matches any answer");
+        let billed = rule
+            .billed
+            .unwrap_or_else(|| self.is_billed(status.as_u16()));
+        let result = match rule.means {
+            Means::Ok => body.and_then(|b| self.map(&b, &mut cost)),
+            _ => Err(self.refusal(rule, &answer, hint.as_ref(), redirect)),
+        };
         Call {
             status: Some(status.as_u16()),
             result,
             hint,
             credits_left,
-            billed: self.is_billed(status.as_u16()),
+            billed,
             cost,
             elapsed: started.elapsed(),
         }
     }
 
-    /// The answer's values, or why not; `cost` gets the cost its body reports
-    /// (`credits.cost_pointer`), unless a header said it already.
-    async fn classify(
+    /// What an answer a rule does not call `ok` means, as the error it is;
+    /// `redirect`: the origin a 3xx points to.
+    fn refusal(
         &self,
-        status: StatusCode,
-        response: Response,
-        cost: &mut Option<i64>,
-    ) -> Result<Vec<Value>, CallError> {
-        let hint = retry_after(response.headers());
-        match status.as_u16() {
-            200..=299 => {
-                let body = self.read_body(response).await?;
-                self.map(&body, cost)
-            }
+        rule: &Rule,
+        answer: &Answer,
+        hint: Option<&QuotaHint>,
+        redirect: Option<String>,
+    ) -> CallError {
+        let code = answer.status;
+        let status = StatusCode::from_u16(code).expect("a status reqwest read");
+        let says = || {
+            format!(
+                "{}{}",
+                status_text(status),
+                vendor_says(answer.body, &self.secrets)
+            )
+        };
+        let wait = || match rule.wait {
+            Wait::RetryAfter => retry_after(answer.headers),
+            Wait::Reset => hint.and_then(|h| h.reset),
+            Wait::For(d) => Some(d),
+        };
+        match rule.means {
+            Means::Ok => unreachable!("an ok answer is mapped, not refused"),
+            Means::NoMatch => CallError::NoMatch(says()),
+            Means::Retry => CallError::Transient {
+                reason: status_text(status),
+                // A plain server error (500) is not a sign of overload.
+                overload: code == 408 || (501..=599).contains(&code),
+            },
+            Means::Throttle => CallError::Throttled {
+                retry_after: wait(),
+            },
+            Means::OutOfCredits => CallError::OutOfCredits,
+            Means::Fatal => CallError::Refused(says()),
+            Means::Later => CallError::Later {
+                reason: format!("{} (not ready: try later)", says()),
+                after: wait(),
+            },
             // Only redirects to another origin reach here: see `same_origin_redirects`.
-            300..=399 => Err(CallError::Permanent(match redirect_origin(&response) {
+            Means::Fail if status.is_redirection() => CallError::Permanent(match redirect {
                 Some(to) => format!(
                     "{} to {to}, another origin: not followed, so the API credentials stay \
                      with the vendor; if the vendor moved, update api.base_url",
                     status_text(status)
                 ),
                 None => status_text(status),
-            })),
-            401 | 403 => {
-                let body = self.read_body(response).await.unwrap_or_default();
-                Err(CallError::Refused(format!(
-                    "{}{}",
-                    status_text(status),
-                    vendor_says(&body, &self.secrets)
-                )))
-            }
-            // A problem document (RFC 9457) whose type is quota-exceeded: the
-            // account is out of credits, whatever the status says.
-            400..=499 if is_problem(&response) => {
-                let body = self.read_body(response).await.unwrap_or_default();
-                if problem_type(&body).is_some_and(|t| t.ends_with("quota-exceeded")) {
-                    Err(CallError::OutOfCredits)
-                } else {
-                    Err(by_status(status, hint))
-                }
-            }
-            _ => Err(by_status(status, hint)),
+            }),
+            Means::Fail => CallError::Permanent(status_text(status)),
         }
     }
 
@@ -577,6 +690,14 @@ fn status_text(status: StatusCode) -> String {
     }
 }
 
+/// An item's values, as the request's templates read them.
+fn values(item: &Item) -> Values<'_> {
+    Values {
+        key: &item.key,
+        params: &item.params,
+    }
+}
+
 /// The secret values of `headers` (marked sensitive by the config: `${VAR}`
 /// values and credentials), whole and word by word, longest first, so a
 /// vendor's message that repeats a key shows `(redacted)` in its place.
@@ -647,42 +768,6 @@ fn push_encoded(url: &mut String, s: &str) {
         url::form_urlencoded::byte_serialize(s.as_bytes())
             .map(|part| if part == "+" { "%20" } else { part }),
     );
-}
-
-/// The error a non-2xx status means, by the status alone.
-fn by_status(status: StatusCode, retry_after: Option<std::time::Duration>) -> CallError {
-    match status.as_u16() {
-        429 => CallError::Throttled { retry_after },
-        503 if retry_after.is_some() => CallError::Throttled { retry_after },
-        402 => CallError::OutOfCredits,
-        500 => CallError::Transient {
-            reason: status_text(status),
-            overload: false,
-        },
-        408 | 501..=599 => CallError::Transient {
-            reason: status_text(status),
-            overload: true,
-        },
-        _ => CallError::Permanent(status_text(status)),
-    }
-}
-
-fn is_problem(response: &Response) -> bool {
-    response
-        .headers()
-        .get(reqwest::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().starts_with("application/problem+json"))
-}
-
-/// The `type` member of a problem document, if the body is one.
-fn problem_type(body: &[u8]) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Problem {
-        #[serde(rename = "type")]
-        kind: Option<String>,
-    }
-    serde_json::from_slice::<Problem>(body).ok()?.kind
 }
 
 #[cfg(test)]

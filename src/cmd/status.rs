@@ -113,8 +113,12 @@ fn print_run(r: &RunView, lock: Option<&LockHolder>) {
         r.status,
         describe_selection(&r.selection)
     );
+    let no_match = match n.no_match {
+        0 => String::new(),
+        k => format!(", {k} no match"),
+    };
     println!(
-        "  records  {} total, {} done, {} failed, {} pending",
+        "  records  {} total, {} done, {} failed{no_match}, {} pending",
         n.total, n.done, n.failed, n.pending
     );
     println!(

@@ -26,7 +26,7 @@ pub async fn ask_vendor(config: &Config, store: &Store, offline: bool) -> Result
     }
     let label = config.credits.periods.label_at(crate::credits::now());
     store.period(&label, config.credits.allowance).await?;
-    let vendor = crate::api::Vendor::new(config, store.mapped_kinds())?;
+    let vendor = crate::api::Vendor::new(config, store.kinds())?;
     match vendor.credits_left(url, pointer).await {
         Ok(left) => {
             store

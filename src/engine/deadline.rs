@@ -20,7 +20,8 @@ pub async fn pace_until(
     // moved by a tenth, so a slow pace is not reset before its next token.
     let mut set: Option<f64> = None;
     loop {
-        let resolved = Tally::get(&tally.done) + Tally::get(&tally.failed);
+        let resolved =
+            Tally::get(&tally.done) + Tally::get(&tally.failed) + Tally::get(&tally.no_match);
         let left = (pending as f64 - resolved as f64).max(0.0);
         let secs = deadline
             .duration_since(jiff::Timestamp::now())

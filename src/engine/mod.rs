@@ -129,8 +129,27 @@ pub struct Job {
     pub crew: Crew,
 }
 
+/// How [`execute`] ended: why it stopped, or the error that stopped it;
+/// and whether every answer it had was checkpointed (a stop for an answer
+/// that says no call can succeed, a refused key, is such an error: the
+/// process then leaves cleanly, its unused credits given back).
+pub struct Executed {
+    pub stop: Result<Stop>,
+    pub settled: bool,
+}
+
 /// Works the run's pending items until none is left or something stops it.
-pub async fn execute(job: Job, shutdown: &CancellationToken) -> Result<Stop> {
+pub async fn execute(job: Job, shutdown: &CancellationToken) -> Executed {
+    let mut settled = false;
+    let stop = execute_settling(job, shutdown, &mut settled).await;
+    Executed { stop, settled }
+}
+
+async fn execute_settling(
+    job: Job,
+    shutdown: &CancellationToken,
+    settled: &mut bool,
+) -> Result<Stop> {
     let Job {
         config,
         store,
@@ -203,6 +222,7 @@ pub async fn execute(job: Job, shutdown: &CancellationToken) -> Result<Stop> {
     let written = writer.await.expect("the checkpoint writer does not panic");
     dispatched?;
     written?;
+    *settled = true;
     if let Some(why) = shared.fatal.lock().await.take() {
         return Err(why);
     }
@@ -296,6 +316,10 @@ async fn finish(
         Resolution::Failed(reason) => {
             Tally::bump(&shared.tally.failed);
             tracing::debug!(key = %item.key, %reason, "record failed");
+        }
+        Resolution::NoMatch(reason) => {
+            Tally::bump(&shared.tally.no_match);
+            tracing::debug!(key = %item.key, %reason, "no match at the vendor");
         }
         Resolution::Pending => {}
     }
@@ -395,9 +419,10 @@ async fn stop_on(shared: &Shared, item: &Item, e: CallError) {
             tracing::warn!(key = %item.key, "the vendor refused the call: {why}; stopping");
             let refused = crate::error::Refused(format!(
                 "the vendor refused the call: {why}. Nothing was marked failed and no \
-                 more calls were sent; check the key in api.headers (or the variable it \
-                 reads: a wrong or expired key, an account without access to this API) \
-                 and rerun to resume"
+                 more calls were sent; check the key in api.headers or api.query (or the \
+                 variable it reads: a wrong or expired key, an account without access to \
+                 this API), or the [[api.answers]] rule that calls this answer fatal, and \
+                 rerun to resume"
             ));
             shared.stop_for_good(refused.into()).await;
         }
@@ -408,7 +433,11 @@ async fn stop_on(shared: &Shared, item: &Item, e: CallError) {
             tracing::warn!(key = %item.key, "the vendor answered 402: out of credits; stopping");
             shared.halt(Stop::OutOfCredits).await;
         }
-        CallError::Throttled { .. } | CallError::Transient { .. } | CallError::Permanent(_) => {
+        CallError::Throttled { .. }
+        | CallError::Transient { .. }
+        | CallError::Permanent(_)
+        | CallError::NoMatch(_)
+        | CallError::Later { .. } => {
             unreachable!("only the answers that stop a run")
         }
     }
@@ -472,6 +501,59 @@ async fn wait_to_retry(shared: &Shared, backoff: &mut Backoff, item: &Item, reas
     }
 }
 
+/// One try of the record: the call sent with its credits reserved, its cost
+/// accounted, and what it says told to the pacer (whether it is part of an
+/// outage, too).
+async fn try_once(
+    shared: &Shared,
+    item: &Item,
+    ticket: &mut Ticket,
+    hold: &mut Hold,
+    charges: &mut Vec<(Arc<str>, i64)>,
+) -> (Call, bool) {
+    let pacer = &shared.pacer;
+    pacer.sending(ticket, item.attempts > 0);
+    let reservation = hold.reservation.take().expect("reserved above");
+    shared.budget.sending(&reservation);
+    let call = shared.vendor.call(item).await;
+    account(shared, &call, reservation, hold, charges);
+    pacer.saw(call.status, call.failure());
+    let (signal, retry_after) = call.signal();
+    let outage = pacer.observe(ticket, item.seq, signal, retry_after, call.hint);
+    (call, outage)
+}
+
+/// Waits out a `later` answer's wait (without one, the retry backoff's);
+/// `false` if the run stopped meanwhile.
+async fn wait_later(
+    shared: &Shared,
+    after: Option<std::time::Duration>,
+    backoff: &mut Option<Backoff>,
+    item: &Item,
+    reason: &str,
+) -> bool {
+    let wait = after.unwrap_or_else(|| {
+        let backoff = backoff.get_or_insert_with(|| Backoff::new(&shared.retry));
+        backoff.next_delay()
+    });
+    tracing::debug!(key = %item.key, ?wait, %reason, "not ready: trying later");
+    shared
+        .unless_stopped(tokio::time::sleep(wait))
+        .await
+        .is_some()
+}
+
+/// A call that resolved its record (its values, or no match): an attempt,
+/// and a good first answer for the contract guard.
+fn answered(shared: &Shared, item: &mut Item, first: bool, resolution: Resolution) -> Resolution {
+    Tally::bump(&shared.tally.ok);
+    if first {
+        shared.guard.lock().expect("guard lock").good();
+    }
+    item.attempts += 1;
+    resolution
+}
+
 /// The stop a spent budget means.
 fn stop_for(spent: Spent) -> Stop {
     match spent {
@@ -480,41 +562,51 @@ fn stop_for(spent: Spent) -> Stop {
     }
 }
 
-async fn work(shared: Arc<Shared>, mut item: Item, _slot: OwnedSemaphorePermit, mut hold: Hold) {
+/// The item, unless no call can send it intact: then it fails at once,
+/// unbilled (the hold is given back when dropped).
+async fn sendable(shared: &Shared, item: Item) -> Option<Item> {
+    let Some(why) = shared.vendor.refuses(&item) else {
+        return Some(item);
+    };
+    tracing::warn!("record {} not sent: {why}", crate::api::shown(&item.key));
+    finish(shared, item, Resolution::Failed(why), Vec::new()).await;
+    None
+}
+
+async fn work(shared: Arc<Shared>, item: Item, _slot: OwnedSemaphorePermit, mut hold: Hold) {
     let tally = &shared.tally;
-    let pacer = &shared.pacer;
     let mut backoff: Option<Backoff> = None;
+    // Answers that said "not ready, try later": not attempts, but bounded.
+    let mut laters = 0;
     let mut charges: Vec<(Arc<str>, i64)> = Vec::new();
-    if let Some(why) = shared.vendor.refuses(&item) {
-        // No call can send it intact: it fails at once, unbilled (the hold is
-        // given back when dropped).
-        tracing::warn!("record {} not sent: {why}", crate::api::shown(&item.key));
-        finish(&shared, item, Resolution::Failed(why), charges).await;
+    let Some(mut item) = sendable(&shared, item).await else {
         return;
-    }
+    };
     // The record's tries, until resolved (with the last ticket) or stopped (`None`).
     let resolved = loop {
         let Some(mut ticket) = ready(&shared, &mut hold).await else {
             break None;
         };
-        pacer.sending(&mut ticket, item.attempts > 0);
-        let reservation = hold.reservation.take().expect("reserved above");
-        shared.budget.sending(&reservation);
         let first = item.attempts == 0;
-        let call = shared.vendor.call(&item).await;
-        account(&shared, &call, reservation, &mut hold, &mut charges);
-        pacer.saw(call.status, call.failure());
-        let (signal, retry_after) = call.signal();
+        let (call, outage) = try_once(&shared, &item, &mut ticket, &mut hold, &mut charges).await;
         let throttle_wait = call.throttle_wait();
-        let outage = pacer.observe(&mut ticket, item.seq, signal, retry_after, call.hint);
         let resolution = match call.result {
-            Ok(values) => {
-                Tally::bump(&tally.ok);
-                if first {
-                    shared.guard.lock().expect("guard lock").good();
+            Ok(values) => answered(&shared, &mut item, first, Resolution::Done(values)),
+            Err(CallError::NoMatch(reason)) => {
+                answered(&shared, &mut item, first, Resolution::NoMatch(reason))
+            }
+            Err(CallError::Later { reason, after }) => {
+                Tally::bump(&tally.transient);
+                laters += 1;
+                if laters >= shared.retry.max_attempts.get() {
+                    Resolution::Failed(format!("{reason}: still not ready after {laters} tries"))
+                } else {
+                    drop(ticket);
+                    if !wait_later(&shared, after, &mut backoff, &item, &reason).await {
+                        break None;
+                    }
+                    continue;
                 }
-                item.attempts += 1;
-                Resolution::Done(values)
             }
             Err(CallError::Throttled { .. })
                 if let Some(wait) = throttle_wait

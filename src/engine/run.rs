@@ -230,7 +230,7 @@ impl Life<'_> {
         self.display.watch(
             run.id,
             before.total as u64,
-            (before.done + before.failed) as u64,
+            (before.done + before.failed + before.no_match) as u64,
             tally.clone(),
             pacer.clone(),
             watching.clone(),
@@ -254,7 +254,7 @@ impl Life<'_> {
         let job = Job {
             lease: lease.clone(),
             crew: crew.clone(),
-            vendor: Vendor::new(config, store.mapped_kinds())?,
+            vendor: Vendor::new(config, store.kinds())?,
             pacer: pacer.clone(),
             config: config.clone(),
             store: store.clone(),
@@ -262,10 +262,11 @@ impl Life<'_> {
             budget: budget.clone(),
             run: run.id,
         };
-        let outcome = super::execute(job, &shutdown).await;
+        let executed = super::execute(job, &shutdown).await;
         watching.cancel();
         sampler.finish().await;
-        let others = crew.leave(store, &lease, run.id, outcome.is_ok()).await?;
+        let others = crew.leave(store, &lease, run.id, executed.settled).await?;
+        let outcome = executed.stop;
         let stop = match outcome {
             Ok(stop) => stop,
             Err(e) => {
@@ -410,7 +411,9 @@ impl Ended<'_> {
         let credits = &config.credits;
         let period = credits.periods.label_at(crate::credits::now());
         let period_row = store.period(&period, credits.allowance).await?;
-        let resolved = Tally::get(&self.tally.done) + Tally::get(&self.tally.failed);
+        let resolved = Tally::get(&self.tally.done)
+            + Tally::get(&self.tally.failed)
+            + Tally::get(&self.tally.no_match);
         let wall_s = self.started.elapsed().as_secs_f64();
         let reach = &self.pacer.reach;
         let summary = Summary {

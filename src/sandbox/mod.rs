@@ -18,10 +18,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
@@ -30,6 +30,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+mod requests;
+
+pub use requests::Seen;
 
 /// How the simulated vendor behaves: built by the demo and the tests, and
 /// from `freshen sandbox`'s flags (`cli::SandboxArgs`, where each is explained).
@@ -84,6 +88,19 @@ pub struct SandboxOptions {
     /// call is answered 401 (unbilled), its message repeating the key it was
     /// sent, as some vendors' do. Unset = no key checked
     pub api_key: Option<String>,
+    /// With --api-key: the key is expected in this query parameter
+    /// (`?api_key=KEY`, as Hunter and Google's APIs take it) instead of
+    /// `Authorization`
+    pub key_param: Option<String>,
+    /// The status of a refusal for the rate or a quota: 429, or 403 with a
+    /// body `{"errors": [{"id": "too_many_requests"}]}`, as Hunter answers it
+    pub throttle_status: u16,
+    /// The status of "out of credits": 402, or 429 with a body
+    /// `{"errors": [{"id": "usage_exceeded"}]}`, as Hunter answers it
+    pub no_credits_status: u16,
+    /// The first N calls of each key are answered 202 `{"status": "queued"}`
+    /// (unbilled), as Clearbit answers a lookup it has not finished
+    pub queued: u32,
     /// Seed of the generator behind --error-rate
     pub seed: u64,
     /// Keep the headers of every call, for tests that check what a client sent
@@ -111,6 +128,10 @@ impl Default for SandboxOptions {
             ratelimit_headers: false,
             faults: Vec::new(),
             api_key: None,
+            key_param: None,
+            throttle_status: 429,
+            no_credits_status: 402,
+            queued: 0,
             quota: None,
             schema_change_after: None,
             cost_range: None,
@@ -292,6 +313,8 @@ pub struct Stats {
     pub unauthorized: u64,
     /// Credits billed: each billed call's cost (`--cost-range`, else 1).
     pub credits_billed: u64,
+    /// 202 "queued" answers of `--queued` (unbilled).
+    pub queued: u64,
 }
 
 struct Vendor {
@@ -326,6 +349,10 @@ struct Counters {
     rng: u64,
     /// Every call's headers, with --record-headers.
     headers_seen: Vec<Vec<(String, String)>>,
+    /// Every call's method, target and body, with --record-headers.
+    requests_seen: Vec<Seen>,
+    /// Calls seen per key, for --queued.
+    queued_calls: HashMap<String, u32>,
 }
 
 /// `--rate` calls a second with bursts of `--burst`: governor's GCRA, which
@@ -391,12 +418,16 @@ impl Vendor {
 
     /// `--api-key`: a call without it is answered 401 at once, before any other
     /// check, unbilled; it counts among the requests.
-    fn check_key(&self, headers: &HeaderMap) -> Option<Response> {
+    /// `query_key`: the API key sent in `--key-param`'s query parameter.
+    fn check_key(&self, headers: &HeaderMap, query_key: Option<&str>) -> Option<Response> {
         let want = self.opts.api_key.as_deref()?;
-        let sent = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+        let sent = match &self.opts.key_param {
+            Some(_) => query_key,
+            None => headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer ")),
+        };
         if sent == Some(want) {
             return None;
         }
@@ -405,7 +436,7 @@ impl Vendor {
         c.stats.unauthorized += 1;
         let message = match sent {
             Some(key) => format!("invalid API key '{key}'"),
-            None => "missing API key: send Authorization: Bearer KEY".to_owned(),
+            None => "missing API key".to_owned(),
         };
         Some(status(StatusCode::UNAUTHORIZED, &message))
     }
@@ -662,21 +693,9 @@ fn rate_headers(h: &mut HeaderMap, rate: f64, remaining: u64) {
     );
 }
 
-/// Serves one call to its end in a task of its own: like a real vendor, the
-/// sandbox finishes and bills a call it has received even when the client goes
-/// away before the answer (killed, or timed out), so a crash's calls in flight
-/// are billed and the kill storm holds the ledger against a true bill.
-async fn answer(vendor: State<Arc<Vendor>>, key: Path<String>, headers: HeaderMap) -> Response {
-    tokio::spawn(serve_call(vendor, key, headers))
-        .await
-        .unwrap_or_else(|e| status(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))
-}
-
-async fn serve_call(
-    State(vendor): State<Arc<Vendor>>,
-    Path(key): Path<String>,
-    headers: HeaderMap,
-) -> Response {
+/// Serves one call to its end (see `requests::spawn`).
+async fn serve_call(vendor: Arc<Vendor>, asked: requests::Asked, headers: HeaderMap) -> Response {
+    let key = asked.key;
     if vendor.opts.record_headers {
         let seen = headers
             .iter()
@@ -688,7 +707,7 @@ async fn serve_call(
         let mut c = vendor.state.lock().expect("sandbox lock");
         c.headers_seen.push(seen);
     }
-    if let Some(refused) = vendor.check_key(&headers) {
+    if let Some(refused) = vendor.check_key(&headers, asked.query_key.as_deref()) {
         return refused;
     }
     let (verdict, in_flight) = vendor.admit(&key);
@@ -873,11 +892,23 @@ impl Sandbox {
                 fault_calls: HashMap::new(),
                 rng: opts.seed.max(1),
                 headers_seen: Vec::new(),
+                requests_seen: Vec::new(),
+                queued_calls: HashMap::new(),
             }),
             opts,
         });
         let app = Router::new()
-            .route("/v1/people/{key}", get(answer).post(answer))
+            .route(
+                "/v1/people/{key}",
+                get(requests::by_path).post(requests::by_path),
+            )
+            .route(
+                "/v1/people",
+                post(requests::by_body)
+                    .put(requests::by_body)
+                    .patch(requests::by_body),
+            )
+            .route("/v1/lookup", get(requests::by_query))
             .route("/_sandbox/stats", get(stats))
             .route("/v1/account", get(account))
             .with_state(vendor.clone());
@@ -921,6 +952,17 @@ impl Sandbox {
             .lock()
             .expect("sandbox lock")
             .headers_seen
+            .clone()
+    }
+
+    /// Every call's method, target and body so far, in arrival order (with
+    /// `record_headers`).
+    pub fn requests_seen(&self) -> Vec<Seen> {
+        self.vendor
+            .state
+            .lock()
+            .expect("sandbox lock")
+            .requests_seen
             .clone()
     }
 

@@ -71,7 +71,7 @@ impl Store {
                     key: &f.key,
                     values,
                 }),
-                Resolution::Failed(_) | Resolution::Pending => None,
+                Resolution::Failed(_) | Resolution::NoMatch(_) | Resolution::Pending => None,
             })
             .collect();
         let rejected = self.write_records(&mut tx, run, &now, &records).await?;
@@ -141,6 +141,7 @@ impl Store {
             let (state, reason) = match &f.resolution {
                 Resolution::Done(_) => (ItemState::Done.as_str(), None),
                 Resolution::Failed(reason) => (ItemState::Failed.as_str(), Some(reason.as_str())),
+                Resolution::NoMatch(reason) => (ItemState::NoMatch.as_str(), Some(reason.as_str())),
                 Resolution::Pending => (ItemState::Pending.as_str(), None),
             };
             serde_json::to_writer(&mut items, &(f.seq, state, f.attempts, reason))?;

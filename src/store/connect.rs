@@ -9,7 +9,8 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Executor, Row};
 
 use super::{
-    Backend, Ident, Statements, Store, first_connect, keys, ledger, lock, migrations, session,
+    Backend, Ident, Kinds, Statements, Store, first_connect, keys, ledger, lock, migrations,
+    session,
 };
 use crate::config::Config;
 use crate::error::usage;
@@ -52,7 +53,7 @@ impl Store {
             .with_context(|| format!("applying freshen's migrations to {shown}"))?;
         drop(serial);
 
-        let (key_kind, mapped) = check_table(config, &pool, backend).await?;
+        let kinds = check_table(config, &pool, backend).await?;
         let key_column = keys::KeyColumn::inspect(
             &pool,
             backend,
@@ -62,13 +63,13 @@ impl Store {
         .await?;
         Ok(Store {
             table: config.source.table.as_str().to_owned(),
-            sql: Statements::new(config, key_kind, &key_column, &mapped, backend),
+            sql: Statements::new(config, kinds.key, &key_column, &kinds.mapped, backend),
             ledger: ledger::Sql::new(backend),
             pool,
             backend,
-            key_kind,
+            key_kind: kinds.key,
             key_column,
-            mapped,
+            kinds,
             sqlite_file: sqlite_file(url, backend),
             os_lock: Default::default(),
             session: (backend == Backend::Postgres).then(|| session::Settings::new(config)),
@@ -159,13 +160,8 @@ async fn why_sqlite_timed_out(sqlite_url: &str) -> String {
     }
 }
 
-/// Every configured column must exist in the table; returns the key's kind and
-/// the mapped columns' kinds, in `api.response` order.
-async fn check_table(
-    config: &Config,
-    pool: &AnyPool,
-    backend: Backend,
-) -> Result<(ColumnKind, Vec<ColumnKind>)> {
+/// Every configured column must exist in the table; returns their kinds.
+async fn check_table(config: &Config, pool: &AnyPool, backend: Backend) -> Result<Kinds> {
     let shown = config.database_display();
     let columns = table_columns(pool, backend, config.source.table.as_str()).await?;
     if columns.is_empty() {
@@ -190,9 +186,15 @@ async fn check_table(
     };
     let key_kind = kind_of("source.key", &config.source.key)?;
     kind_of("source.refreshed_at", &config.source.refreshed_at)?;
-    for column in config.api.path.columns() {
-        kind_of("api.path", column)?;
+    for (at, column) in config.api.placeholders() {
+        kind_of(&at, column)?;
     }
+    let params = config
+        .api
+        .columns(&config.source.key)
+        .iter()
+        .map(|c| kind_of("api", c))
+        .collect::<Result<Vec<_>>>()?;
     let mapped = config
         .api
         .response
@@ -205,7 +207,11 @@ async fn check_table(
             config.source.key
         )));
     }
-    Ok((key_kind, mapped))
+    Ok(Kinds {
+        key: key_kind,
+        mapped,
+        params,
+    })
 }
 
 /// SQLite goes on writing into a file removed under it (in WAL mode it does not

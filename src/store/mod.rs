@@ -67,6 +67,17 @@ use statements::Statements;
 /// Which engine is behind the URL: read once, with the URL, by `config`.
 pub use crate::config::Backend;
 
+/// The kinds of the columns a run reads and writes, from the table's schema.
+#[derive(Debug, Clone)]
+pub struct Kinds {
+    /// `source.key`'s.
+    pub key: ColumnKind,
+    /// The mapped columns', in `api.response` order.
+    pub mapped: Vec<ColumnKind>,
+    /// The other columns the request's templates read, in `Api::columns` order.
+    pub params: Vec<ColumnKind>,
+}
+
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
@@ -76,7 +87,7 @@ pub struct Store {
     ledger: ledger::Sql,
     key_kind: ColumnKind,
     key_column: keys::KeyColumn,
-    mapped: Vec<ColumnKind>,
+    kinds: Kinds,
     /// The SQLite file and its identity (device, inode) when opened.
     sqlite_file: Option<(std::path::PathBuf, (u64, u64))>,
     /// The run lock's lower layer, while this process holds it (see [`lock`]).
@@ -90,9 +101,9 @@ impl Store {
         self.backend
     }
 
-    /// The kinds of the mapped columns, in `api.response` order.
-    pub fn mapped_kinds(&self) -> &[ColumnKind] {
-        &self.mapped
+    /// The kinds of the configured columns.
+    pub fn kinds(&self) -> &Kinds {
+        &self.kinds
     }
 
     pub async fn close(&self) {

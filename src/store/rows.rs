@@ -46,6 +46,8 @@ pub struct ItemCounts {
     pub total: i64,
     pub done: i64,
     pub failed: i64,
+    /// Resolved with no match at the vendor.
+    pub no_match: i64,
     pub pending: i64,
 }
 
@@ -55,8 +57,9 @@ pub struct Item {
     pub seq: i64,
     pub key: String,
     pub attempts: u32,
-    /// Values of the non-key columns that `api.path` uses, as text, in template order.
-    pub params: Vec<String>,
+    /// The other columns the request's templates read (`Api::columns`), as
+    /// text, `None` for NULL.
+    pub params: Vec<Option<String>>,
 }
 
 /// How an item ended.
@@ -65,6 +68,8 @@ pub enum Resolution {
     /// The mapped columns' new values, in `api.response` order.
     Done(Vec<Value>),
     Failed(String),
+    /// The vendor knows nothing of the record, as it said.
+    NoMatch(String),
     /// Not resolved: the run stopped while the record was between tries. It
     /// stays pending for the next run; what its billed tries cost (a billed
     /// 429, say) is settled with the checkpoint like any other charge.
@@ -118,12 +123,9 @@ pub struct History {
     pub resolved: i64,
 }
 
-/// A queued item: seq, key, attempts, then the path's other columns as text.
+/// A queued item: seq, key, attempts, then the templates' other columns as text.
 pub(super) fn item_row(r: &AnyRow) -> Result<Item> {
-    let params = (3..r.len()).map(|i| {
-        r.try_get::<Option<String>, _>(i)
-            .map(Option::unwrap_or_default)
-    });
+    let params = (3..r.len()).map(|i| r.try_get::<Option<String>, _>(i));
     Ok(Item {
         seq: r.try_get(0)?,
         key: r.try_get(1)?,

@@ -62,6 +62,7 @@ impl Store {
             match r.try_get::<String, _>(0)?.parse()? {
                 ItemState::Done => counts.done += n,
                 ItemState::Failed => counts.failed += n,
+                ItemState::NoMatch => counts.no_match += n,
                 ItemState::Pending => counts.pending += n,
             }
             counts.total += n;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use super::Backend;
 use super::keys::KeyColumn;
 use crate::config::Config;
+use crate::ident::Ident;
 use crate::record::ColumnKind;
 use crate::selection::{IdSpec, Selection};
 
@@ -59,8 +60,8 @@ const NOW_MS: &str = now_ms!();
 const RUN_COLUMNS: &str = "id, selection, status, total, calls_ok, calls_throttled, calls_transient, \
                            calls_permanent, credits_spent, skipped, created_at, updated_at, finished_at";
 
-/// The statements that read items to work with their record's columns the
-/// path template needs: the pending items after a `seq` (a solo run) and the
+/// The statements that read items with their record's columns the
+/// request's templates read: the pending items after a `seq` (a solo run) and the
 /// claim of a batch (`--join`, PostgreSQL only).
 fn item_reads(
     config: &Config,
@@ -70,13 +71,12 @@ fn item_reads(
 ) -> (String, String) {
     let s = &config.source;
     let (table, key) = (s.table.quoted(), s.key.quoted());
-    // Non-key columns the path template needs are joined from the record.
+    // Non-key columns the request's templates read are joined from the record.
     let params: Vec<String> = config
         .api
-        .path
-        .columns()
-        .filter(|c| **c != s.key)
-        .map(|c| c.quoted())
+        .columns(&s.key)
+        .iter()
+        .map(Ident::quoted)
         .collect();
     let pending_after = if params.is_empty() {
         "SELECT i.seq, i.key, i.attempts FROM freshen_items i \

@@ -5,16 +5,6 @@ use freshen::sandbox::{Fault, SandboxOptions};
 
 use crate::harness::{Conf, TestEnv, assert_exit, read_json, text};
 
-async fn period_spent(env: &TestEnv) -> i64 {
-    let db = env.db().await;
-    let spent = sqlx::query_scalar("SELECT spent FROM freshen_credit_periods")
-        .fetch_one(&db)
-        .await
-        .unwrap();
-    db.close().await;
-    spent
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_budget_stops_the_run_at_exactly_allowance_less_reserve() {
     let mut env = TestEnv::new(5000).await;
@@ -37,7 +27,7 @@ async fn the_budget_stops_the_run_at_exactly_allowance_less_reserve() {
     );
     let stats = env.sandbox().stats();
     assert_eq!(stats.requests, 900, "billed calls");
-    assert_eq!(period_spent(&env).await, 900);
+    assert_eq!(env.period_spent().await, 900);
     let (done, failed, pending) = env.item_states().await;
     assert_eq!((done, failed, pending), (900, 0, 4100));
     let s = read_json(&summary);
@@ -103,7 +93,7 @@ async fn unbilled_answers_release_their_reservation() {
     let out = env.freshen(&["run"]).await;
     assert_exit(&out, 0);
     assert_eq!(env.sandbox().stats().requests, 20);
-    assert_eq!(period_spent(&env).await, 18);
+    assert_eq!(env.period_spent().await, 18);
     assert_eq!(env.item_states().await, (17, 3, 0));
 }
 
@@ -124,7 +114,7 @@ async fn a_402_mid_run_stops_cleanly_with_nothing_failed() {
     assert_eq!(failed, 0);
     assert_eq!(pending, 300);
     assert_eq!(
-        period_spent(&env).await,
+        env.period_spent().await,
         200,
         "the charges are the billed answers recorded"
     );
@@ -153,7 +143,7 @@ async fn max_credits_caps_the_run_over_its_resumes() {
     // A higher cap lets it go on to that total.
     assert_exit(&env.freshen(&["run", "--max-credits", "500"]).await, 3);
     assert_eq!(env.sandbox().stats().requests, 500);
-    assert_eq!(period_spent(&env).await, 500);
+    assert_eq!(env.period_spent().await, 500);
     // Without a cap it finishes.
     assert_exit(&env.freshen(&["run"]).await, 0);
     assert_eq!(env.item_states().await, (1000, 0, 0));
@@ -182,7 +172,7 @@ async fn the_vendors_remaining_count_is_trusted_when_it_is_lower() {
         stats.payment_required, 0,
         "stopped before the vendor refused"
     );
-    let spent = period_spent(&env).await;
+    let spent = env.period_spent().await;
     // 80 left less the 10 in reserve: exactly 70, to the vendor's last credit.
     assert_eq!(spent, 70, "spent {spent}");
     assert_eq!(spent as u64, stats.ok);
@@ -285,7 +275,7 @@ async fn killed_mid_run_the_ledger_matches_the_billed_answers_recorded() {
     // The last run stops exactly at the budget, still in step; the vendor
     // billed no more than the ledger counts.
     assert_exit(&env.freshen(&["run"]).await, 3);
-    assert_eq!(period_spent(&env).await, 1900);
+    assert_eq!(env.period_spent().await, 1900);
     let db = env.db().await;
     let uncertain: i64 = sqlx::query_scalar("SELECT uncertain FROM freshen_credit_periods")
         .fetch_one(&db)
@@ -308,7 +298,7 @@ async fn spend_remaining_refreshes_the_stalest_records_the_credits_pay_for() {
     let out = env.freshen(&["run", "--spend-remaining"]).await;
     assert_exit(&out, 0);
     assert_eq!(env.sandbox().stats().requests, 250);
-    assert_eq!(period_spent(&env).await, 250);
+    assert_eq!(env.period_spent().await, 250);
     let db = env.db().await;
     let (total, last_seq): (i64, i64) = sqlx::query_as(
         "SELECT (SELECT total FROM freshen_runs), \
@@ -354,7 +344,7 @@ async fn spend_remaining_refreshes_the_stalest_records_the_credits_pay_for() {
         written_twice, 0,
         "the second run took the records still stalest"
     );
-    assert_eq!(period_spent(&env).await, 450);
+    assert_eq!(env.period_spent().await, 450);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -498,7 +488,7 @@ async fn a_billed_throttle_of_a_record_left_pending_by_a_stop_is_charged() {
     assert_exit(&out, 130);
     let stats = env.sandbox().stats();
     assert_eq!(
-        period_spent(&env).await as u64,
+        env.period_spent().await as u64,
         stats.ok + stats.throttled,
         "every billed answer is charged, the 429 of the record left pending too"
     );
@@ -507,7 +497,7 @@ async fn a_billed_throttle_of_a_record_left_pending_by_a_stop_is_charged() {
     // The rerun resumes it: the record is called again and written.
     assert_exit(&env.freshen(&["run"]).await, 0);
     let stats = env.sandbox().stats();
-    assert_eq!(period_spent(&env).await as u64, stats.ok + stats.throttled);
+    assert_eq!(env.period_spent().await as u64, stats.ok + stats.throttled);
     assert!(done < 20);
     env.assert_each_written_once(20).await;
 }
@@ -544,7 +534,7 @@ async fn a_cost_the_answers_body_reports_is_charged_too() {
     assert_exit(&env.freshen(&["run"]).await, 0);
     let billed = env.sandbox().stats().credits_billed;
     assert!(billed > 200, "costs of 1 to 5: {billed}");
-    assert_eq!(period_spent(&env).await as u64, billed);
+    assert_eq!(env.period_spent().await as u64, billed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -553,7 +543,7 @@ async fn a_vendor_that_reports_each_calls_cost_is_charged_what_it_billed() {
     assert_exit(&env.freshen(&["run"]).await, 0);
     let billed = env.sandbox().stats().credits_billed;
     assert!(billed > 300 && billed < 1500, "costs of 1 to 5: {billed}");
-    assert_eq!(period_spent(&env).await as u64, billed);
+    assert_eq!(env.period_spent().await as u64, billed);
     env.assert_each_written_once(300).await;
     // The estimate uses what past records cost, not the most a call may cost.
     let out = env
@@ -569,7 +559,7 @@ async fn a_vendor_that_reports_each_calls_cost_is_charged_what_it_billed() {
     let env = costly_vendor(300, 400, COST_HEADER).await;
     let out = env.freshen(&["run"]).await;
     assert_exit(&out, 3);
-    let spent = period_spent(&env).await;
+    let spent = env.period_spent().await;
     assert_eq!(spent as u64, env.sandbox().stats().credits_billed);
     assert!(
         (396..=400).contains(&spent),

@@ -539,6 +539,19 @@ impl TestEnv {
         );
     }
 
+    /// Credits spent in every period, as the ledger counts them.
+    pub async fn period_spent(&self) -> i64 {
+        let db = self.db().await;
+        let spent = sqlx::query_scalar(
+            "SELECT CAST(COALESCE(SUM(spent), 0) AS BIGINT) FROM freshen_credit_periods",
+        )
+        .fetch_one(&db)
+        .await
+        .unwrap();
+        db.close().await;
+        spent
+    }
+
     /// The state and reason of one record's item in the newest run.
     pub async fn item(&self, key: &str) -> (String, Option<String>, i64) {
         let db = self.db().await;

@@ -95,6 +95,13 @@ async fn a_wrong_key_stops_the_run_at_the_first_refusal_with_nothing_failed_or_s
         Some(1),
         "run 1 resumed"
     );
+    // The refused run gave its reservations back (it was not counted as a
+    // crash whose reserved credits may have been billed).
+    assert_eq!(
+        spent_and_attempts(&env).await,
+        (500, 1),
+        "one credit a record"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
