@@ -247,7 +247,7 @@ impl Life<'_> {
         let sampler = crate::timeline::Sampler::start(
             store.clone(),
             run.id,
-            f64::from(config.limits.rate.get()),
+            config.limits.rate,
             tally.clone(),
             pacer.clone(),
         );
@@ -319,7 +319,7 @@ impl Life<'_> {
                         worker: worker.to_owned(),
                         run,
                         stale_after,
-                        rate: f64::from(config.limits.rate.get()),
+                        rate: config.limits.rate,
                         burst: config.limits.burst.get(),
                     },
                 )))

@@ -123,14 +123,11 @@ pub struct Gauges {
 
 impl Pacer {
     pub fn new(limits: &Limits, retry: &Retry) -> Pacer {
-        let control = Control::new(
-            limits.max_concurrency.get() as usize,
-            f64::from(limits.rate.get()),
-        );
+        let control = Control::new(limits.max_concurrency.get() as usize, limits.rate);
         let start = control.setting();
         Pacer {
             limit: Limit::new(start.concurrency),
-            gate: Gate::new(start.rate, f64::from(limits.rate.get()), limits.burst.get()),
+            gate: Gate::new(start.rate, limits.rate, limits.burst.get()),
             paused_until: Mutex::new(None),
             breaker: Breaker::new(retry.max_outage),
             sent: AtomicU64::new(0),
@@ -606,8 +603,9 @@ mod tests {
     fn pacer(rate: u32, burst: u32, max: u32) -> Pacer {
         let nz = |n| NonZeroU32::new(n).unwrap();
         let limits = Limits {
-            rate: nz(rate),
+            rate: f64::from(rate),
             burst: nz(burst),
+            windows: Vec::new(),
             max_concurrency: nz(max),
             max_failure_share: 0.5,
             failure_window: nz(100),
