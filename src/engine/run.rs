@@ -275,7 +275,7 @@ impl Life<'_> {
                 return Err(e);
             }
         };
-        if let Stop::Quota { until } = stop {
+        if let Stop::Quota { until, .. } = stop {
             let period = config.credits.periods.label_at(crate::credits::now());
             store.set_resume_after(&period, Some(until)).await?;
         }
@@ -436,7 +436,7 @@ impl Ended<'_> {
                 _ => None,
             },
             resume_after: match self.stop {
-                Stop::Quota { until } => Some(crate::selection::stamp(until)),
+                Stop::Quota { until, .. } => Some(crate::selection::stamp(until)),
                 _ => None,
             },
         };
