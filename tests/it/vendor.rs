@@ -126,7 +126,7 @@ async fn a_quota_hit_mid_run_ends_it_until_the_window_resets() {
     // quota's window, not a burst to wait out.
     let mut env = TestEnv::new(150).await;
     env.vendor(SandboxOptions {
-        quota: Some((100, Duration::from_secs(3))),
+        quota: vec![(100, Duration::from_secs(3))],
         ..SandboxOptions::default()
     })
     .await;
