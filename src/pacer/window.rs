@@ -78,12 +78,15 @@ impl Log {
     }
 }
 
-/// Why no slot is free now: the window that holds the call, and when a slot
-/// of it frees (`None`: once a call in flight is answered).
+/// Why no slot is free now: the window that holds the call, when its next
+/// slot frees (`None`: all are out), and whether every slot of it is
+/// answered (`settled`): until then a slot taken may still come back unsent,
+/// or end sooner than those answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Full {
     pub window: Window,
     pub until: Option<Instant>,
+    pub settled: bool,
 }
 
 /// A window's next slot is further away than the pacer may wait
@@ -118,29 +121,21 @@ impl Windows {
         !self.inner.logs.lock().expect("windows lock").is_empty()
     }
 
-    /// A slot of every window, if each has one free now; else the window that
-    /// frees last.
-    pub fn try_take(&self, now: Instant) -> Result<Slot, Full> {
+    /// A slot of every window, if each has one free now; else the windows that
+    /// have none.
+    pub fn try_take(&self, now: Instant) -> Result<Slot, Vec<Full>> {
         let mut logs = self.inner.logs.lock().expect("windows lock");
-        let mut full: Option<Full> = None;
-        for log in logs.iter_mut() {
-            if log.free(now) > 0 {
-                continue;
-            }
-            let until = log.ends.front().map(|&(end, _)| end);
-            let later = match (full, until) {
-                (None, _) => true,
-                (Some(f), Some(u)) => f.until.is_some_and(|t| u > t),
-                (Some(_), None) => false,
-            };
-            if later {
-                full = Some(Full {
+        let full: Vec<Full> = logs
+            .iter_mut()
+            .filter_map(|log| {
+                (log.free(now) == 0).then(|| Full {
                     window: log.window,
-                    until,
-                });
-            }
-        }
-        if let Some(full) = full {
+                    until: log.ends.front().map(|&(end, _)| end),
+                    settled: log.open == 0,
+                })
+            })
+            .collect();
+        if !full.is_empty() {
             return Err(full);
         }
         for log in logs.iter_mut() {
@@ -153,7 +148,8 @@ impl Windows {
     }
 
     /// Waits for a slot of every window, or says the wait is longer than
-    /// `max_wait`.
+    /// `max_wait`. That is known only of a window whose slots are all
+    /// answered: a slot taken for a call not yet sent may come back.
     pub async fn take(&self, max_wait: Duration) -> Result<Slot, UsedUp> {
         loop {
             let freed = self.inner.freed.notified();
@@ -162,20 +158,25 @@ impl Windows {
                 Ok(slot) => return Ok(slot),
                 Err(full) => full,
             };
-            match full.until {
-                Some(until) if until.duration_since(now) > max_wait => {
-                    return Err(UsedUp {
-                        window: full.window,
-                        wait: until.duration_since(now),
-                    });
-                }
-                Some(until) => {
+            let within = |f: &Full| f.until.is_some_and(|t| t.duration_since(now) <= max_wait);
+            if let Some(f) = full.iter().find(|f| f.settled && !within(f)) {
+                let until = f.until.unwrap_or(now + f.window.per);
+                return Err(UsedUp {
+                    window: f.window,
+                    wait: until.duration_since(now),
+                });
+            }
+            match full.iter().all(within) {
+                true => {
+                    let until = full.iter().filter_map(|f| f.until).max();
+                    let until = until.expect("within means known");
                     tokio::select! {
                         () = tokio::time::sleep_until(until) => {}
                         () = freed => {}
                     }
                 }
-                None => freed.await,
+                // Some slot is out: its answer, or its return unsent, says more.
+                false => freed.await,
             }
         }
     }
@@ -303,7 +304,7 @@ mod tests {
         drop(slot);
         let full = w.try_take(Instant::now()).err().expect("full");
         assert_eq!(
-            full.until,
+            full[0].until,
             Some(Instant::now() + Duration::from_secs(60)),
             "a sent call's slot ends a window after it"
         );
@@ -329,7 +330,11 @@ mod tests {
         a.sent();
         b.sent();
         let full = w.try_take(Instant::now()).err().expect("full");
-        assert_eq!(full.until, None, "known once one is answered");
+        assert_eq!(
+            (full[0].until, full[0].settled),
+            (None, false),
+            "known once one is answered"
+        );
         let waiter = {
             let w = w.clone();
             tokio::spawn(async move {
@@ -342,6 +347,26 @@ mod tests {
         a.answered();
         assert_eq!(waiter.await.unwrap(), Duration::from_millis(1400));
         drop(b);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_window_held_by_unsent_slots_is_not_yet_used_up() {
+        // Two of three hourly calls answered; the third taken, not sent yet.
+        let w = windows(&[(3, 3_600_000)]);
+        for _ in 0..2 {
+            let mut s = w.try_take(Instant::now()).unwrap();
+            s.sent();
+            s.answered();
+        }
+        let taken = w.try_take(Instant::now()).unwrap();
+        let waiter = {
+            let w = w.clone();
+            tokio::spawn(async move { w.take(Duration::from_secs(1)).await.is_ok() })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(!waiter.is_finished(), "waits for the taken slot");
+        drop(taken); // the run stopped before it was sent
+        assert!(waiter.await.unwrap(), "the slot given back is taken");
     }
 
     #[test]

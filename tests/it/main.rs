@@ -21,3 +21,4 @@ mod run;
 mod security;
 mod status;
 mod vendor;
+mod windows;
