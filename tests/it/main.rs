@@ -6,6 +6,7 @@ mod config_errors;
 mod credits;
 mod cron;
 mod database_faults;
+mod dialects;
 mod estimate;
 mod flow;
 mod harness;
