@@ -164,7 +164,7 @@ async fn a_quota_hit_mid_run_ends_it_until_the_window_resets() {
     let status = text(&env.freshen(&["status"]).await.stdout);
     assert!(
         status.contains(&format!(
-            "asked for no call before {json_until}",
+            "no call before {json_until}",
             json_until = json["resume_after"].as_str().unwrap()
         )),
         "{status}"

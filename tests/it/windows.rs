@@ -141,6 +141,10 @@ async fn a_long_window_used_up_ends_the_run_until_it_frees() {
         "resume_after {until}: {ahead} s ahead"
     );
 
+    let status = text(&env.freshen(&["status"]).await.stdout);
+    let at = format!("no call before {}", json["resume_after"].as_str().unwrap());
+    assert!(status.contains(&at), "{at} in {status}");
+
     // Started again before then: nothing is sent.
     let out = env.freshen(&args).await;
     assert_exit(&out, 3);
