@@ -143,19 +143,28 @@ pub struct SandboxArgs {
     /// Credits the account holds; each billed answer (2xx, 404) costs one; when spent: 402. Unset = unlimited
     #[arg(long)]
     pub credits: Option<u64>,
-    /// Send rate-limit headers with --rate: `X-RateLimit-Limit/-Remaining/-Reset`,
-    /// `RateLimit: limit=, remaining=, reset=` and `RateLimit-Policy: N;w=1`
+    /// Send rate-limit headers with --rate, in --ratelimit-dialect's spelling
     #[arg(long)]
     pub ratelimit_headers: bool,
+    /// Which rate-limit headers --ratelimit-headers sends: `all` (X-RateLimit-*
+    /// and the older IETF draft's `RateLimit: limit=, remaining=, reset=` and
+    /// `RateLimit-Policy: N;w=1`), `x` (X-RateLimit-Limit/-Remaining/-Reset),
+    /// `openai` (X-RateLimit-*-Requests, the reset a duration such as `1s`) or
+    /// `ietf` (the current draft's `RateLimit-Policy: "default";q=N;w=1` and
+    /// `RateLimit: "default";r=LEFT;t=1`)
+    #[arg(long, default_value = "all", value_name = "DIALECT", value_parser = sandbox::parse_dialect)]
+    pub ratelimit_dialect: sandbox::Dialect,
     /// Scripted answer for one key: KEY=KIND, KIND one of 404, 400, 422, malformed,
     /// oversized, wrong-type, flaky:N, throttle:N, throttle-for:DURATION, slow:DURATION, redirect:URL (repeatable)
     #[arg(long = "fault", value_name = "KEY=KIND", value_parser = sandbox::parse_fault)]
     pub faults: Vec<(String, Fault)>,
     /// A quota of CALLS per WINDOW, e.g. `1000/1d` or `100/3s`: fixed windows from
     /// server start; past it every call is answered 429 with a Retry-After of
-    /// the time left in the window (a daily or monthly plan's quota)
+    /// the time left in the window (a daily or monthly plan's quota).
+    /// Repeatable: every call must pass each (`--quota 15/1s --quota 500/1m`
+    /// plays Hunter's two windows)
     #[arg(long, value_name = "CALLS/WINDOW", value_parser = sandbox::parse_quota)]
-    pub quota: Option<(u64, Duration)>,
+    pub quota: Vec<(u64, Duration)>,
     /// After this many answers of a person, the vendor changes its schema: `title`
     /// is renamed `job_title` in every answer from then on (still 200, still billed)
     #[arg(long, value_name = "ANSWERS")]
@@ -231,6 +240,7 @@ impl SandboxArgs {
             outage: self.outage,
             credits: self.credits,
             ratelimit_headers: self.ratelimit_headers,
+            ratelimit_dialect: self.ratelimit_dialect,
             faults: self.faults,
             quota: self.quota,
             schema_change_after: self.schema_change_after,
@@ -462,6 +472,8 @@ mod tests {
             "--latency=20ms",
             "--fault=7=404",
             "--quota=100/1d",
+            "--quota=15/1s",
+            "--ratelimit-dialect=openai",
             "--api-key=k",
             "--schema-change-after=30",
             "--lean",
@@ -470,7 +482,14 @@ mod tests {
         assert_eq!(o.rate_changes, [(Duration::from_secs(5), 20.0)]);
         assert_eq!(o.latency, Duration::from_millis(20));
         assert_eq!(o.faults, [("7".to_owned(), Fault::Status(404))]);
-        assert_eq!(o.quota, Some((100, Duration::from_secs(86_400))));
+        assert_eq!(
+            o.quota,
+            [
+                (100, Duration::from_secs(86_400)),
+                (15, Duration::from_secs(1))
+            ]
+        );
+        assert_eq!(o.ratelimit_dialect, sandbox::Dialect::Openai);
         assert_eq!(o.api_key.as_deref(), Some("k"));
         assert_eq!(o.schema_change_after, Some(30));
         assert!(o.lean);

@@ -145,12 +145,14 @@ fn one_mebibyte() -> usize {
     1 << 20
 }
 
-/// `limits` as written; [`Limits`] fills in the burst.
+/// `limits` as written; [`Limits`] fills in the ceiling and the burst.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileLimits {
-    rate: de::AtLeastOne,
+    rate: Option<de::AtLeastOne>,
     burst: Option<de::AtLeastOne>,
+    #[serde(default)]
+    windows: Vec<Window>,
     max_concurrency: de::AtLeastOne,
     #[serde(default = "half", deserialize_with = "de::share")]
     max_failure_share: f64,
@@ -166,20 +168,94 @@ fn a_hundred() -> de::AtLeastOne {
     de::AtLeastOne(NonZeroU32::new(100).expect("100 is not 0"))
 }
 
-impl From<FileLimits> for Limits {
-    fn from(raw: FileLimits) -> Limits {
-        let rate = raw.rate.0;
-        Limits {
+impl TryFrom<FileLimits> for Limits {
+    type Error = &'static str;
+    fn try_from(raw: FileLimits) -> Result<Limits, &'static str> {
+        // Without limits.rate, the pace is the shortest window's: its calls
+        // spread over it. The longer windows are allowances spent at that pace
+        // and then waited for; limits.rate, when given, is the pace instead (a
+        // day's window may then be spent in minutes, and ends the run: see
+        // `pacer::Windows`).
+        let rate = match (raw.rate, raw.windows.iter().min_by_key(|w| w.per)) {
+            (Some(rate), _) => f64::from(rate.0.get()),
+            (None, Some(shortest)) => shortest.pace(),
+            (None, None) => {
+                return Err("needs `rate` (calls per second) or `windows` (e.g. \
+                            [\"15/s\", \"500/min\"]), or both");
+            }
+        };
+        Ok(Limits {
             rate,
             // A small burst: enough to absorb scheduling jitter, too small to flood.
             burst: raw.burst.map_or_else(
-                || NonZeroU32::new((rate.get() / 20).max(1)).expect("max(1) is non-zero"),
+                || NonZeroU32::new(((rate / 20.0) as u32).max(1)).expect("max(1) is non-zero"),
                 |b| b.0,
             ),
+            windows: raw.windows,
             max_concurrency: raw.max_concurrency.0,
             max_failure_share: raw.max_failure_share,
             failure_window: raw.failure_window.0,
-        }
+        })
+    }
+}
+
+/// A `limits.windows` entry, `CALLS/WINDOW`: at most `calls` calls in any
+/// `per` (`15/s`, `500/min`, `10000/day`, `500/10m`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Window {
+    pub calls: NonZeroU32,
+    pub per: Duration,
+}
+
+impl Window {
+    /// The window's calls spread evenly over it, calls per second.
+    pub fn pace(&self) -> f64 {
+        f64::from(self.calls.get()) / self.per.as_secs_f64()
+    }
+
+    fn parse(s: &str) -> Result<Window, String> {
+        let fix = "write CALLS/WINDOW, e.g. \"15/s\", \"500/min\", \"10000/day\" or \"500/10m\"";
+        let Some((calls, per)) = s.split_once('/') else {
+            return Err(format!("entry \"{s}\" is not CALLS/WINDOW; {fix}"));
+        };
+        let calls = calls
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .and_then(NonZeroU32::new)
+            .ok_or_else(|| {
+                format!("entry \"{s}\": `{calls}` is not a count of calls (1 or more); {fix}")
+            })?;
+        let per = per.trim();
+        // A bare unit is one of it: `s` is `1s`, `day` is `1day`.
+        let written = match per.starts_with(|c: char| c.is_ascii_alphabetic()) {
+            true => format!("1{per}"),
+            false => per.to_owned(),
+        };
+        let per = humantime::parse_duration(&written)
+            .ok()
+            .filter(|d| *d >= Duration::from_millis(1) && *d <= MAX_DURATION)
+            .ok_or_else(|| {
+                format!(
+                    "entry \"{s}\": `{per}` is not a window (a unit: s, min, h, day; or a \
+                     duration from 1ms to a year: 10m, 5s); {fix}"
+                )
+            })?;
+        Ok(Window { calls, per })
+    }
+}
+
+impl TryFrom<String> for Window {
+    type Error = String;
+    fn try_from(s: String) -> Result<Window, String> {
+        Window::parse(&s)
+    }
+}
+
+impl std::fmt::Display for Window {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.calls, humantime::format_duration(self.per))
     }
 }
 
@@ -454,15 +530,34 @@ pub struct Mapping {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(from = "FileLimits")]
+#[serde(try_from = "FileLimits")]
 pub struct Limits {
-    pub rate: NonZeroU32,
+    /// The adaptive rate's ceiling, calls per second: `limits.rate`, or without
+    /// it the shortest window's calls spread over it.
+    pub rate: f64,
     pub burst: NonZeroU32,
+    /// `limits.windows`: every call must pass each of them.
+    pub windows: Vec<Window>,
     pub max_concurrency: NonZeroU32,
     /// The contract guard (`engine::guard`): the run stops once this share of
     /// the last `failure_window` records' first answers failed for good.
     pub max_failure_share: f64,
     pub failure_window: NonZeroU32,
+}
+
+impl Limits {
+    /// The least time `calls` calls take under the rate and the windows, in
+    /// seconds: at the rate, and each window's calls at once, then its next
+    /// window's (a long run goes at the slowest window's pace).
+    pub fn seconds_for(&self, calls: f64) -> f64 {
+        self.windows
+            .iter()
+            .map(|w| {
+                let full = (calls / f64::from(w.calls.get())).ceil() - 1.0;
+                full.max(0.0) * w.per.as_secs_f64()
+            })
+            .fold(calls / self.rate, f64::max)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -1257,7 +1352,100 @@ mod tests {
         let c = parse_with(SHIPPED, &[]).unwrap();
         assert_eq!(c.source.table.as_str(), "people");
         assert_eq!(c.api.response.len(), 3);
-        assert!(c.limits.burst.get() <= c.limits.rate.get());
+        assert!(f64::from(c.limits.burst.get()) <= c.limits.rate);
+        assert!(c.limits.windows.is_empty());
+    }
+
+    fn windows(list: &str, rate: bool) -> String {
+        let rate_line = if rate { "rate = 200\n" } else { "" };
+        let text = SHIPPED.replace("rate = 200\n", &format!("{rate_line}windows = {list}\n"));
+        assert_ne!(text, SHIPPED);
+        text
+    }
+
+    #[test]
+    fn windows_are_calls_per_a_unit_or_a_duration() {
+        let c = parse_with(
+            &windows(
+                r#"["15/s", "500/min", "10000/day", "500/10m", " 60 / 5s", "3/1h"]"#,
+                true,
+            ),
+            &[],
+        )
+        .unwrap();
+        let got: Vec<(u32, u64)> = c
+            .limits
+            .windows
+            .iter()
+            .map(|w| (w.calls.get(), w.per.as_secs()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (15, 1),
+                (500, 60),
+                (10_000, 86_400),
+                (500, 600),
+                (60, 5),
+                (3, 3600)
+            ]
+        );
+        assert_eq!(c.limits.rate, 200.0, "limits.rate is the pace when given");
+        assert_eq!(c.limits.windows[1].to_string(), "500/1m");
+    }
+
+    #[test]
+    fn without_a_rate_the_shortest_window_sets_the_pace() {
+        let c = parse_with(&windows(r#"["500/min", "15/s"]"#, false), &[]).unwrap();
+        assert_eq!(c.limits.rate, 15.0);
+        assert_eq!(c.limits.burst.get(), 1);
+        let c = parse_with(&windows(r#"["500/min"]"#, false), &[]).unwrap();
+        assert!((c.limits.rate - 500.0 / 60.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn bad_windows_name_the_key_and_the_entry() {
+        for (entry, says) in [
+            ("15", "is not CALLS/WINDOW"),
+            ("0/s", "`0` is not a count of calls"),
+            ("many/s", "`many` is not a count of calls"),
+            ("15/fortnights", "`fortnights` is not a window"),
+            ("15/0s", "`0s` is not a window"),
+            ("15/", "`` is not a window"),
+        ] {
+            let e = err(&windows(&format!(r#"["20/1s", "{entry}"]"#), true));
+            let line = SHIPPED.lines().position(|l| l == "rate = 200").unwrap() + 2;
+            assert!(
+                e.starts_with(&format!("test.toml:{line}:"))
+                    && e.contains("limits.windows")
+                    && e.contains(&format!("\"{entry}\""))
+                    && e.contains(says)
+                    && e.contains("e.g. \"15/s\""),
+                "{entry}: {e}"
+            );
+        }
+        let e = err(&windows("\"15/s\"", true));
+        assert!(e.contains("limits.windows"), "not a list: {e}");
+    }
+
+    #[test]
+    fn a_rate_or_windows_must_be_given() {
+        let e = err(&windows("[]", false));
+        assert!(
+            e.contains("limits") && e.contains("`rate`") && e.contains("`windows`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_least_time_under_windows_waits_out_the_full_ones() {
+        let c = parse_with(&windows(r#"["20/1s", "60/5s"]"#, true), &[]).unwrap();
+        // At 200/s, 130 calls fill the 5 s windows opened at 0 and 5 s; the
+        // last 10 go out at 10 s.
+        assert_eq!(c.limits.seconds_for(130.0), 10.0);
+        assert_eq!(c.limits.seconds_for(60.0), 2.0, "three full seconds of 20");
+        let c = parse_with(SHIPPED, &[]).unwrap();
+        assert_eq!(c.limits.seconds_for(400.0), 2.0, "at limits.rate alone");
     }
 
     #[test]

@@ -16,8 +16,8 @@
 //!   own count of the account's credits. See `ARCHITECTURE.md`.
 //! - [`tally`]: this process's live counters, bumped by the engine and read by
 //!   the bar, the timeline and the metrics.
-//! - [`pacer`]: *when* a call may go: concurrency permits, the token bucket, the
-//!   shared pause, the backoff schedule.
+//! - [`pacer`]: *when* a call may go: concurrency permits, the token bucket,
+//!   `limits.windows`, the shared pause, the backoff schedule.
 //! - [`api`]: *what an answer means*: requests from records, answers classified.
 //! - [`store`]: *how it is kept*: every SQL statement, SQLite and PostgreSQL alike.
 //! - [`state`]: run statuses and item states as types, stored as their text.

@@ -65,9 +65,7 @@ pub async fn demo(
     // A realistic vendor: the configured rate, a little latency, a sprinkle of errors.
     let sandbox = Sandbox::start(SandboxOptions {
         listen,
-        rate: args
-            .vendor_rate
-            .unwrap_or_else(|| f64::from(config.limits.rate.get())),
+        rate: args.vendor_rate.unwrap_or(config.limits.rate),
         outage_start: args.outage_at,
         outage: args.outage.unwrap_or_default(),
         burst: config.limits.burst.get().max(10),

@@ -40,10 +40,14 @@ pub struct Estimate {
     pub covered: i64,
     /// The last record the budget reaches, stalest first, when it does not reach all.
     pub cut: Option<Cut>,
-    /// Seconds the covered records take at `limits.rate`, with the calls per
-    /// record seen in past runs.
+    /// Seconds the covered records take at `limits.rate` and under
+    /// `limits.windows`, with the calls per record seen in past runs.
     pub seconds: f64,
-    pub rate: u32,
+    /// The pace's ceiling, calls per second: `limits.rate`, or the shortest
+    /// window's pace.
+    pub rate: f64,
+    /// `limits.windows`, as `CALLS/WINDOW`.
+    pub windows: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -199,7 +203,7 @@ pub async fn compute(config: &Config, store: &Store, args: EstimateArgs) -> Resu
     } else {
         None
     };
-    let rate = config.limits.rate.get();
+    let limits = &config.limits;
     Ok(Estimate {
         table: config.source.table.to_string(),
         asked_account,
@@ -223,8 +227,9 @@ pub async fn compute(config: &Config, store: &Store, args: EstimateArgs) -> Resu
         },
         covered,
         cut,
-        seconds: covered as f64 * calls_per_record / f64::from(rate),
-        rate,
+        seconds: limits.seconds_for(covered as f64 * calls_per_record),
+        rate: limits.rate,
+        windows: limits.windows.iter().map(ToString::to_string).collect(),
     })
 }
 
@@ -311,13 +316,18 @@ impl Estimate {
             ),
             None => {}
         }
+        let rate = format!("{:.2}", self.rate);
+        let rate = rate.trim_end_matches('0').trim_end_matches('.');
+        let pace = match self.windows.is_empty() {
+            true => format!("at limits.rate {rate}/s"),
+            false => format!(
+                "at {rate}/s at most, under limits.windows {}",
+                self.windows.join(", ")
+            ),
+        };
         line(
             "time",
-            format!(
-                "about {} at limits.rate {}/s",
-                human_seconds(self.seconds),
-                self.rate
-            ),
+            format!("about {} {pace}", human_seconds(self.seconds)),
         );
         out
     }

@@ -100,8 +100,8 @@ impl PeriodView {
         };
         let waiting = match &self.resume_after {
             Some(until) => format!(
-                "; the vendor asked for no call before {until} (a quota's window): runs \
-                 started before then send nothing"
+                "; no call before {until} (a quota's window: the vendor's, or one of \
+                 limits.windows): runs started before then send nothing"
             ),
             None => String::new(),
         };

@@ -102,8 +102,8 @@ fn say_nothing(nothing: &Nothing) {
              source.filter) takes no record of the table; no run planned"
         ),
         Nothing::Quota { until } => println!(
-            "nothing sent: the vendor asked for no call before {} (a quota's window a run \
-             stopped for); run again after it",
+            "nothing sent: no call may go before {} (a quota's window a run stopped for: \
+             the vendor's, or one of limits.windows); run again after it",
             crate::selection::stamp(*until)
         ),
         Nothing::NoCredits { period, funds: f } => println!(
@@ -133,8 +133,21 @@ fn say_ran(ran: &Ran, config: &Config, args: &RunArgs) -> Result<()> {
             println!("stopped: the vendor reports no credits left (402); the rest stays pending")
         }
         Stop::Interrupted => println!("interrupted: {}", resumes(args)),
-        Stop::Quota { until } => println!(
+        Stop::Quota {
+            until,
+            window: None,
+        } => println!(
             "stopped: the vendor asks for no call before {} (a quota's window, past \
+             retry.max_delay); the rest stays pending, and a run started before then exits \
+             without a call; {} after it",
+            crate::selection::stamp(until),
+            resumes(args)
+        ),
+        Stop::Quota {
+            until,
+            window: Some(window),
+        } => println!(
+            "stopped: limits.windows {window} has no call free before {} (past \
              retry.max_delay); the rest stays pending, and a run started before then exits \
              without a call; {} after it",
             crate::selection::stamp(until),

@@ -17,8 +17,8 @@ pub enum Nothing {
     Unmatched,
     /// `--spend-remaining` with no credit left to spend.
     NoCredits { period: String, funds: Funds },
-    /// The vendor asked for no call before `until` (a quota's window): a run
-    /// stopped for it, and this one started too early.
+    /// No call before `until` (a quota's window, the vendor's or one of
+    /// `limits.windows`): a run stopped for it, and this one started too early.
     Quota { until: jiff::Timestamp },
 }
 

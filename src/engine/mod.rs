@@ -41,7 +41,7 @@ use crate::config::Config;
 use crate::credits::{Budget, Reservation, Spent};
 use crate::fleet::Crew;
 use crate::lease::Lease;
-use crate::pacer::{Backoff, Outage, Pacer, Ticket};
+use crate::pacer::{Backoff, Blocked, Pacer, Ticket};
 use crate::store::{Finished, Item, Resolution, Store};
 use crate::tally::Tally;
 
@@ -57,8 +57,12 @@ pub enum Stop {
     /// The vendor answered 402.
     OutOfCredits,
     /// The vendor asked for no call before `until`, past `retry.max_delay`
-    /// (a daily or monthly quota): waiting it out would hold the run for hours.
-    Quota { until: jiff::Timestamp },
+    /// (a daily or monthly quota), or `window`, one of `limits.windows`, has
+    /// no call free before then: waiting it out would hold the run for hours.
+    Quota {
+        until: jiff::Timestamp,
+        window: Option<crate::config::Window>,
+    },
     /// The vendor was down longer than `retry.max_outage`.
     Outage,
     /// This process's lease went stale (suspended or cut off past
@@ -336,12 +340,16 @@ async fn finish(
 /// Waits for the next attempt's turn: a concurrency ticket, the fleet's rate
 /// token and pause, the attempt's credits, the lease. `None` once the run stops
 /// (halted here if this is what stops it).
-async fn ready(shared: &Shared, hold: &mut Hold) -> Option<Ticket> {
+async fn ready(shared: &Shared, item: &Item, hold: &mut Hold) -> Option<Ticket> {
     let pacer = &shared.pacer;
     let ticket = match shared.unless_stopped(pacer.acquire()).await? {
         Ok(ticket) => ticket,
-        Err(Outage) => {
+        Err(Blocked::Outage) => {
             shared.halt(Stop::Outage).await;
+            return None;
+        }
+        Err(Blocked::Window(used)) => {
+            stop_for_quota(shared, item, used.wait, Some(used.window)).await;
             return None;
         }
     };
@@ -443,20 +451,32 @@ async fn stop_on(shared: &Shared, item: &Item, e: CallError) {
     }
 }
 
-/// A wait past `retry.max_delay`: a quota's window, not a burst. The run ends,
-/// and the next waits for it (see `Stop::Quota`).
-async fn stop_for_quota(shared: &Shared, item: &Item, wait: std::time::Duration) {
+/// A wait past `retry.max_delay`: a quota's window, not a burst, the vendor's
+/// (its Retry-After) or one of `limits.windows` used up. The run ends, and the
+/// next waits for it (see `Stop::Quota`).
+async fn stop_for_quota(
+    shared: &Shared,
+    item: &Item,
+    wait: std::time::Duration,
+    window: Option<crate::config::Window>,
+) {
     // Up to the whole second, as it is shown and stored.
     let until = crate::credits::now() + wait;
     let until =
         jiff::Timestamp::from_second(until.as_second() + i64::from(until.subsec_nanosecond() > 0))
             .unwrap_or(until);
-    tracing::warn!(
-        key = %item.key,
-        "the vendor asks for no call for {} (past retry.max_delay): stopping",
-        humantime::format_duration(wait)
-    );
-    shared.halt(Stop::Quota { until }).await;
+    let wait = humantime::format_duration(std::time::Duration::from_secs(wait.as_secs()));
+    match window {
+        None => tracing::warn!(
+            key = %item.key,
+            "the vendor asks for no call for {wait} (past retry.max_delay): stopping"
+        ),
+        Some(w) => tracing::warn!(
+            key = %item.key,
+            "limits.windows {w} has no call free for {wait} (past retry.max_delay): stopping"
+        ),
+    }
+    shared.halt(Stop::Quota { until, window }).await;
 }
 
 /// Counts a record's first answer that failed it for good; once the contract
@@ -584,7 +604,7 @@ async fn work(shared: Arc<Shared>, item: Item, _slot: OwnedSemaphorePermit, mut 
     };
     // The record's tries, until resolved (with the last ticket) or stopped (`None`).
     let resolved = loop {
-        let Some(mut ticket) = ready(&shared, &mut hold).await else {
+        let Some(mut ticket) = ready(&shared, &item, &mut hold).await else {
             break None;
         };
         let first = item.attempts == 0;
@@ -613,7 +633,7 @@ async fn work(shared: Arc<Shared>, item: Item, _slot: OwnedSemaphorePermit, mut 
                     && wait > shared.retry.max_delay =>
             {
                 Tally::bump(&tally.throttled);
-                stop_for_quota(&shared, &item, wait).await;
+                stop_for_quota(&shared, &item, wait, None).await;
                 break None;
             }
             Err(CallError::Throttled { .. }) => {

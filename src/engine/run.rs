@@ -247,7 +247,7 @@ impl Life<'_> {
         let sampler = crate::timeline::Sampler::start(
             store.clone(),
             run.id,
-            f64::from(config.limits.rate.get()),
+            config.limits.rate,
             tally.clone(),
             pacer.clone(),
         );
@@ -276,7 +276,7 @@ impl Life<'_> {
                 return Err(e);
             }
         };
-        if let Stop::Quota { until } = stop {
+        if let Stop::Quota { until, .. } = stop {
             let period = config.credits.periods.label_at(crate::credits::now());
             store.set_resume_after(&period, Some(until)).await?;
         }
@@ -320,7 +320,7 @@ impl Life<'_> {
                         worker: worker.to_owned(),
                         run,
                         stale_after,
-                        rate: f64::from(config.limits.rate.get()),
+                        rate: config.limits.rate,
                         burst: config.limits.burst.get(),
                     },
                 )))
@@ -439,7 +439,7 @@ impl Ended<'_> {
                 _ => None,
             },
             resume_after: match self.stop {
-                Stop::Quota { until } => Some(crate::selection::stamp(until)),
+                Stop::Quota { until, .. } => Some(crate::selection::stamp(until)),
                 _ => None,
             },
         };

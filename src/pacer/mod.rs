@@ -8,6 +8,9 @@
 //!   throttle-driven rate), a clock-free state machine.
 //! - [`limit`]: the semaphore whose size can change while permits are out.
 //! - [`breaker`]: all workers stop and one probe goes out while the vendor is down.
+//! - [`window`]: `limits.windows`, each held exactly (at most N calls in any W
+//!   as the vendor counts them); one used up for longer than `retry.max_delay`
+//!   ends the run as a vendor's quota does.
 //! - [`Peers`]: the other workers of a joined run, as the pacer meets them (their
 //!   rate token, their pause); `fleet` implements it, so the pacer imports
 //!   nothing of the fleet and the engine never speaks of it when it paces.
@@ -21,6 +24,7 @@ mod control;
 mod hint;
 mod limit;
 pub mod reach;
+mod window;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -39,11 +43,15 @@ pub use control::Signal;
 use control::{Control, Setting};
 pub use hint::QuotaHint;
 use limit::{Limit, Permit};
+pub use window::UsedUp;
+use window::{Slot, Windows};
 
 /// The right to make one call: a concurrency permit, and the probe token when the
 /// breaker is open. Hand it back through [`Pacer::observe`].
 pub struct Ticket {
     _permit: Permit,
+    /// Its slot in each of `limits.windows`.
+    slot: Slot,
     probe: bool,
     /// Its place in the order calls were sent, once sent.
     seq: Option<u64>,
@@ -84,13 +92,19 @@ pub trait Peers: Send + Sync {
     fn throttled(&self, pause: Duration);
 }
 
-/// The vendor has been down longer than `retry.max_outage`.
+/// Why no call may go, for longer than the pacer waits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Outage;
+pub enum Blocked {
+    /// The vendor has been down longer than `retry.max_outage`.
+    Outage,
+    /// One of `limits.windows` has no call free before `retry.max_delay`.
+    Window(UsedUp),
+}
 
 pub struct Pacer {
     limit: Limit,
     gate: Gate,
+    windows: Windows,
     paused_until: Mutex<Option<Instant>>,
     breaker: Breaker,
     /// Calls sent so far: each call's place in the send order.
@@ -123,14 +137,12 @@ pub struct Gauges {
 
 impl Pacer {
     pub fn new(limits: &Limits, retry: &Retry) -> Pacer {
-        let control = Control::new(
-            limits.max_concurrency.get() as usize,
-            f64::from(limits.rate.get()),
-        );
+        let control = Control::new(limits.max_concurrency.get() as usize, limits.rate);
         let start = control.setting();
         Pacer {
             limit: Limit::new(start.concurrency),
-            gate: Gate::new(start.rate, f64::from(limits.rate.get()), limits.burst.get()),
+            gate: Gate::new(start.rate, limits.rate, limits.burst.get()),
+            windows: Windows::new(&limits.windows),
             paused_until: Mutex::new(None),
             breaker: Breaker::new(retry.max_outage),
             sent: AtomicU64::new(0),
@@ -146,27 +158,39 @@ impl Pacer {
     /// This worker paces with `peers` from now on: each call also waits for the
     /// rate they share, a throttle holds them all, and the breaker is theirs
     /// too (it probes only when granted: [`Pacer::grant_probe`]).
+    ///
+    /// `limits.windows` stay this worker's own: each worker holds every
+    /// window by itself (the fleet shares only the rate's bucket).
     pub fn join(&self, peers: Arc<dyn Peers>) {
         if self.peers.set(peers).is_ok() {
             self.breaker.share();
+            if self.windows.any() {
+                tracing::warn!(
+                    "limits.windows are held by each worker of a joined run on its own: N \
+                     workers may send N times a window's calls; give each worker's config \
+                     its share of them"
+                );
+            }
         }
     }
 
     /// Waits until a call may go: the breaker admits it, a concurrency permit is
-    /// free, no pause is in force, and the rate allows it. The pause is checked
-    /// again after the rate token, so a throttle that arrives while a worker waits
-    /// for its token still holds it back.
-    pub async fn acquire(&self) -> Result<Ticket, Outage> {
+    /// free, every one of `limits.windows` has a slot, no pause is in force, and
+    /// the rate allows it. The pause is checked again after the rate token, so a
+    /// throttle that arrives while a worker waits for its token still holds it
+    /// back. A window with no slot free before `retry.max_delay` is not waited
+    /// for: `Blocked::Window` says how long it would be.
+    pub async fn acquire(&self) -> Result<Ticket, Blocked> {
         loop {
             let probe = match self.breaker.admit().await {
                 Admission::Call => false,
                 // A vendor never reached in this run is not down but not there
                 // (a wrong api.base_url): stop after retry.connect_grace.
                 Admission::Probe if self.reach.unreachable(Instant::now()) => {
-                    return Err(Outage);
+                    return Err(Blocked::Outage);
                 }
                 Admission::Probe => true,
-                Admission::GiveUp => return Err(Outage),
+                Admission::GiveUp => return Err(Blocked::Outage),
             };
             let permit = self.permit().await;
             // The breaker may have opened while this worker queued for its permit:
@@ -175,6 +199,13 @@ impl Pacer {
             if !probe && self.breaker.is_open() {
                 continue;
             }
+            // The window's slot before the rate's token: a token would be stale
+            // after a wait for the window. Given back if no call goes after all.
+            let slot = self
+                .windows
+                .take(self.max_pause)
+                .await
+                .map_err(Blocked::Window)?;
             // A token taken while a pause was in force is stale: everyone who waited
             // through the pause would go at once when it ends. Take a fresh one.
             loop {
@@ -195,6 +226,7 @@ impl Pacer {
             if probe || !self.breaker.is_open() {
                 return Ok(Ticket {
                     _permit: permit,
+                    slot,
                     probe,
                     seq: None,
                     retry: false,
@@ -240,6 +272,7 @@ impl Pacer {
     pub fn sending(&self, ticket: &mut Ticket, retry: bool) {
         let now = Instant::now();
         ticket.retry = retry;
+        ticket.slot.sent();
         ticket.seq = Some(self.sent.fetch_add(1, Ordering::Relaxed));
         ticket.level = self.control.lock().expect("control lock").on_send(now);
     }
@@ -258,6 +291,9 @@ impl Pacer {
         hint: Option<QuotaHint>,
     ) -> bool {
         let now = Instant::now();
+        // The vendor has counted the call by now: its windows' slots end a
+        // window from here.
+        ticket.slot.answered();
         let seq = ticket
             .seq
             .take()
@@ -606,8 +642,9 @@ mod tests {
     fn pacer(rate: u32, burst: u32, max: u32) -> Pacer {
         let nz = |n| NonZeroU32::new(n).unwrap();
         let limits = Limits {
-            rate: nz(rate),
+            rate: f64::from(rate),
             burst: nz(burst),
+            windows: Vec::new(),
             max_concurrency: nz(max),
             max_failure_share: 0.5,
             failure_window: nz(100),
@@ -786,6 +823,72 @@ mod tests {
         }
         assert!(granted + 4 >= 100, "{granted} more permits granted");
         drop(out);
+    }
+
+    fn windowed(windows: &[&str]) -> Pacer {
+        let nz = |n| NonZeroU32::new(n).unwrap();
+        let limits = Limits {
+            // Fast enough that governor's real-time bucket never holds a call.
+            rate: 1e6,
+            burst: nz(1000),
+            windows: windows
+                .iter()
+                .map(|w| crate::config::Window::try_from(w.to_string()).unwrap())
+                .collect(),
+            max_concurrency: nz(64),
+            max_failure_share: 0.5,
+            failure_window: nz(100),
+        };
+        let retry = Retry {
+            connect_grace: Duration::from_secs(60),
+            max_attempts: nz(5),
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(10),
+            max_outage: Duration::from_secs(60),
+        };
+        Pacer::new(&limits, &retry)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_call_passes_every_window() {
+        let p = windowed(&["4/1s", "10/5s"]);
+        let start = Instant::now();
+        let mut sent = Vec::new();
+        for _ in 0..25 {
+            let mut t = p.acquire().await.unwrap();
+            p.sending(&mut t, false);
+            sent.push(start.elapsed().as_millis());
+            p.observe(&mut t, 1, Signal::Success(Duration::ZERO), None, None);
+        }
+        // Four a second, and ten in any five seconds: the third five seconds'
+        // ten start at 10 s.
+        let at = |from: u128, to: u128| sent.iter().filter(|&&t| t >= from && t < to).count();
+        for from in (0..12_000).step_by(250) {
+            assert!(at(from, from + 1000) <= 4, "{sent:?}");
+            assert!(at(from, from + 5000) <= 10, "{sent:?}");
+        }
+        assert_eq!(&sent[..4], &[0, 0, 0, 0]);
+        assert_eq!(&sent[4..10], &[1000, 1000, 1000, 1000, 2000, 2000]);
+        assert_eq!(&sent[10..14], &[5000, 5000, 5000, 5000]);
+        assert_eq!(sent[20], 10_000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_window_used_up_past_max_delay_blocks_at_once() {
+        let p = windowed(&["100/1s", "3/1h"]);
+        for _ in 0..3 {
+            answer(&p, Signal::Success(Duration::ZERO), None, None).await;
+        }
+        let start = Instant::now();
+        match p.acquire().await {
+            Err(Blocked::Window(used)) => {
+                assert_eq!(used.window.to_string(), "3/1h");
+                assert_eq!(used.wait, Duration::from_secs(3600));
+            }
+            Err(Blocked::Outage) => panic!("an outage"),
+            Ok(_) => panic!("a fourth call in the hour"),
+        }
+        assert_eq!(start.elapsed(), Duration::ZERO, "not waited for");
     }
 
     #[test]

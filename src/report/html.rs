@@ -259,9 +259,7 @@ fn cards(h: &mut String, r: &Report, placed: &[Placed]) {
         .iter()
         .map(|p| p.rate)
         .fold(0.0, f64::max);
-    let ceiling = placed
-        .last()
-        .map_or(f64::from(r.limits.rate), |p| p.s.ceiling);
+    let ceiling = placed.last().map_or(r.limits.rate, |p| p.s.ceiling);
     let pct = |part: i64| {
         if n.total == 0 {
             0.0
@@ -341,7 +339,7 @@ fn rate_chart(h: &mut String, r: &Report, placed: &[Placed]) {
     let ceiling = if recorded > 0.0 {
         recorded
     } else {
-        f64::from(r.limits.rate)
+        r.limits.rate
     };
     let points = rate_points(placed);
     let top = placed

@@ -62,7 +62,7 @@ pub struct Credits {
 /// The configured ceilings, as the report is made.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Limits {
-    pub rate: u32,
+    pub rate: f64,
     pub max_concurrency: u32,
 }
 
@@ -156,7 +156,7 @@ pub async fn gather(store: &Store, config: &Config, run: Option<i64>) -> Result<
             period_spent: period_row.spent,
         },
         limits: Limits {
-            rate: config.limits.rate.get(),
+            rate: config.limits.rate,
             max_concurrency: config.limits.max_concurrency.get(),
         },
         samples: store.samples(row.id).await?,

@@ -68,16 +68,18 @@ pub struct SandboxOptions {
     pub outage: Duration,
     /// Credits the account holds; each billed answer (2xx, 404) costs one; when spent: 402. Unset = unlimited
     pub credits: Option<u64>,
-    /// Send rate-limit headers with --rate: `X-RateLimit-Limit/-Remaining/-Reset`,
-    /// `RateLimit: limit=, remaining=, reset=` and `RateLimit-Policy: N;w=1`
+    /// Send rate-limit headers with --rate, in --ratelimit-dialect's spelling
     pub ratelimit_headers: bool,
+    /// Which rate-limit headers --ratelimit-headers sends
+    pub ratelimit_dialect: Dialect,
     /// Scripted answer for one key: KEY=KIND, KIND one of 404, 400, 422, malformed,
     /// oversized, wrong-type, flaky:N, throttle:N, throttle-for:DURATION, slow:DURATION, redirect:URL (repeatable)
     pub faults: Vec<(String, Fault)>,
-    /// A quota of CALLS per WINDOW, e.g. `1000/1d` or `100/3s`: fixed windows from
-    /// server start; past it every call is answered 429 with a Retry-After of
-    /// the time left in the window (a daily or monthly plan's quota)
-    pub quota: Option<(u64, Duration)>,
+    /// Quotas of CALLS per WINDOW, e.g. `1000/1d` or `100/3s`: fixed windows from
+    /// server start, every one of them counting each call it admits; past any,
+    /// the call is answered 429 with a Retry-After of the time left in the
+    /// window (a daily or monthly plan's quota; two play Hunter's 15/s and 500/min)
+    pub quota: Vec<(u64, Duration)>,
     /// After this many answers of a person, the vendor changes its schema: `title`
     /// is renamed `job_title` in every answer from then on (still 200, still billed)
     pub schema_change_after: Option<u64>,
@@ -126,13 +128,14 @@ impl Default for SandboxOptions {
             outage: Duration::ZERO,
             credits: None,
             ratelimit_headers: false,
+            ratelimit_dialect: Dialect::default(),
             faults: Vec::new(),
             api_key: None,
             key_param: None,
             throttle_status: 429,
             no_credits_status: 402,
             queued: 0,
-            quota: None,
+            quota: Vec::new(),
             schema_change_after: None,
             cost_range: None,
             seed: 1,
@@ -140,6 +143,23 @@ impl Default for SandboxOptions {
             lean: false,
         }
     }
+}
+
+/// How `--ratelimit-headers` says the limit: each vendor family's own headers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Dialect {
+    /// `X-RateLimit-Limit/-Remaining/-Reset`, with the older IETF draft's
+    /// `RateLimit: limit=, remaining=, reset=` and `RateLimit-Policy: N;w=1`
+    #[default]
+    All,
+    /// Only `X-RateLimit-Limit/-Remaining/-Reset` (reset in seconds)
+    X,
+    /// OpenAI's `X-RateLimit-Limit/-Remaining/-Reset-Requests`, the reset a Go
+    /// duration (`1s`)
+    Openai,
+    /// The current IETF draft's structured fields: `RateLimit-Policy:
+    /// "default";q=N;w=1` and `RateLimit: "default";r=LEFT;t=1`
+    Ietf,
 }
 
 /// A scripted answer for one key.
@@ -206,6 +226,16 @@ pub fn parse_fault(s: &str) -> Result<(String, Fault), String> {
         return Err(format!("`{s}`: the key is empty"));
     }
     Ok((key.to_owned(), fault))
+}
+
+pub fn parse_dialect(s: &str) -> Result<Dialect, String> {
+    match s {
+        "all" => Ok(Dialect::All),
+        "x" => Ok(Dialect::X),
+        "openai" => Ok(Dialect::Openai),
+        "ietf" => Ok(Dialect::Ietf),
+        _ => Err(format!("`{s}` is not a dialect: all, x, openai or ietf")),
+    }
 }
 
 pub fn parse_cost_range(s: &str) -> Result<(u64, u64), String> {
@@ -340,9 +370,9 @@ struct Counters {
     in_flight: u64,
     /// The token bucket of `--rate` and `--burst` at the rate in force.
     bucket: Option<Bucket>,
-    /// `--quota`: the window now (its index from server start), calls in it.
-    quota_window: u128,
-    quota_used: u64,
+    /// `--quota`: each window now (its index from server start) and the calls
+    /// it admitted, in the order of `quota`.
+    quota_used: Vec<(u128, u64)>,
     credits: Option<u64>,
     /// Calls seen per faulty key, for flaky:N and throttle:N.
     fault_calls: HashMap<String, u32>,
@@ -566,21 +596,28 @@ impl Vendor {
         }
     }
 
-    /// `--quota`: the call counted in its window, or, past the window's
-    /// calls, the 429 that says how long until the next window.
+    /// `--quota`: the call counted in each window, or, past any window's
+    /// calls, the 429 that says how long until the last full one ends.
     fn past_quota(&self, c: &mut Counters, elapsed: Duration) -> Option<Response> {
-        let (calls, window) = self.opts.quota?;
-        let index = elapsed.as_nanos() / window.as_nanos().max(1);
-        if c.quota_window != index {
-            (c.quota_window, c.quota_used) = (index, 0);
+        let mut wait = None;
+        for (&(calls, window), used) in self.opts.quota.iter().zip(c.quota_used.iter_mut()) {
+            let index = elapsed.as_nanos() / window.as_nanos().max(1);
+            if used.0 != index {
+                *used = (index, 0);
+            }
+            if used.1 >= calls {
+                let next = window.as_secs_f64() * (index + 1) as f64;
+                let left = (next - elapsed.as_secs_f64()).ceil().max(1.0) as u64;
+                wait = wait.max(Some(left));
+            }
         }
-        if c.quota_used < calls {
-            c.quota_used += 1;
-            return None;
+        if let Some(wait) = wait {
+            return Some(too_many(c, elapsed, "quota exceeded for this window", wait));
         }
-        let next = window.as_secs_f64() * (index + 1) as f64;
-        let wait = (next - elapsed.as_secs_f64()).ceil().max(1.0) as u64;
-        Some(too_many(c, elapsed, "quota exceeded for this window", wait))
+        for used in &mut c.quota_used {
+            used.1 += 1;
+        }
+        None
     }
 
     /// A token of the bucket (`--rate`, `--burst`), and the rate headers'
@@ -611,7 +648,7 @@ impl Vendor {
                 let wait = wait.as_secs_f64().ceil().max(1.0) as u64;
                 let mut r = too_many(c, elapsed, "rate limit exceeded", wait);
                 if self.opts.ratelimit_headers {
-                    rate_headers(r.headers_mut(), rate, 0);
+                    rate_headers(r.headers_mut(), self.opts.ratelimit_dialect, rate, 0);
                 }
                 Err(Box::new(r))
             }
@@ -680,17 +717,36 @@ fn status(code: StatusCode, message: &str) -> Response {
     (code, axum::Json(json!({"error": message}))).into_response()
 }
 
-fn rate_headers(h: &mut HeaderMap, rate: f64, remaining: u64) {
+/// The rate-limit headers of a one-second window of `rate` calls, `remaining`
+/// left, in `dialect`'s spelling.
+fn rate_headers(h: &mut HeaderMap, dialect: Dialect, rate: f64, remaining: u64) {
     let limit = rate.round() as u64;
-    h.insert("x-ratelimit-limit", HeaderValue::from(limit));
-    h.insert("x-ratelimit-remaining", HeaderValue::from(remaining));
-    h.insert("x-ratelimit-reset", HeaderValue::from(1));
-    let field = format!("limit={limit}, remaining={remaining}, reset=1");
-    h.insert("ratelimit", HeaderValue::from_str(&field).expect("ascii"));
-    h.insert(
-        "ratelimit-policy",
-        HeaderValue::from_str(&format!("{limit};w=1")).expect("ascii"),
-    );
+    let mut put = |name: &'static str, value: String| {
+        h.insert(name, HeaderValue::from_str(&value).expect("ascii"));
+    };
+    match dialect {
+        Dialect::All | Dialect::X => {
+            put("x-ratelimit-limit", limit.to_string());
+            put("x-ratelimit-remaining", remaining.to_string());
+            put("x-ratelimit-reset", "1".into());
+        }
+        Dialect::Openai => {
+            put("x-ratelimit-limit-requests", limit.to_string());
+            put("x-ratelimit-remaining-requests", remaining.to_string());
+            put("x-ratelimit-reset-requests", "1s".into());
+        }
+        Dialect::Ietf => {
+            put("ratelimit-policy", format!("\"default\";q={limit};w=1"));
+            put("ratelimit", format!("\"default\";r={remaining};t=1"));
+        }
+    }
+    if dialect == Dialect::All {
+        put(
+            "ratelimit",
+            format!("limit={limit}, remaining={remaining}, reset=1"),
+        );
+        put("ratelimit-policy", format!("{limit};w=1"));
+    }
 }
 
 /// Serves one call to its end (see `requests::spawn`).
@@ -739,7 +795,12 @@ async fn serve_call(vendor: Arc<Vendor>, asked: requests::Asked, headers: Header
             .insert("x-credits-remaining", HeaderValue::from(n));
     }
     if let Some((rate, left)) = quota {
-        rate_headers(response.headers_mut(), rate, left);
+        rate_headers(
+            response.headers_mut(),
+            vendor.opts.ratelimit_dialect,
+            rate,
+            left,
+        );
     }
     if let Some(n) = cost {
         response
@@ -886,8 +947,7 @@ impl Sandbox {
                 timeline: Timeline::default(),
                 in_flight: 0,
                 bucket: None,
-                quota_window: 0,
-                quota_used: 0,
+                quota_used: vec![(0, 0); opts.quota.len()],
                 credits: opts.credits,
                 fault_calls: HashMap::new(),
                 rng: opts.seed.max(1),
@@ -1122,6 +1182,83 @@ mod tests {
         let refused = get(&s, "2").await;
         assert_eq!(refused.status(), 429);
         assert_eq!(refused.headers()["retry-after"], "4");
+    }
+
+    #[tokio::test]
+    async fn every_quota_must_pass_and_the_wait_is_the_longest() {
+        // 3 a minute and 5 an hour: the minute's fourth call is refused until
+        // the minute ends; the hour's limit is not reached.
+        let s = start(SandboxOptions {
+            quota: vec![(3, Duration::from_secs(60)), (5, Duration::from_secs(3600))],
+            ..SandboxOptions::default()
+        })
+        .await;
+        for _ in 0..3 {
+            assert_eq!(get(&s, "1").await.status(), 200);
+        }
+        let refused = get(&s, "1").await;
+        assert_eq!(refused.status(), 429);
+        let wait: u64 = refused.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((58..=60).contains(&wait), "{wait}");
+        assert_eq!((s.stats().ok, s.stats().throttled), (3, 1));
+        s.stop().await;
+    }
+
+    #[tokio::test]
+    async fn each_dialect_says_the_limit_its_own_way() {
+        let headers = |dialect| async move {
+            let s = start(SandboxOptions {
+                rate: 10.0,
+                burst: 5,
+                ratelimit_headers: true,
+                ratelimit_dialect: dialect,
+                ..SandboxOptions::default()
+            })
+            .await;
+            let r = get(&s, "1").await;
+            let mut names: Vec<(String, String)> = r
+                .headers()
+                .iter()
+                .filter(|(n, _)| n.as_str().contains("ratelimit"))
+                .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_owned()))
+                .collect();
+            names.sort();
+            s.stop().await;
+            names
+        };
+        let pairs = |list: &[(&str, &str)]| -> Vec<(String, String)> {
+            list.iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            headers(Dialect::X).await,
+            pairs(&[
+                ("x-ratelimit-limit", "10"),
+                ("x-ratelimit-remaining", "4"),
+                ("x-ratelimit-reset", "1")
+            ])
+        );
+        assert_eq!(
+            headers(Dialect::Openai).await,
+            pairs(&[
+                ("x-ratelimit-limit-requests", "10"),
+                ("x-ratelimit-remaining-requests", "4"),
+                ("x-ratelimit-reset-requests", "1s")
+            ])
+        );
+        assert_eq!(
+            headers(Dialect::Ietf).await,
+            pairs(&[
+                ("ratelimit", "\"default\";r=4;t=1"),
+                ("ratelimit-policy", "\"default\";q=10;w=1")
+            ])
+        );
+        assert_eq!(headers(Dialect::All).await.len(), 5);
     }
 
     #[tokio::test]

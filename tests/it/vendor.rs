@@ -133,7 +133,7 @@ async fn a_quota_hit_mid_run_ends_it_until_the_window_resets() {
     // quota's window, not a burst to wait out.
     let mut env = TestEnv::new(150).await;
     env.vendor(SandboxOptions {
-        quota: Some((100, Duration::from_secs(3))),
+        quota: vec![(100, Duration::from_secs(3))],
         ..SandboxOptions::default()
     })
     .await;
@@ -171,7 +171,7 @@ async fn a_quota_hit_mid_run_ends_it_until_the_window_resets() {
     let status = text(&env.freshen(&["status"]).await.stdout);
     assert!(
         status.contains(&format!(
-            "asked for no call before {json_until}",
+            "no call before {json_until}",
             json_until = json["resume_after"].as_str().unwrap()
         )),
         "{status}"
