@@ -213,6 +213,23 @@ pub struct SandboxArgs {
     #[arg(long)]
     pub allow_remote: bool,
 
+    /// A real vendor's contract, as a preset of the flags above (it sets its
+    /// own, the others still apply):
+    ///   query-key    the key in the query string (Hunter, Google): --api-key
+    ///                sandbox-key --key-param api_key; GET /v1/lookup?id=KEY&api_key=…
+    ///   post-body    POST with a JSON body, each call's cost reported (People
+    ///                Data Labs, Apollo): --cost-range 1-5; POST /v1/people {"id": KEY}
+    ///   hunter       Hunter: query-key and two-windows, 403 for its rate limit
+    ///                and 429 for credits exhausted (--throttle-status 403
+    ///                --no-credits-status 429)
+    ///   daily-quota  a daily quota: --quota 1000/1d
+    ///   two-windows  two windows, as Hunter's: --quota 15/1s --quota 500/1m
+    ///   openai       OpenAI-style headers: --rate 50 --burst 50
+    ///                --ratelimit-headers --ratelimit-dialect openai
+    ///   queued       a lookup queued before it is answered (Clearbit): --queued 2
+    #[arg(long, value_name = "NAME", value_parser = sandbox::parse_profile, verbatim_doc_comment)]
+    pub profile: Option<sandbox::Profile>,
+
     /// The global --config, which the sandbox ignores: declared here, hidden, so
     /// that `freshen sandbox --help` does not offer it.
     #[arg(long, short, hide = true)]
@@ -226,7 +243,8 @@ pub struct SandboxArgs {
 impl SandboxArgs {
     /// The options the flags describe.
     pub fn options(self) -> SandboxOptions {
-        SandboxOptions {
+        let profile = self.profile;
+        let mut options = SandboxOptions {
             listen: self.listen,
             rate: self.rate,
             burst: self.burst,
@@ -253,7 +271,11 @@ impl SandboxArgs {
             seed: self.seed,
             record_headers: self.record_headers,
             lean: self.lean,
+        };
+        if let Some(p) = profile {
+            p.apply(&mut options);
         }
+        options
     }
 }
 
@@ -461,6 +483,26 @@ mod tests {
     #[test]
     fn the_sandbox_flags_default_to_the_options_the_demo_and_tests_start_from() {
         assert_eq!(sandbox(&[]), SandboxOptions::default());
+    }
+
+    #[test]
+    fn a_profile_presets_its_contract_and_other_flags_still_apply() {
+        let hunter = sandbox(&["--profile=hunter", "--latency=20ms"]);
+        assert_eq!(
+            (hunter.throttle_status, hunter.no_credits_status),
+            (403, 429)
+        );
+        assert_eq!(hunter.key_param.as_deref(), Some("api_key"));
+        assert_eq!(hunter.quota.len(), 2);
+        assert_eq!(hunter.latency, Duration::from_millis(20));
+        assert_eq!(sandbox(&["--profile=queued"]).queued, 2);
+        assert_eq!(sandbox(&["--profile=post-body"]).cost_range, Some((1, 5)));
+        for (name, _) in sandbox::Profile::NAMES {
+            let cli = Cli::try_parse_from(["freshen", "sandbox", "--profile", name]);
+            assert!(cli.is_ok(), "{name}");
+        }
+        let err = Cli::try_parse_from(["freshen", "sandbox", "--profile", "acme"]).unwrap_err();
+        assert!(err.to_string().contains("query-key, post-body"), "{err}");
     }
 
     #[test]

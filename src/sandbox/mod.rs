@@ -145,6 +145,73 @@ impl Default for SandboxOptions {
     }
 }
 
+/// `freshen sandbox --profile`: a real vendor's contract, as a preset of the
+/// other options (see `cli::SandboxArgs::profile` for what each sets).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Profile {
+    QueryKey,
+    PostBody,
+    Hunter,
+    DailyQuota,
+    TwoWindows,
+    Openai,
+    Queued,
+}
+
+/// The API key the `query-key` and `hunter` profiles accept.
+pub const PROFILE_KEY: &str = "sandbox-key";
+
+impl Profile {
+    pub const NAMES: [(&'static str, Profile); 7] = [
+        ("query-key", Profile::QueryKey),
+        ("post-body", Profile::PostBody),
+        ("hunter", Profile::Hunter),
+        ("daily-quota", Profile::DailyQuota),
+        ("two-windows", Profile::TwoWindows),
+        ("openai", Profile::Openai),
+        ("queued", Profile::Queued),
+    ];
+
+    /// Sets the options that make the contract, leaving the others as they are.
+    pub fn apply(self, o: &mut SandboxOptions) {
+        let s = Duration::from_secs;
+        match self {
+            Profile::QueryKey => {
+                o.api_key = Some(PROFILE_KEY.to_owned());
+                o.key_param = Some("api_key".to_owned());
+            }
+            Profile::PostBody => o.cost_range = Some((1, 5)),
+            Profile::Hunter => {
+                Profile::QueryKey.apply(o);
+                Profile::TwoWindows.apply(o);
+                o.throttle_status = 403;
+                o.no_credits_status = 429;
+            }
+            Profile::DailyQuota => o.quota = vec![(1000, s(24 * 3600))],
+            Profile::TwoWindows => o.quota = vec![(15, s(1)), (500, s(60))],
+            Profile::Openai => {
+                o.rate = 50.0;
+                o.burst = 50;
+                o.ratelimit_headers = true;
+                o.ratelimit_dialect = Dialect::Openai;
+            }
+            Profile::Queued => o.queued = 2,
+        }
+    }
+}
+
+/// `--profile NAME`.
+pub fn parse_profile(s: &str) -> Result<Profile, String> {
+    Profile::NAMES
+        .iter()
+        .find(|(name, _)| *name == s)
+        .map(|(_, p)| *p)
+        .ok_or_else(|| {
+            let names: Vec<&str> = Profile::NAMES.iter().map(|(n, _)| *n).collect();
+            format!("\"{s}\" is not a profile; use one of {}", names.join(", "))
+        })
+}
+
 /// How `--ratelimit-headers` says the limit: each vendor family's own headers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Dialect {

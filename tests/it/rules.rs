@@ -188,3 +188,43 @@ async fn a_bad_rule_names_its_entry_and_key() {
         "{err}"
     );
 }
+
+/// The `hunter` sandbox profile, configured as README's worked example is:
+/// the key in the query string, the two windows, Hunter's 403 and 429.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hunter_profile_is_refreshed_within_its_windows_until_its_credits_run_out() {
+    use freshen::sandbox::{PROFILE_KEY, Profile};
+    let mut env = TestEnv::new(60).await;
+    let mut opts = SandboxOptions {
+        credits: Some(40),
+        ..SandboxOptions::default()
+    };
+    Profile::Hunter.apply(&mut opts);
+    env.vendor(opts).await;
+    env.write_config(&Conf {
+        max_concurrency: 8,
+        ..Conf::default()
+    });
+    env.set_keys(&[
+        ("api.path", "\"/v1/lookup\""),
+        (
+            "api.query",
+            "{ id = \"{id}\", api_key = \"${HUNTER_API_KEY}\" }",
+        ),
+        ("api.answers", HUNTER),
+        ("limits.windows", "[\"15/s\", \"500/min\"]"),
+    ]);
+    let out = env
+        .freshen_with_env(&["run"], &[("HUNTER_API_KEY", PROFILE_KEY)])
+        .await;
+    assert_exit(&out, 3);
+    let stats = env.sandbox().stats();
+    assert_eq!(stats.throttled, 0, "the windows held: {stats:?}");
+    assert_eq!(
+        env.item_states().await,
+        (40, 0, 20),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!((stats.credits_billed, env.period_spent().await), (40, 40));
+}
