@@ -33,7 +33,7 @@ timeout = "10s"
 
 [limits]
 rate = {rate}
-{burst}max_concurrency = {conc}
+{burst}{windows}max_concurrency = {conc}
 
 [retry]
 max_attempts = 5
@@ -46,11 +46,14 @@ allowance = 100000000
 """
 
 
-def config(url, port, conc, rate=1_000_000, burst=None, base_delay="100ms", max_delay="5s", max_outage="1m"):
+def config(url, port, conc, rate=1_000_000, burst=None, base_delay="100ms", max_delay="5s", max_outage="1m",
+           windows=None):
     """freshen's config.toml for a benchmark: the sample table, the sandbox on `port`
-    (limits.burst left at freshen's default unless given)."""
+    (limits.burst left at freshen's default unless given; limits.windows a list of
+    "CALLS/WINDOW" when given)."""
     return CONFIG.format(url=url, port=port, rate=rate, conc=conc,
                          burst=f"burst = {burst}\n" if burst is not None else "",
+                         windows=f"windows = {json.dumps(windows)}\n" if windows else "",
                          base_delay=base_delay, max_delay=max_delay, max_outage=max_outage)
 
 

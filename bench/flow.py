@@ -44,6 +44,12 @@ SCENARIOS = [
     # 2,000 / 0.9 calls it takes, at 200/s.
     ("limit 200/s, 10% of calls fail (500)", ["--rate", "200", "--burst", "20", "--error-rate", "0.1", "--instant-errors"],
      (200, 32), 2000 / 0.9 / 200),
+    # Two windows (Hunter's 15/s and 500/min, scaled): 50 a second and 300 in
+    # 10 s, fixed windows from the sandbox's start. Ideal: six full 10 s
+    # windows of 300, then the last 200 at 50/s.
+    ("windows 50/1s + 300/10s, config the windows", ["--quota", "50/1s", "--quota", "300/10s"],
+     (50, 32, ["50/1s", "300/10s"]), 64.0),
+    ("windows 50/1s + 300/10s, config rate 50 only", ["--quota", "50/1s", "--quota", "300/10s"], (50, 32), 64.0),
 ]
 
 # Issue 15's rows: (name, sandbox flags, config (rate, max_concurrency), ideal seconds,
@@ -74,14 +80,16 @@ def seed(path, records):
     db.close()
 
 
-def run(binary, name, sandbox_flags, rate, conc, ideal, records, latency, log="warn", log_to=None, sandbox_bin=None):
+def run(binary, name, sandbox_flags, rate, conc, ideal, records, latency, log="warn", log_to=None, sandbox_bin=None,
+        windows=None):
     with tempfile.TemporaryDirectory() as tmp:
         db = os.path.join(tmp, "bench.db")
         seed(db, records)
         port = free_port()
         config_path = os.path.join(tmp, "config.toml")
         with open(config_path, "w") as f:
-            f.write(config(f"sqlite://{db}", port, conc, rate=rate, base_delay="500ms", max_delay="60s", max_outage="5m"))
+            f.write(config(f"sqlite://{db}", port, conc, rate=rate, base_delay="500ms", max_delay="60s", max_outage="5m",
+                           windows=windows))
         cmd = [sandbox_bin or binary, "sandbox", "--listen", f"127.0.0.1:{port}", "--latency", latency] + sandbox_flags
         with sandbox(cmd) as vendor:
             wait_for(port)
@@ -145,14 +153,15 @@ def main():
     table = [(n, f, c, i, args.records, args.latency) for n, f, c, i in SCENARIOS]
     if args.long:
         table = [(n, f, c, i * 2000 / r, r, lat) for n, f, c, i, r, lat in LONG]
-    for name, flags, (rate, conc), ideal, records, latency in table:
+    for name, flags, (rate, conc, *windows), ideal, records, latency in table:
         if args.only and args.only not in name:
             continue
         log_to = None
         if args.log_dir:
             os.makedirs(args.log_dir, exist_ok=True)
             log_to = os.path.join(args.log_dir, re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") + ".log")
-        row = run(args.bin, name, flags, rate, conc, ideal, records, latency, args.log, log_to, args.sandbox_bin)
+        row = run(args.bin, name, flags, rate, conc, ideal, records, latency, args.log, log_to, args.sandbox_bin,
+                  windows[0] if windows else None)
         rows.append(row)
         print(f"{name:44} {row['wall_over_ideal']:>10.3f} {row['rejected_share']:>8.1%} {row['calls']:>6} "
               f"{row['calls_in_outage']:>9} {row['failed']:>6} {row['load']:>5.2f}", flush=True)
