@@ -68,8 +68,10 @@ impl Log {
         self.open = self.open.saturating_sub(1);
         let end = now + self.window.per;
         match self.ends.back_mut() {
-            Some((last, n)) if end.duration_since(*last) < self.window.per / 1024 => {
-                *last = end;
+            // An end before the last (its answer's time read just before
+            // another's) merges too, at the later end: the order holds.
+            Some((last, n)) if end.saturating_duration_since(*last) < self.window.per / 1024 => {
+                *last = (*last).max(end);
                 *n += 1;
             }
             _ => self.ends.push_back((end, 1)),
@@ -199,10 +201,13 @@ impl Slot {
     /// The call's answer came (or it failed): its slots end a window from now.
     pub fn answered(&mut self) {
         if let Some(inner) = self.windows.take() {
+            let mut logs = inner.logs.lock().expect("windows lock");
+            // Read under the lock, so the ends go in in order.
             let now = Instant::now();
-            for log in inner.logs.lock().expect("windows lock").iter_mut() {
+            for log in logs.iter_mut() {
                 log.answered(now);
             }
+            drop(logs);
             inner.freed.notify_waiters();
         }
     }
