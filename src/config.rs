@@ -655,6 +655,15 @@ impl Api {
     /// (`api.path`, `api.query.NAME`, `api.headers.NAME`, `api.body`) and the
     /// column, in file order.
     pub fn placeholders(&self) -> Vec<(String, &Ident)> {
+        self.templates()
+            .flat_map(|(at, t)| t.columns().map(move |c| (at.clone(), c)))
+            .collect()
+    }
+
+    /// Every template of a call with the key that holds it, in file order:
+    /// `api.path`, `api.query.NAME`, the `api.headers.NAME` that read a
+    /// column, the strings of `api.body`.
+    pub fn templates(&self) -> impl Iterator<Item = (String, &Template)> {
         let query = self
             .query
             .iter()
@@ -672,8 +681,6 @@ impl Api {
             .chain(query)
             .chain(headers)
             .chain(body)
-            .flat_map(|(at, t)| t.columns().map(move |c| (at.clone(), c)))
-            .collect()
     }
 
     /// The columns a call reads besides `key`, each once, in order of first
@@ -686,18 +693,6 @@ impl Api {
             }
         }
         columns
-    }
-
-    /// Whether any part of a call holds a value from `${VAR}`.
-    fn has_secret_outside_headers(&self) -> bool {
-        self.path.is_secret()
-            || self.query.iter().any(|(_, t)| t.is_secret())
-            || self.header_templates.iter().any(|(_, t)| t.is_secret())
-            || self
-                .body
-                .iter()
-                .flat_map(Json::templates)
-                .any(Template::is_secret)
     }
 }
 
@@ -1089,8 +1084,9 @@ fn api(
         .map(|(n, _)| format!("header `{n}`"))
         .or(unset_header)
         .or_else(|| {
-            api.has_secret_outside_headers()
-                .then(|| "value from ${VAR}".to_owned())
+            api.templates()
+                .find(|(_, t)| t.is_secret())
+                .map(|(at, _)| format!("value from ${{VAR}} in {at}"))
         });
     if let Some(what) = secret
         && base.scheme() == "http"

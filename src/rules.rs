@@ -214,6 +214,12 @@ impl Answer<'_> {
             .get_or_init(|| serde_json::from_slice(self.body).ok())
             .as_ref()
     }
+
+    /// The body's JSON, if a rule has parsed it already: the mapping of an
+    /// `ok` answer need not parse it again.
+    pub fn parsed(&self) -> Option<&J> {
+        self.json.get().and_then(Option::as_ref)
+    }
 }
 
 impl Rule {

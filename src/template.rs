@@ -221,13 +221,19 @@ impl Compiled {
     /// The filled text, nothing encoded.
     pub fn text(&self, values: Values) -> String {
         let mut out = String::new();
-        for piece in &self.0 {
-            match piece {
-                Piece::Text(s, _) => out.push_str(s),
-                Piece::Value(slot) => out.push_str(values.get(*slot).unwrap_or_default()),
-            }
-        }
+        self.fill(&mut out, values, String::push_str);
         out
+    }
+
+    /// Whether it is one `{column}` whose value is NULL: a query parameter
+    /// or a header that is left out.
+    pub fn is_null(&self, values: Values) -> bool {
+        self.single().is_some_and(|slot| values.get(slot).is_none())
+    }
+
+    /// Whether any of its text came from `${VAR}`.
+    pub fn is_secret(&self) -> bool {
+        self.0.iter().any(|p| matches!(p, Piece::Text(_, true)))
     }
 
     /// The record's values it reads.

@@ -142,7 +142,7 @@ impl Call {
 struct Request {
     path: Compiled,
     query: Vec<(String, Compiled)>,
-    headers: Vec<(reqwest::header::HeaderName, Compiled, bool)>,
+    headers: Vec<(reqwest::header::HeaderName, Compiled)>,
     body: Option<Json<Compiled>>,
     nulls: Nulls,
     /// The key's kind, then the other columns', as `Slot`s number them.
@@ -206,7 +206,7 @@ impl Vendor {
             headers: api
                 .header_templates
                 .iter()
-                .map(|(name, t)| (name.clone(), t.compile(key, &columns), t.is_secret()))
+                .map(|(name, t)| (name.clone(), t.compile(key, &columns)))
                 .collect(),
             body: api.body.as_ref().map(|b| b.compile(key, &columns)),
             nulls: api.body_nulls,
@@ -214,15 +214,8 @@ impl Vendor {
                 .chain(kinds.params.iter().copied())
                 .collect(),
         };
-        let mut secrets = secret_words(&api.headers);
-        let templates = std::iter::once(&api.path)
-            .chain(api.query.iter().map(|(_, t)| t))
-            .chain(api.header_templates.iter().map(|(_, t)| t))
-            .chain(api.body.iter().flat_map(Json::templates));
-        secrets.extend(templates.flat_map(|t| t.secrets()).map(str::to_owned));
-        secrets.retain(|w| w.len() >= 8);
-        secrets.sort_by_key(|w| std::cmp::Reverse(w.len()));
-        secrets.dedup();
+        let from_env = api.templates().flat_map(|(_, t)| t.secrets());
+        let secrets = secret_words(sensitive(&api.headers).chain(from_env));
         Ok(Vendor {
             client,
             method: api.method.clone(),
@@ -251,10 +244,7 @@ impl Vendor {
         self.request.path.fill(&mut url, values, push_encoded);
         let mut first = !url.contains('?');
         for (name, value) in &self.request.query {
-            if value
-                .single()
-                .is_some_and(|slot| values.get(slot).is_none())
-            {
+            if value.is_null(values) {
                 continue;
             }
             url.push(if first { '?' } else { '&' });
@@ -273,16 +263,13 @@ impl Vendor {
     fn headers(&self, item: &Item) -> Result<reqwest::header::HeaderMap, String> {
         let values = values(item);
         let mut headers = reqwest::header::HeaderMap::new();
-        for (name, value, secret) in &self.request.headers {
-            if value
-                .single()
-                .is_some_and(|slot| values.get(slot).is_none())
-            {
+        for (name, value) in &self.request.headers {
+            if value.is_null(values) {
                 continue;
             }
             let mut header = reqwest::header::HeaderValue::from_str(&value.text(values))
                 .map_err(|_| name.to_string())?;
-            header.set_sensitive(*secret);
+            header.set_sensitive(value.is_secret());
             headers.insert(name.clone(), header);
         }
         Ok(headers)
@@ -407,7 +394,10 @@ impl Vendor {
             .billed
             .unwrap_or_else(|| self.is_billed(status.as_u16()));
         let result = match rule.means {
-            Means::Ok => body.and_then(|b| self.map(&b, &mut cost)),
+            Means::Ok => match &body {
+                Ok(b) => self.map(b, answer.parsed(), &mut cost),
+                Err(e) => Err(e.clone()),
+            },
             _ => Err(self.refusal(rule, &answer, hint.as_ref(), redirect)),
         };
         Call {
@@ -545,17 +535,29 @@ impl Vendor {
         Ok(body)
     }
 
-    /// Maps a 2xx body to the mapped columns' values, or says why it cannot.
-    /// The mapped values of a 2xx answer's body; `cost` gets what the body says
-    /// the call cost, if `credits.cost_pointer` points at a count (an answer
-    /// that does not map can still say what it cost).
-    fn map(&self, body: &[u8], cost: &mut Option<i64>) -> Result<Vec<Value>, CallError> {
-        let json = parse_answer(body)?;
+    /// The mapped values of an `ok` answer's body (`parsed`: its JSON, if a
+    /// rule read it already), or why it does not map; `cost` gets what the
+    /// body says the call cost, if `credits.cost_pointer` points at a count
+    /// (an answer that does not map can still say what it cost).
+    fn map(
+        &self,
+        body: &[u8],
+        parsed: Option<&serde_json::Value>,
+        cost: &mut Option<i64>,
+    ) -> Result<Vec<Value>, CallError> {
+        let owned;
+        let json = match parsed {
+            Some(json) => json,
+            None => {
+                owned = parse_answer(body)?;
+                &owned
+            }
+        };
         if let Some(pointer) = &self.cost_pointer {
             let reported = json.pointer(pointer).and_then(serde_json::Value::as_i64);
             *cost = cost.or(reported.filter(|n| *n >= 0));
         }
-        map_json(&json, &self.pointers, &self.kinds)
+        map_json(json, &self.pointers, &self.kinds)
     }
 
     fn transport_error(&self, e: &reqwest::Error) -> CallError {
@@ -698,14 +700,19 @@ fn values(item: &Item) -> Values<'_> {
     }
 }
 
-/// The secret values of `headers` (marked sensitive by the config: `${VAR}`
-/// values and credentials), whole and word by word, longest first, so a
-/// vendor's message that repeats a key shows `(redacted)` in its place.
-fn secret_words(headers: &reqwest::header::HeaderMap) -> Vec<String> {
-    let mut words: Vec<String> = headers
+/// The values of `headers` marked sensitive by the config (`${VAR}` values
+/// and credentials).
+fn sensitive(headers: &reqwest::header::HeaderMap) -> impl Iterator<Item = &str> {
+    headers
         .values()
         .filter(|v| v.is_sensitive())
         .filter_map(|v| v.to_str().ok())
+}
+
+/// `secrets` whole and word by word, longest first, so a vendor's message
+/// that repeats a key shows `(redacted)` in its place.
+fn secret_words<'a>(secrets: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let mut words: Vec<String> = secrets
         .flat_map(|v| std::iter::once(v).chain(v.split_whitespace()))
         // "Bearer" and other short words are not secrets; a key is longer.
         .filter(|w| w.len() >= 8)
@@ -917,7 +924,7 @@ mod tests {
         key.set_sensitive(true);
         headers.insert(reqwest::header::AUTHORIZATION, key);
         headers.insert("x-client", "plain-value-not-secret".parse().unwrap());
-        let secrets = secret_words(&headers);
+        let secrets = secret_words(sensitive(&headers));
         assert_eq!(secrets, ["Bearer sk-live-0123456789", "sk-live-0123456789"]);
         let body = b"{\"error\":\n  \"bad key sk-live-0123456789\"}";
         assert_eq!(

@@ -640,11 +640,19 @@ mod tests {
     use std::num::NonZeroU32;
 
     fn pacer(rate: u32, burst: u32, max: u32) -> Pacer {
+        pacer_with(f64::from(rate), burst, max, &[])
+    }
+
+    /// A pacer at `rate` holding `windows` (`"4/1s"`, as `limits.windows`).
+    fn pacer_with(rate: f64, burst: u32, max: u32, windows: &[&str]) -> Pacer {
         let nz = |n| NonZeroU32::new(n).unwrap();
         let limits = Limits {
-            rate: f64::from(rate),
+            rate,
             burst: nz(burst),
-            windows: Vec::new(),
+            windows: windows
+                .iter()
+                .map(|w| crate::config::Window::try_from(w.to_string()).unwrap())
+                .collect(),
             max_concurrency: nz(max),
             max_failure_share: 0.5,
             failure_window: nz(100),
@@ -826,27 +834,8 @@ mod tests {
     }
 
     fn windowed(windows: &[&str]) -> Pacer {
-        let nz = |n| NonZeroU32::new(n).unwrap();
-        let limits = Limits {
-            // Fast enough that governor's real-time bucket never holds a call.
-            rate: 1e6,
-            burst: nz(1000),
-            windows: windows
-                .iter()
-                .map(|w| crate::config::Window::try_from(w.to_string()).unwrap())
-                .collect(),
-            max_concurrency: nz(64),
-            max_failure_share: 0.5,
-            failure_window: nz(100),
-        };
-        let retry = Retry {
-            connect_grace: Duration::from_secs(60),
-            max_attempts: nz(5),
-            base_delay: Duration::from_millis(100),
-            max_delay: Duration::from_secs(10),
-            max_outage: Duration::from_secs(60),
-        };
-        Pacer::new(&limits, &retry)
+        // Fast enough that governor's real-time bucket never holds a call.
+        pacer_with(1e6, 1000, 64, windows)
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,6 +1,7 @@
 //! Answer rules (issue 18 point 2): `[[api.answers]]` give statuses the meaning
 //! a vendor gives them, tried before the built-in rules.
 
+use std::process::Output;
 use std::time::Duration;
 
 use freshen::sandbox::{Fault, SandboxOptions};
@@ -72,11 +73,12 @@ async fn hunters_403_is_its_rate_limit_and_its_429_its_credits_running_out() {
     assert_eq!(in_state(&env, "done").await.1, 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_queued_answer_is_tried_later_without_spending_an_attempt() {
-    let mut env = TestEnv::new(20).await;
+/// A run of `records` against a vendor that queues each key's first
+/// `queued` calls (202), with a rule that waits `wait` and tries again.
+async fn run_against_a_queue(records: u64, queued: u32, wait: &str) -> (TestEnv, Output) {
+    let mut env = TestEnv::new(records).await;
     env.vendor(SandboxOptions {
-        queued: 2,
+        queued,
         ..SandboxOptions::default()
     })
     .await;
@@ -84,11 +86,16 @@ async fn a_queued_answer_is_tried_later_without_spending_an_attempt() {
         max_attempts: 3,
         ..Conf::default()
     });
-    env.set_keys(&[(
-        "api.answers",
-        "[{ status = \"202\", means = \"later\", wait = \"50ms\", billed = false }]",
-    )]);
+    let rule =
+        format!("[{{ status = \"202\", means = \"later\", wait = \"{wait}\", billed = false }}]");
+    env.set_keys(&[("api.answers", &rule)]);
     let out = env.freshen(&["run"]).await;
+    (env, out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_answer_is_tried_later_without_spending_an_attempt() {
+    let (env, out) = run_against_a_queue(20, 2, "50ms").await;
     assert_exit(&out, 0);
     env.assert_each_written_once(20).await;
     let stats = env.sandbox().stats();
@@ -103,21 +110,7 @@ async fn a_queued_answer_is_tried_later_without_spending_an_attempt() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_still_queued_after_max_attempts_laters_fails_with_the_reason() {
-    let mut env = TestEnv::new(5).await;
-    env.vendor(SandboxOptions {
-        queued: 10,
-        ..SandboxOptions::default()
-    })
-    .await;
-    env.write_config(&Conf {
-        max_attempts: 3,
-        ..Conf::default()
-    });
-    env.set_keys(&[(
-        "api.answers",
-        "[{ status = \"202\", means = \"later\", wait = \"10ms\", billed = false }]",
-    )]);
-    let out = env.freshen(&["run"]).await;
+    let (env, out) = run_against_a_queue(5, 10, "10ms").await;
     assert_exit(&out, 0);
     let (failed, _, reason) = in_state(&env, "failed").await;
     assert_eq!(failed, 5);
